@@ -1,0 +1,41 @@
+# One-command entry points. `make demo` runs the pipeline on the synthetic demo
+# tickets, `make test` runs the test suite; both build the virtual environment
+# from requirements.lock first if it is missing or older than the lock.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vlqc-installed
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export HF_HUB_OFFLINE := 1
+# Rules call `python`: make it this venv's, as in an activated environment.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv demo test lint fmt bench clean-results
+
+venv: $(STAMP)
+	@# Point the venv at this checkout's src/ (cheap, so redone every time: a cached
+	@# venv may have been built from another clone).
+	@echo "$(CURDIR)/src" > "$(SITE)/vlqc-src.pth"
+
+$(STAMP): requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/snakemake --cores all
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules
+
+fmt: venv
+	$(VENV)/bin/snakefmt Snakefile rules
+
+bench: venv
+	$(PY) bench/convert.py
+
+clean-results:
+	rm -rf results .snakemake
