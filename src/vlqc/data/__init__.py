@@ -1,0 +1,1 @@
+"""Annotation exports → canonical JSONL: parsing, geometry, desc/summary, splits."""

@@ -1,0 +1,100 @@
+"""Shared fixtures: a small, valid annotation export with its image."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# origin-facts §1b worked example, drawn on a 1200x1600 photo.
+EXAMPLE_EXPORT = {
+    "info": {"width": 1200, "height": 1600, "depth": 3},
+    "markResult": {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Quad", "coordinates": [[[210, 180], [980, 200], [975, 560], [205, 540], [210, 180]]]},
+                "properties": {
+                    "objectId": 1,
+                    "area": 276000.0,
+                    "groups": [],
+                    "content": {"label": "bbu"},
+                    "contentZh": {
+                        "标签": "BBU设备",
+                        "这个BBU设备是什么品牌": "华为",
+                        "这个BBU设备是否显示完整": "只显示部分",
+                        "这个BBU设备是否需要安装挡风板，结合图片中机柜空间状态判断": "无需安装",
+                        "如果有特殊情况，请具体描述": "无法判断品牌",
+                    },
+                },
+            },
+            {
+                "type": "Feature",
+                "geometry": {"type": "ExtentPolygon", "coordinates": [[300, 600], [360, 600], [360, 650], [300, 650], [300, 600]]},
+                "properties": {
+                    "objectId": 2,
+                    "area": 3000.0,
+                    "groups": [],
+                    "content": {"label": "connect_point"},
+                    "contentZh": {
+                        "这个螺丝/插头是什么种类": "BBU安装螺丝",
+                        "螺丝/插头是否显示完整": "显示完整",
+                        "这个螺丝/插头连接是否符合要求": "符合要求",
+                    },
+                },
+            },
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "LineString",
+                    "coordinates": [[620, 700], [560, 900], [580, 1200], [700, 1500]],
+                    "lineType": "LLLL",
+                    "lineMode": 1,
+                },
+                "properties": {
+                    "objectId": 3,
+                    "groups": [],
+                    "content": {"label": "fiber"},
+                    "contentZh": {
+                        "这条光纤是否被遮挡": "无遮挡",
+                        "这条光纤是否采用保护措施": "有保护措施，保护措施为/蛇形管",
+                        "这条光纤弯曲半径是否合理": "弯曲半径合理",
+                    },
+                },
+            },
+        ],
+    },
+}
+
+EXAMPLE_SUMMARY = (
+    '{"统计": [{"类别": "BBU安装螺丝", "可见性": {"完整": 1}, "符合性": {"符合": 1}}, '
+    '{"类别": "BBU设备", "可见性": {"部分": 1}, "品牌": {"华为": 1}, "挡风板需求": {"免装": 1}}, '
+    '{"类别": "光纤", "保护措施": {"有保护": 1}, "保护细节": {"蛇形管": 1}, "弯曲半径": {"半径合理": 1}}], '
+    '"备注": ["无法判断品牌"]}'
+)
+
+
+def example_export() -> dict:
+    return copy.deepcopy(EXAMPLE_EXPORT)
+
+
+def write_sample(folder: Path, stem: str, export: dict | None = None, size=(1200, 1600), suffix=".jpg") -> Path:
+    """Write `<stem>.json` and an image of `size` beside it; returns the JSON path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 110, 130)).save(folder / f"{stem}{suffix}")
+    path = folder / f"{stem}.json"
+    path.write_text(json.dumps(export or example_export(), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def export_root(tmp_path: Path) -> Path:
+    root = tmp_path / "exports"
+    root.mkdir()
+    return root
