@@ -1,0 +1,19 @@
+# vlqc: annotation exports → canonical data → fine-tuned Qwen3-VL → ticket verdicts.
+# Run `snakemake --cores all` for the offline demo; see README for real missions.
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand(
+            "results/data/{dataset}/{split}.jsonl",
+            dataset=config["datasets"],
+            split=["train", "val", "train_tiny", "val_tiny"],
+        ),

@@ -1,0 +1,87 @@
+"""Workflow hygiene: lint, formatting, per-rule conda envs pinned like the lock."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
+
+
+def rule_blocks():
+    """(file, rule name, body) for every rule; a body runs to the next top-level statement."""
+    for path in RULE_FILES:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.M):
+            yield path.name, match.group(1), match.group(2)
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
+def test_snakemake_lint_is_clean():
+    result = run(str(BIN / "snakemake"), "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_snakefmt_check_passes():
+    result = run(str(BIN / "snakefmt"), "--check", "Snakefile", "rules")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_job_rule_names_a_conda_env_that_exists():
+    checked = 0
+    for file, name, body in rule_blocks():
+        if "shell:" not in body and "script:" not in body and "run:" not in body:
+            continue  # target-only rules (all) run nothing
+        match = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
+        assert match, f"rule {name} in {file} names no conda env"
+        assert (REPO / "rules" / match.group(1)).resolve().is_file(), f"rule {name}: {match.group(1)} missing"
+        checked += 1
+    assert checked >= 3
+
+
+def test_env_pins_agree_with_the_lock():
+    pins = lock_pins()
+    for env_file in sorted((REPO / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        assert pip, env_file
+        for requirement in pip:
+            name, version = requirement.split("==")
+            key = re.sub(r"[-_.]+", "-", name).lower()
+            assert pins.get(key) == version, f"{env_file.name}: {requirement} but lock has {pins.get(key)}"
+        assert "python=3.11" in env["dependencies"], env_file
+
+
+def test_unknown_config_key_fails_the_run_naming_its_dotted_path():
+    result = run(str(BIN / "snakemake"), "-n", "--config", 'convert={"max_pixel": 3}')
+    assert result.returncode != 0
+    assert "convert.max_pixel: unknown key" in result.stdout + result.stderr
+
+
+def test_mission_wildcard_takes_the_real_chinese_names():
+    missions = yaml.safe_load((REPO / "config" / "missions.yaml").read_text(encoding="utf-8"))
+    common = (REPO / "rules" / "common.smk").read_text(encoding="utf-8")
+    assert "re.escape(name) for name in MISSIONS" in common
+    pattern = "|".join(re.escape(name) for name in missions)
+    assert re.fullmatch(pattern, "BBU安装方式检查（正装）")
+    assert not re.fullmatch(pattern, "BBU安装方式检查")
