@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             fail_fraction=args.fail_fraction,
             irrelevant_fraction=args.irrelevant_fraction,
             manifest=args.manifest,
+            progress=True,  # the bar goes to the job log
         )
     except ValueError as exc:  # bad mission list or option values
         parser.error(str(exc))
