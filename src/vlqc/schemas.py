@@ -7,12 +7,15 @@ dotted path (`objects[2].desc`) of the violation.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from vlqc.errors import SchemaError
 
@@ -28,13 +31,23 @@ def available() -> list[str]:
 
 
 @lru_cache(maxsize=None)
+def registry() -> Registry:
+    """Every schema by its `$id`, so one schema can `$ref` another by file name."""
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        resources.append((schema.get("$id", path.name), DRAFT202012.create_resource(schema)))
+    return Registry().with_resources(resources)
+
+
+@lru_cache(maxsize=None)
 def validator(name: str) -> Draft202012Validator:
     path = schema_path(name)
     if not path.is_file():
         raise SchemaError(f"unknown schema {name!r}; known: {', '.join(available())}")
     schema = json.loads(path.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return Draft202012Validator(schema, registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def validate(doc: Any, name: str, where: str = "<document>") -> None:
@@ -73,3 +86,14 @@ def check(doc: Any, name: str, where: str) -> None:
     found = problems(doc, name)
     if found:
         raise SchemaError(f"{where} does not match schema {name}:\n  " + "\n  ".join(found))
+
+
+def with_defaults(schema: dict, doc: dict) -> dict:
+    """A copy of `doc` with every missing key that the schema gives a default filled in, nested too."""
+    out = copy.deepcopy(doc)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if "properties" in sub and key in out:
+            out[key] = with_defaults(sub, out[key])
+    return out

@@ -36,7 +36,7 @@ from vlqc.data.objects import Point
 from vlqc.data.summary import IRRELEVANT, build_summary
 from vlqc.data.taxonomy import KEY_ORDER, TYPES
 from vlqc.errors import SampleError, SchemaError
-from vlqc.schemas import check, validator
+from vlqc.schemas import check, validator, with_defaults
 
 VISIBILITY = "可见性"
 PARTIAL = "部分"
@@ -50,7 +50,7 @@ _WHOLE = 1.0 - 1e-6
 def load_config(section: dict, where: str = "augmentation") -> dict:
     """Validate an `augmentation` config section (schema `augment`) and fill its defaults."""
     check(section, "augment", where)
-    cfg = _with_defaults(validator("augment").schema, section)
+    cfg = with_defaults(validator("augment").schema, section)
     bad = [
         f"{name}.{key}"
         for name, op in cfg.items()
@@ -61,16 +61,6 @@ def load_config(section: dict, where: str = "augmentation") -> dict:
     if bad:
         raise SchemaError(f"{where}: range lower bound above upper bound in {', '.join(bad)}")
     return cfg
-
-
-def _with_defaults(schema: dict, doc: dict) -> dict:
-    out = copy.deepcopy(doc)
-    for key, sub in schema.get("properties", {}).items():
-        if key not in out and "default" in sub:
-            out[key] = copy.deepcopy(sub["default"])
-        if "properties" in sub and key in out:
-            out[key] = _with_defaults(sub, out[key])
-    return out
 
 
 # --- pipeline ----------------------------------------------------------------------------
