@@ -1,0 +1,239 @@
+"""Training configs (config/train/*.yaml): `extends:` merging, strict parsing, ms-swift arguments.
+
+A file may name parents with `extends:` (a path or a list of paths, relative to the file).
+Parents merge left to right and the file itself last: mappings merge key by key, anything
+else (lists included) is replaced. The merged document is checked against
+`schemas/train_config.schema.json` with every problem in one error, then schema defaults
+and derived values are filled in. `swift_invocation` turns the result into the `swift sft`
+arguments and environment of ms-swift 4.6.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlqc.errors import SchemaError, VlqcError
+from vlqc.schemas import problems, validator, with_defaults
+from vlqc.train.augment import load_config as load_augmentation
+
+SCHEMA = "train_config"
+# Qwen3-VL: patch 16 × spatial merge 2, so one visual token per 32×32 pixels.
+PIXELS_PER_TOKEN = 32 * 32
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+
+
+def load_train_config(path: str | Path) -> dict[str, Any]:
+    """The merged, validated config of `path` with every default and derived value filled in."""
+    given, sources = _merge(Path(path))
+    top = sources[-1]
+    where = str(top) if len(sources) == 1 else f"{top} (merged with {', '.join(map(str, sources[:-1]))})"
+    found = config_problems(given)
+    if not found:
+        cfg = with_defaults(validator(SCHEMA).schema, given)
+        found = _consistency_problems(cfg, given)
+    if found:
+        raise SchemaError(f"{where} does not match schema {SCHEMA}:\n  " + "\n  ".join(found))
+
+    length, cap = cfg["global_max_length"], cfg["template"]["max_pixels"]
+    cfg["model"]["max_length"] = cfg["template"]["max_length"] = length
+    augmentation = {"max_pixels": cap, **cfg["data"]["augmentation"]}
+    cfg["data"]["augmentation"] = load_augmentation(augmentation, f"{where}: data.augmentation")
+    if cfg["custom"]["run_name"] is None:
+        cfg["custom"]["run_name"] = top.stem
+    return cfg
+
+
+def config_sources(path: str | Path) -> list[Path]:
+    """The YAML files `path` is merged from, in merge order (parents first), each once."""
+    return _merge(Path(path))[1]
+
+
+# --- extends -------------------------------------------------------------------------------
+
+
+def _merge(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, list[Path]]:
+    path = path.resolve()
+    if path in chain:
+        raise VlqcError("training config extends itself: " + " → ".join(map(str, (*chain, path))))
+    doc = _read(path, chain[-1] if chain else None)
+    parents = doc.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise VlqcError(f"{path}: extends must be a path or a list of paths, not {parents!r}")
+    merged: dict = {}
+    sources: list[Path] = []
+    for parent in parents:
+        parent_doc, parent_sources = _merge(path.parent / parent, (*chain, path))
+        merged = _deep_merge(merged, parent_doc)
+        sources += [s for s in parent_sources if s not in sources]
+    return _deep_merge(merged, doc), [*sources, path]
+
+
+def _read(path: Path, extended_by: Path | None) -> dict:
+    if not path.is_file():
+        by = f" (extended by {extended_by})" if extended_by else ""
+        raise VlqcError(f"{path}: training config not found{by}")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise VlqcError(f"{path}: not valid YAML: {exc}") from exc
+    if doc is None:  # an empty file is an empty config
+        return {}
+    if not isinstance(doc, dict):
+        raise VlqcError(f"{path}: a training config is a mapping, not a {type(doc).__name__}")
+    return doc
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --- checks --------------------------------------------------------------------------------
+
+
+def config_problems(doc: dict) -> list[str]:
+    """Every violation of the train_config schema by `doc` (a merged or a resolved config);
+    data.augmentation is checked through its `$ref` to the augment schema."""
+    return problems(doc, SCHEMA)
+
+
+def _consistency_problems(cfg: dict, given: dict) -> list[str]:
+    """Rules across keys; `cfg` has the schema defaults, `given` is what the files say."""
+    found = []
+    length = cfg["global_max_length"]
+    for section in ("model", "template"):
+        value = cfg[section].get("max_length", length)
+        if value != length:
+            found.append(
+                f"{section}.max_length: {value} differs from global_max_length {length}; set only global_max_length"
+            )
+    tuner = cfg["tuner"]
+    if tuner["train_type"] == "full":
+        found += [f"tuner.{key}: not used by train_type full" for key in LORA_KEYS if key in given.get("tuner", {})]
+    for rate, switch in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
+        if tuner[rate] is not None and tuner[switch]:
+            found.append(f"tuner.{rate}: has no effect while tuner.{switch} is true")
+    if sum(cfg["data"]["modes"].values()) <= 0:
+        found.append("data.modes: the weights must sum to more than 0")
+    cap = cfg["template"]["max_pixels"]
+    pixels = cfg["data"]["augmentation"].get("max_pixels", cap)
+    if pixels > cap:
+        found.append(f"data.augmentation.max_pixels: {pixels} is above the training cap template.max_pixels {cap}")
+    return found
+
+
+# --- ms-swift ------------------------------------------------------------------------------
+
+
+def swift_invocation(
+    cfg: dict[str, Any],
+    *,
+    model_dir: str | Path,
+    dataset_paths: Sequence[str | Path],
+    val_dataset_paths: Sequence[str | Path],
+    output_dir: str | Path,
+) -> tuple[list[str], dict[str, str]]:
+    """`swift sft` arguments (ms-swift 4.6) and the environment variables they need.
+
+    `cfg` comes from `load_train_config`. `dataset_paths` are the built ms-swift JSONL files
+    and hold all `training.epochs` passes already, so ms-swift runs one pass over them.
+    """
+    if not dataset_paths:
+        raise VlqcError("swift_invocation: no training dataset given")
+    model, template, tuner, training = (cfg[key] for key in ("model", "template", "tuner", "training"))
+    _check_model_length(Path(model_dir), model["max_length"])
+    lora = tuner["train_type"] != "full"
+    options: dict[str, Any] = {
+        "model": str(model_dir),
+        "model_type": "qwen3_vl",
+        "check_model": False,  # a local folder: nothing to compare with a hub
+        "torch_dtype": model["torch_dtype"],
+        # Stated both ways: for float32 weights ms-swift would switch fp16 autocast on.
+        "bf16": model["torch_dtype"] == "bfloat16",
+        "fp16": model["torch_dtype"] == "float16",
+        "attn_impl": model["attn_impl"],
+        "max_length": template["max_length"],
+        # 4.6 has no `raise` choice: `delete` makes its template raise MaxLengthError, and
+        # strict re-raises it where it would otherwise quietly fetch another sample.
+        "truncation_strategy": "delete",
+        "strict": True,
+        "tuner_type": "lora" if lora else "full",
+        "freeze_llm": tuner["freeze_llm"],
+        "freeze_vit": tuner["freeze_vit"],
+        "freeze_aligner": tuner["freeze_aligner"],
+        "learning_rate": tuner["learning_rate"],
+        "vit_lr": tuner["vit_lr"],
+        "aligner_lr": tuner["aligner_lr"],
+        "dataset": [str(p) for p in dataset_paths],
+        "val_dataset": [str(p) for p in val_dataset_paths],
+        "split_dataset_ratio": 0,  # evaluation data comes only from val_dataset
+        "output_dir": str(output_dir),
+        "add_version": False,  # checkpoints directly under output_dir
+        "num_train_epochs": 1,
+        "max_steps": training["max_steps"],
+        "per_device_train_batch_size": training["per_device_train_batch_size"],
+        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+        "lr_scheduler_type": training["lr_scheduler_type"],
+        "warmup_ratio": training["warmup_ratio"],
+        "weight_decay": training["weight_decay"],
+        "seed": training["seed"],
+        "data_seed": training["seed"],
+        "logging_steps": training["logging_steps"],
+        # transformers saves at multiples of save_steps (and at the last step): a delay can
+        # only be had by making the first multiple late enough.
+        "save_strategy": "steps",
+        "save_steps": max(training["save_steps"], training["save_delay_steps"]),
+        "save_total_limit": training["save_total_limit"],
+        "save_only_model": not training["resume"],
+        "gradient_checkpointing": training["gradient_checkpointing"],
+        "dataloader_num_workers": training["dataloader_num_workers"],
+        "report_to": training["report_to"],
+    }
+    if lora:
+        options |= {
+            "lora_rank": tuner["lora_rank"],
+            "lora_alpha": tuner["lora_alpha"],
+            "lora_dropout": tuner["lora_dropout"],
+            "target_modules": tuner["target_modules"],
+            "use_dora": tuner["train_type"] == "dora",
+        }
+    args: list[str] = []
+    for flag, value in options.items():
+        if value is None or value == []:  # left to ms-swift's default
+            continue
+        args += [f"--{flag}", *(_cli(v) for v in (value if isinstance(value, list) else [value]))]
+    env = {
+        # ms-swift's Qwen3-VL template resizes every image with qwen_vl_utils.fetch_image,
+        # capped at IMAGE_MAX_TOKEN_NUM tokens; at our cap, no image within it is resized.
+        "IMAGE_MAX_TOKEN_NUM": str(template["max_pixels"] // PIXELS_PER_TOKEN),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return args, env
+
+
+def _cli(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _check_model_length(model_dir: Path, length: int) -> None:
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VlqcError(f"{config_path}: cannot read the model config: {exc}") from exc
+    limit = config.get("text_config", config).get("max_position_embeddings")
+    if limit is not None and length > limit:
+        raise VlqcError(f"global_max_length {length} is above {config_path}: max_position_embeddings {limit}")
