@@ -1,0 +1,77 @@
+"""Build the ms-swift SFT dataset (train.jsonl with the materialised epochs, val.jsonl) from canonical JSONL.
+
+Example:
+    python scripts/sft_dataset.py --train results/data/demo/train.jsonl --val results/data/demo/val.jsonl \
+        --config config/train/demo.yaml --missions config/missions.yaml --out results/sft/demo/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from vlqc.errors import VlqcError
+from vlqc.jsonl import read_json
+from vlqc.schemas import check
+from vlqc.train.config import load_train_config
+from vlqc.train.sft_data import data_config, write_dataset
+
+
+def _yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise VlqcError(f"cannot read {path}: {exc}") from exc
+
+
+def _guidance(path: Path) -> dict[str, dict[str, str]]:
+    """Mission → experiences from a guidance file (origin-facts §5: mission → {experiences, …})."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not all(
+        isinstance(s, dict) and isinstance(s.get("experiences"), dict) for s in doc.values()
+    ):
+        raise VlqcError(f"{path}: expected a mapping of mission to a section with an `experiences` mapping")
+    return {mission: section["experiences"] for mission, section in doc.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="canonical train JSONL file(s)")
+    parser.add_argument("--val", type=Path, nargs="*", default=[], help="canonical val JSONL file(s); none: empty val")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="training config: a config/train YAML (merged and validated here) or a resolved .json",
+    )
+    parser.add_argument("--missions", type=Path, default=Path("config/missions.yaml"), help="default: %(default)s")
+    parser.add_argument("--guidance", type=Path, help="Stage-B guidance JSON whose rules go into verdict prompts")
+    parser.add_argument("--out", type=Path, required=True, help="data folder: train.jsonl, val.jsonl, images/")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        resolved = read_json(args.config) if args.config.suffix == ".json" else load_train_config(args.config)
+        missions = _yaml(args.missions)
+        check(missions, "missions", str(args.missions))
+        stats = write_dataset(
+            args.train,
+            args.val,
+            data_config(resolved),
+            args.out,
+            missions,
+            guidance=_guidance(args.guidance) if args.guidance else None,
+        )
+    except VlqcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(stats, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+"""ms-swift SFT datasets built from canonical JSONL, one materialised epoch at a time.
+
+Row format (schema `sft_record`; ms-swift's standard messages format, loaded by its AutoPreprocessor):
+
+    {"messages": [{"role": "system", "content": …}, {"role": "user", "content": "<image>…"},
+                  {"role": "assistant", "content": …}],
+     "images": ["images/epoch_0/demo/train/<sample_id>.jpg"],   # image rows only
+     "meta": {"mode": "dense|summary|verdict", "epoch": 0, "split": "demo/train", "index": 12,
+              "source": "<sample_id | mission/group_id::label>"}}
+
+Decisions:
+- Mode per record: `choose_mode` draws from an RNG seeded by (seed, epoch, record index) with the
+  `mode_ratios`, so a rebuild gives the same mix and every epoch a different one. A record without
+  a ticket cannot be a verdict row; it draws from dense/summary with their ratios renormalised.
+- A verdict row stands for the record's whole ticket (grouped by mission, label and group id; text
+  only; the ground-truth summaries in photo order). So a ticket of n photos gets n × ratio verdict
+  rows an epoch on average: tickets weigh by their photo count.
+- Images are cap-conformant before augmentation: sides multiples of `factor`, 4·factor² ≤ w·h ≤
+  `max_pixels`. A record that breaks this is an error naming the dataset, record index and image,
+  unless `resize_to_cap` is on: then the image is resized once (`smart_resize`, geometry scaled
+  with it, the summary rebuilt and so unchanged). Augmentation (per epoch and record seed) writes
+  `images/epoch_<k>/<dataset>/<split>/`; unchanged images are hard links (or copies) under
+  `images/source/…`, resized ones under `images/resized/…`, so the data folder is self-contained
+  and relocatable.
+- Image paths in rows are relative to the data folder; ms-swift resolves them through
+  `ROOT_IMAGE_DIR` (see `swift_env`).
+- `train.jsonl` holds all materialised epochs concatenated, each epoch over every train file (train
+  with `num_train_epochs 1`; ms-swift shuffles rows); `val.jsonl` is one pass over the val files
+  without augmentation. Record indices (RNG seeds, `meta.index`) count within their file.
+
+Settings come from the resolved training config (`data_config`: data.modes, data.resize_to_cap,
+data.no_mission_prob, data.augmentation, custom.mode_seed, training.epochs, template.max_pixels).
+
+Training side (nothing may resize at training time): run ms-swift with `swift_env(data_dir, cfg)`
+in the environment, which makes qwen_vl_utils' `fetch_image` accept every image as it is
+(its min/max token budget brackets the cap); leave ms-swift's `--max_pixels` unset (or ≥ the cap).
+ms-swift's qwen3_vl template calls the image processor with `do_resize=False` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlqc.errors import SampleError, VlqcError
+from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
+from vlqc.prompts import (
+    dense_messages,
+    dense_target,
+    summary_entries,
+    summary_messages,
+    summary_target,
+    verdict_messages,
+    verdict_target,
+)
+from vlqc.train.augment import augment as augment_sample
+from vlqc.train.augment import warp
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "summary", "verdict")
+LEGACY_CONNECT_POINT = "螺丝、光纤插头"  # dataList category; the subtype is its 属性
+DEFAULT_RATIOS = {"dense": 0.2, "summary": 0.5, "verdict": 0.3}
+ROW_SCHEMA = "sft_record"
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+# The smallest image qwen_vl_utils leaves alone is 4 tokens (IMAGE_MIN_TOKEN_NUM); smart_resize agrees.
+MIN_TOKENS = 4
+
+
+class PixelCapError(VlqcError):
+    """A canonical image breaks the training pixel cap or the ×factor side rule."""
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the builder needs; `data_config` takes it from a resolved training config."""
+
+    seed: int = 0  # seeds the mode draw (custom.mode_seed)
+    epochs: int = 1  # materialised epochs (training.epochs)
+    mode_ratios: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIOS))
+    max_pixels: int = 786432  # the training pixel cap (template.max_pixels)
+    factor: int = 32  # image sides are multiples of it: patch 16 × merge 2
+    resize_to_cap: bool = False
+    no_mission_prob: float = 0.1  # share of summary rows prompted without the mission
+    augmentation: Mapping[str, Any] | None = None  # resolved `augment` section; None: off
+
+    def __post_init__(self) -> None:
+        # The invariants the builder relies on; the train_config schema checks the rest.
+        if any(m not in MODES or w < 0 for m, w in self.mode_ratios.items()) or sum(self.mode_ratios.values()) <= 0:
+            raise VlqcError(
+                f"mode ratios must be weights ≥ 0 of {', '.join(MODES)} with a positive sum: {self.mode_ratios}"
+            )
+        if self.max_pixels < MIN_TOKENS * self.factor**2:
+            raise VlqcError(f"max_pixels {self.max_pixels} is below the smallest image, {MIN_TOKENS}·{self.factor}²")
+        aug = self.augmentation
+        if aug is not None and (aug["max_pixels"] > self.max_pixels or aug["factor"] != self.factor):
+            raise VlqcError(
+                f"augmentation max_pixels {aug['max_pixels']} must not exceed the cap {self.max_pixels}, "
+                f"and its factor {aug['factor']} must be {self.factor}"
+            )
+
+
+def data_config(train_cfg: Mapping[str, Any]) -> DataConfig:
+    """The builder's settings from a training config resolved by `vlqc.train.config.load_train_config`:
+    data.modes, data.resize_to_cap, data.no_mission_prob, data.augmentation, custom.mode_seed,
+    training.epochs and template.max_pixels."""
+    try:
+        data = train_cfg["data"]
+        augmentation = data["augmentation"]
+        return DataConfig(
+            seed=train_cfg["custom"]["mode_seed"],
+            epochs=train_cfg["training"]["epochs"],
+            mode_ratios={m: float(data["modes"].get(m, 0.0)) for m in MODES},
+            max_pixels=train_cfg["template"]["max_pixels"],
+            factor=augmentation["factor"],
+            resize_to_cap=data["resize_to_cap"],
+            no_mission_prob=data["no_mission_prob"],
+            augmentation=augmentation,
+        )
+    except KeyError as exc:
+        raise VlqcError(f"the training config is not resolved: it lacks {exc}") from exc
+
+
+def swift_env(data_dir: str | os.PathLike, cfg: DataConfig) -> dict[str, str]:
+    """Environment for ms-swift training on a dataset written here: image paths resolve against
+    the data folder, and qwen_vl_utils' pixel budget brackets every image (no resize)."""
+    return {
+        "ROOT_IMAGE_DIR": str(Path(data_dir).resolve()),
+        "IMAGE_MIN_TOKEN_NUM": str(MIN_TOKENS),
+        "IMAGE_MAX_TOKEN_NUM": str(cfg.max_pixels // cfg.factor**2),
+    }
+
+
+# --- mode choice ------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, epoch: int, index: int, stream: str, split: str) -> random.Random:
+    # A str seed is hashed with SHA-512: stable across runs and PYTHONHASHSEED. The split name
+    # keeps record i of two files apart.
+    return random.Random(f"{stream}:{seed}:{epoch}:{split}:{index}")
+
+
+def choose_mode(
+    seed: int, epoch: int, index: int, ratios: Mapping[str, float], has_ticket: bool, split: str = ""
+) -> str:
+    """The mode of record `index` of `split` in `epoch`: one uniform draw against the cumulative ratios."""
+    allowed = [m for m in MODES if ratios.get(m, 0) > 0 and (has_ticket or m != "verdict")]
+    if not allowed:
+        raise VlqcError("no mode with a positive ratio applies to a record without a ticket (verdict needs one)")
+    u = _rng(seed, epoch, index, "mode", split).random() * sum(ratios[m] for m in allowed)
+    for mode in allowed:
+        u -= ratios[mode]
+        if u < 0:
+            return mode
+    return allowed[-1]  # u landed on the total through float rounding
+
+
+# --- tickets and verdict answers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    mission: str
+    label: str
+    group_id: str
+    indices: tuple[int, ...]  # records of the ticket, in photo order
+
+    @property
+    def key(self) -> str:
+        return f"{self.mission}/{self.group_id}::{self.label}"
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", name)]
+
+
+def group_tickets(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Ticket]:
+    """Tickets by (mission, label, group_id); photos in natural order of their file names."""
+    members: dict[tuple[str, str, str], list[int]] = {}
+    for index, record in enumerate(records):
+        if "ticket" in record:
+            t = record["ticket"]
+            members.setdefault((t["mission"], t["label"], t["group_id"]), []).append(index)
+    return {
+        key: Ticket(*key, tuple(sorted(idx, key=lambda i: _natural_key(Path(records[i]["images"][0]).name))))
+        for key, idx in members.items()
+    }
+
+
+@dataclass(frozen=True)
+class MissionCheck:
+    """A mission's rule over summaries (config/missions.yaml fail_conditions, origin-facts §4).
+
+    required: (类别, key that must be present or None, name used in reasons).
+    bad: (类别, key, value prefix; '' = any value) that fails the ticket.
+    RRU install points are not told apart: the rule runs over the union of the ticket's photos.
+    Legacy dataList objects (`类别=螺丝、光纤插头,属性=<subtype>`) count as their subtype; their
+    conformity sits in free-text 备注, which no rule reads.
+    """
+
+    required: tuple[tuple[str, str | None, str], ...]
+    bad: tuple[tuple[str, str, str], ...]
+
+
+def _points(*subtypes: str) -> tuple[tuple[str, str, str], ...]:
+    return tuple((s, key, value) for s in subtypes for key, value in (("符合性", "不符合"), ("问题", "")))
+
+
+MISSION_CHECKS: dict[str, MissionCheck] = {
+    "BBU安装方式检查（正装）": MissionCheck(
+        (("BBU设备", None, "BBU设备"), ("BBU安装螺丝", None, "BBU安装螺丝")), _points("BBU安装螺丝")
+    ),
+    "BBU接地线检查": MissionCheck(
+        (
+            ("机柜处接地螺丝", None, "机柜处接地螺丝"),
+            ("地排处接地螺丝", None, "地排处接地螺丝"),
+            ("电线", None, "电线"),
+        ),
+        (*_points("机柜处接地螺丝", "地排处接地螺丝"), ("电线", "捆扎", "散乱"), ("电线", "属性", "散乱")),
+    ),
+    "BBU线缆布放要求": MissionCheck(
+        (("BBU端光纤插头", None, "BBU端光纤插头"), ("ODF端光纤插头", None, "ODF端光纤插头")),
+        (
+            *_points("BBU端光纤插头", "ODF端光纤插头"),
+            ("光纤", "保护措施", "无保护"),
+            ("光纤", "属性", "无保护"),
+            ("光纤", "弯曲半径", "半径不合理"),
+        ),
+    ),
+    "挡风板安装检查": MissionCheck(
+        (("BBU设备", None, "BBU设备"),),
+        (
+            ("BBU设备", "挡风板符合性", "未按要求配备"),
+            ("挡风板", "安装方向", "方向错误"),
+            ("挡风板", "属性", "方向错误"),
+        ),
+    ),
+    "RRU安装检查": MissionCheck(
+        (("RRU设备", None, "RRU设备"), ("紧固件", None, "紧固件")), (("紧固件", "安装状态", "不合格"),)
+    ),
+    "RRU位置检查": MissionCheck(
+        (("RRU接地端", None, "RRU接地端"), ("接地线", None, "接地线"), ("标签", "文本", "可读标签")),
+        (("RRU接地端", "安装状态", "不合格"),),
+    ),
+    "RRU线缆": MissionCheck((("尾纤", None, "尾纤"), ("标签", "文本", "可读标签")), (("尾纤", "套管保护", "无套管"),)),
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    problems: list[str]  # fail clauses: offending attributes by image, then what is missing
+    seen: list[str]  # pass clauses: where each required object was seen
+    decidable: bool  # False for a mission without a check or a legacy summary
+
+
+def ticket_evidence(mission: str, summaries: Sequence[str]) -> Evidence:
+    """What the mission's rule finds in a ticket's summaries, as Reason clauses."""
+    check = MISSION_CHECKS.get(mission)
+    parsed = [summary_entries(s) for s in summaries]
+    if check is None or any(entries is None for entries in parsed):
+        return Evidence([], [], decidable=False)
+    parsed = [[*entries, *_legacy_subtypes(entries)] for entries in parsed]
+    problems: list[str] = []
+    where: dict[str, list[int]] = {name: [] for _, _, name in check.required}
+    for n, entries in enumerate(parsed, 1):
+        for entry in entries:
+            category = entry.get("类别")
+            for req_category, key, name in check.required:
+                if category == req_category and (key is None or key in entry) and n not in where[name]:
+                    where[name].append(n)
+            hits = [
+                f"{key}={value}"
+                for bad_category, key, prefix in check.bad
+                if bad_category == category
+                for value in entry.get(key, {})
+                if value.startswith(prefix)
+            ]
+            if hits:
+                problems.append(f"Image{n}: {category}" + ",".join(hits))
+    problems += [f"缺少{name}" for name, images in where.items() if not images]
+    seen = [f"{name}见" + ",".join(f"Image{n}" for n in images) for name, images in where.items()]
+    return Evidence(problems, seen, decidable=True)
+
+
+def _legacy_subtypes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A presence-only entry per subtype of a legacy dataList connect-point entry."""
+    return [
+        {"类别": subtype} for e in entries if e.get("类别") == LEGACY_CONNECT_POINT for subtype in e.get("属性", {})
+    ]
+
+
+def verdict_reasons(label: str, evidence: Evidence) -> tuple[list[str], bool]:
+    """Reason clauses for a ticket's label, and whether the generic fallback was used because the
+    rule cannot decide the ticket or disagrees with the label (the label always wins)."""
+    if evidence.decidable and label == "fail" and evidence.problems:
+        return evidence.problems, False
+    if evidence.decidable and label == "pass" and not evidence.problems:
+        return evidence.seen, False
+    return [], True
+
+
+def verdict_answer(ticket: Ticket, records: Sequence[Mapping[str, Any]]) -> tuple[str, bool]:
+    summaries = [records[i]["summary"] for i in ticket.indices]
+    reasons, fallback = verdict_reasons(ticket.label, ticket_evidence(ticket.mission, summaries))
+    return verdict_target(ticket.label, reasons), fallback
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _fail(source: Path, index: int, image: str, message: str) -> PixelCapError:
+    return PixelCapError(f"{source}: record {index} (image {image}): {message}")
+
+
+def _conforms(width: int, height: int, cfg: DataConfig) -> bool:
+    return (
+        width % cfg.factor == 0
+        and height % cfg.factor == 0
+        and MIN_TOKENS * cfg.factor**2 <= width * height <= cfg.max_pixels
+    )
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    with atomic_open(path, "wb") as fh:
+        image.save(fh, format=IMAGE_FORMATS[path.suffix.lower()], quality=95)  # PNG ignores quality
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (atomically replacing it); copy where links are impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not allowed: a copy works the same
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left over when something failed
+
+
+def split_name(source: Path) -> str:
+    """`<dataset>/<split>` of results/data/<dataset>/<split>.jsonl: keeps image names of splits apart."""
+    return f"{source.parent.name}/{source.stem}"
+
+
+def _image_name(record: Mapping[str, Any], folder: str, source: Path) -> str:
+    suffix = Path(record["images"][0]).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise VlqcError(f"{record['sample_id']}: unsupported image type {suffix!r}")
+    return f"images/{folder}/{split_name(source)}/{record['sample_id']}{suffix}"
+
+
+def prepare_image(
+    record: Mapping[str, Any], index: int, cfg: DataConfig, source: Path, out_dir: Path
+) -> tuple[str, dict[str, Any]]:
+    """The record's image under `out_dir` (path relative to it) and the record that goes with it,
+    both within the training cap. Breaking the cap is an error unless `resize_to_cap` is set."""
+    image_rel = record["images"][0]
+    src = source.parent / image_rel
+    try:
+        with Image.open(src) as image:
+            size = image.size
+    except OSError as exc:
+        raise _fail(source, index, image_rel, f"cannot open: {exc}") from exc
+    width, height = record["width"], record["height"]
+    if size != (width, height):
+        raise _fail(source, index, image_rel, f"image is {size[0]}x{size[1]}, record says {width}x{height}")
+    if _conforms(width, height, cfg):
+        rel = _image_name(record, "source", source)
+        _link(src, out_dir / rel)
+        return rel, dict(record)
+    if not cfg.resize_to_cap:
+        raise _fail(
+            source,
+            index,
+            image_rel,
+            f"{width}x{height} = {width * height} pixels; training needs sides that are multiples of {cfg.factor} "
+            f"and {MIN_TOKENS * cfg.factor**2}..{cfg.max_pixels} pixels (set data.resize_to_cap to resize here)",
+        )
+    with Image.open(src) as image:
+        rgb = image.convert("RGB")
+    # warp with the identity is a pure smart_resize; geometry scales with the pixels.
+    resized, out = warp(
+        rgb, dict(record), np.eye(3), (float(width), float(height)), max_pixels=cfg.max_pixels, factor=cfg.factor
+    )
+    rel = _image_name(record, "resized", source)
+    _save(resized, out_dir / rel)
+    return rel, out
+
+
+def _augmented(
+    record: dict[str, Any], rel: str, index: int, epoch: int, cfg: DataConfig, source: Path, out_dir: Path
+) -> tuple[str, dict[str, Any]]:
+    with Image.open(out_dir / rel) as image:
+        rgb = image.convert("RGB")
+    try:
+        image, out = augment_sample(
+            rgb, record, cfg.augmentation, _rng(cfg.seed, epoch, index, "augment", split_name(source))
+        )
+    except SampleError as exc:  # e.g. a legacy ×N summary that a crop would have to rebuild
+        raise VlqcError(f"{source}: record {index}: augmentation failed: {exc}") from exc
+    if out is record:  # bypassed: the prepared image serves as it is
+        return rel, record
+    new_rel = _image_name(record, f"epoch_{epoch}", source)
+    _save(image, out_dir / new_rel)
+    return new_rel, out
+
+
+# --- rows --------------------------------------------------------------------------------------------
+
+
+def _row(system: str, user: str, answer: str, images: list[str] | None, meta: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+    if images:
+        row["images"] = images
+    row["meta"] = meta
+    return row
+
+
+def _record_domain(record: Mapping[str, Any], missions: Mapping[str, Mapping[str, Any]]) -> str | None:
+    if record["domain"]:
+        return record["domain"]
+    mission = record.get("ticket", {}).get("mission")
+    return missions[mission]["domain"].upper() if mission in missions else None
+
+
+def build_epoch(
+    records: Sequence[Mapping[str, Any]],
+    epoch: int,
+    cfg: DataConfig,
+    out_dir: str | os.PathLike,
+    missions: Mapping[str, Mapping[str, Any]],
+    *,
+    source: str | os.PathLike,
+    guidance: Mapping[str, Mapping[str, str]] | None = None,
+    augment: bool = True,
+    prepared: dict[int, tuple[str, dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per record of the canonical JSONL `source` (its images resolve against its folder).
+
+    `guidance` maps a mission to its experiences (G0/S*/G*) for verdict prompts; missing → focus.
+    `augment=False` (val) skips augmentation; the pixel cap applies either way. `prepared` caches
+    `prepare_image` by record index: pass one dict to every epoch of a dataset to resize once.
+    """
+    prepared = {} if prepared is None else prepared
+    source, out_dir = Path(source), Path(out_dir)
+    split = split_name(source)
+    tickets = group_tickets(records)
+    for (mission, _, _), ticket in tickets.items():
+        if mission not in missions:
+            raise VlqcError(f"{source}: record {ticket.indices[0]}: unknown mission {mission!r}")
+    verdicts: dict[tuple[str, str, str], tuple[str, str, str]] = {}  # built once per ticket
+    rows = []
+    for index, record in enumerate(records):
+        ticket_id = _ticket_id(record)
+        try:
+            mode = choose_mode(cfg.seed, epoch, index, cfg.mode_ratios, ticket_id is not None, split)
+        except VlqcError as exc:
+            raise VlqcError(f"{source}: record {index}: {exc}") from exc
+        if mode == "verdict":
+            ticket = tickets[ticket_id]
+            if ticket_id not in verdicts:
+                summaries = [records[i]["summary"] for i in ticket.indices]
+                rules = guidance.get(ticket.mission) if guidance else None
+                verdicts[ticket_id] = (
+                    *verdict_messages(ticket.mission, rules, summaries, missions),
+                    verdict_answer(ticket, records)[0],
+                )
+            meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": ticket.key}
+            rows.append(_row(*verdicts[ticket_id], None, meta))
+            continue
+
+        domain = _record_domain(record, missions)
+        if domain is None:
+            raise VlqcError(f"{source}: record {index}: no domain and no mission, so it cannot be prompted")
+        if index not in prepared:
+            prepared[index] = prepare_image(record, index, cfg, source, out_dir)
+        rel, sample = prepared[index]
+        if augment and cfg.augmentation is not None:
+            rel, sample = _augmented(sample, rel, index, epoch, cfg, source, out_dir)
+        meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": record["sample_id"]}
+        if mode == "dense":
+            system, user = dense_messages(domain)
+            answer = dense_target({**sample, "domain": domain})
+        else:
+            mission = ticket_id[0] if ticket_id else None
+            no_mission = _rng(cfg.seed, epoch, index, "no_mission", split).random() < cfg.no_mission_prob
+            system, user = summary_messages(mission, domain, missions, no_mission=no_mission)
+            answer = summary_target(sample["summary"], domain)
+        rows.append(_row(system, user, answer, [rel], meta))
+    return rows
+
+
+def _ticket_id(record: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    t = record.get("ticket")
+    return (t["mission"], t["label"], t["group_id"]) if t else None
+
+
+# --- the dataset -------------------------------------------------------------------------------------
+
+
+def write_dataset(
+    train: Sequence[str | os.PathLike],
+    val: Sequence[str | os.PathLike],
+    cfg: DataConfig,
+    out_dir: str | os.PathLike,
+    missions: Mapping[str, Mapping[str, Any]],
+    *,
+    guidance: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Write `train.jsonl` and `val.jsonl` under `out_dir` from canonical JSONL files, every row
+    validated; returns counts for the log.
+
+    train.jsonl: for each epoch 0..cfg.epochs-1, the rows of every train file in order (augmented).
+    val.jsonl: one pass over the val files, not augmented ([] gives an empty file).
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    train, val = [Path(p) for p in train], [Path(p) for p in val]
+    if not train:
+        raise VlqcError("no canonical train file given")
+    records = {path: list(read_jsonl(path, "sample")) for path in [*train, *val]}
+    names: dict[str, Path] = {}
+    for path in records:
+        other = names.setdefault(split_name(path), path)
+        if other.resolve() != path.resolve():
+            raise VlqcError(f"{other} and {path} have the same <folder>/<name> {split_name(path)}: rename one")
+    prepared: dict[Path, dict[int, tuple[str, dict[str, Any]]]] = {path: {} for path in train}
+    train_rows = [
+        row
+        for epoch in range(cfg.epochs)
+        for path in train
+        for row in build_epoch(
+            records[path], epoch, cfg, out_dir, missions, source=path, guidance=guidance, prepared=prepared[path]
+        )
+    ]
+    val_rows = [
+        row
+        for path in val
+        for row in build_epoch(records[path], 0, cfg, out_dir, missions, source=path, guidance=guidance, augment=False)
+    ]
+    write_jsonl(out_dir / "train.jsonl", train_rows, schema=ROW_SCHEMA)
+    write_jsonl(out_dir / "val.jsonl", val_rows, schema=ROW_SCHEMA)
+
+    fallbacks = {}
+    for path in dict.fromkeys([*train, *val]):
+        recs = records[path]
+        keys = sorted(t.key for t in group_tickets(recs).values() if verdict_answer(t, recs)[1])
+        fallbacks[split_name(path)] = len(keys)
+        if keys:
+            log.warning(
+                "%s: %d ticket(s) get the generic Reason (no rule for the mission, a legacy summary, or the "
+                "rule disagrees with the label): %s",
+                path,
+                len(keys),
+                ", ".join(keys[:5]),
+            )
+    return {
+        "train": _counts(train_rows, sum(len(records[p]) for p in train), cfg.epochs),
+        "val": _counts(val_rows, sum(len(records[p]) for p in val), 1),
+        "verdict_reason_fallback": fallbacks,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _counts(rows: list[dict[str, Any]], records: int, epochs: int) -> dict[str, Any]:
+    modes = Counter(row["meta"]["mode"] for row in rows)
+    return {"records": records, "epochs": epochs, "rows": len(rows), "by_mode": {m: modes[m] for m in MODES}}
