@@ -7,6 +7,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/model.smk"
 
 
 rule all:
@@ -17,3 +18,5 @@ rule all:
             dataset=config["datasets"],
             split=["train", "val", "train_tiny", "val_tiny"],
         ),
+        serving_model(),
+        f"results/models/sft/{config['train']['run']}/eval.json",

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,9 +14,11 @@ min_version("9.0")
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 # Set (not required from the user): jobs, also in per-rule conda envs, import the
-# library from this checkout, and nothing ever reaches for a model hub.
+# library from this checkout; `python` in a job is the interpreter running Snakemake
+# (a conda env, when used, still comes first on PATH); nothing reaches for a model hub.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     HF_HUB_OFFLINE="1",
 )
 
@@ -43,3 +46,39 @@ def dataset_root(wildcards):
 def mission_domains_json():
     """Mission → domain, passed to the converter for photos without objects."""
     return json.dumps({name: m["domain"] for name, m in MISSIONS.items()}, ensure_ascii=False)
+
+
+# --- model -------------------------------------------------------------------------------
+
+from vlqc.train.config import load_train_config
+
+# Every run's training config is merged and checked now, so a typo fails the plan, not the job.
+TRAIN_CONFIGS = {run: load_train_config(path) for run, path in config["train"]["runs"].items()}
+
+
+def base_model_dir(wildcards=None):
+    return f"results/models/base/{config['base_model']['name']}"
+
+
+def base_model_args():
+    """CLI of scripts/base_model.py: link a real checkpoint, or build the tiny model."""
+    base = config["base_model"]
+    if base["checkpoint"]:
+        return f"--checkpoint {shlex.quote(base['checkpoint'])}"
+    sizes = json.dumps(base["sizes"])
+    return f"--sizes {shlex.quote(sizes)} --seed {base['seed']}"
+
+
+def canonical_splits(run, part):
+    """Canonical JSONL files a run trains (part=train) or validates (part=val) on."""
+    return [f"results/data/{d['dataset']}/{d['split']}.jsonl" for d in TRAIN_CONFIGS[run]["data"][part]]
+
+
+def canonical_images(run):
+    datasets = {d["dataset"] for part in ("train", "val") for d in TRAIN_CONFIGS[run]["data"][part]}
+    return [f"results/data/{dataset}/images" for dataset in sorted(datasets)]
+
+
+def serving_model():
+    """The merged checkpoint that Stage-A and Stage-B load."""
+    return f"results/models/sft/{config['train']['run']}/merged"

@@ -1,0 +1,95 @@
+# Model: base model, SFT dataset, ms-swift training, adapter merge, evaluation.
+
+
+rule base_model:
+    output:
+        directory("results/models/base/{name}"),
+    log:
+        "results/logs/base_model/{name}.log",
+    conda:
+        "../envs/model.yaml"
+    params:
+        args=base_model_args(),
+    shell:
+        "python scripts/base_model.py --out {output} {params.args} > {log} 2>&1"
+
+
+rule sft_dataset:
+    input:
+        train=lambda wildcards: canonical_splits(wildcards.run, "train"),
+        val=lambda wildcards: canonical_splits(wildcards.run, "val"),
+        images=lambda wildcards: canonical_images(wildcards.run),
+        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+        missions=config["missions_file"],
+    output:
+        directory("results/sft/{run}/data"),
+    log:
+        "results/logs/sft_dataset/{run}.log",
+    conda:
+        "../envs/model.yaml"
+    shell:
+        "python scripts/sft_dataset.py --train {input.train} --val {input.val} --config {input.config}"
+        " --missions {input.missions} --out {output} > {log} 2>&1"
+
+
+rule train_sft:
+    input:
+        base=base_model_dir(),
+        data="results/sft/{run}/data",
+        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+    output:
+        checkpoint=directory("results/models/sft/{run}/checkpoint"),
+        logging="results/models/sft/{run}/logging.jsonl",
+        resolved="results/models/sft/{run}/resolved_config.json",
+        runtime_env="results/models/sft/{run}/runtime_env.json",
+        metadata="results/models/sft/{run}/run_metadata.json",
+        sources=directory("results/models/sft/{run}/sources"),
+        work=temp(directory("results/models/sft/{run}/swift")),
+    log:
+        "results/logs/train_sft/{run}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=config["train"]["gpus"],
+    params:
+        cpu_ranks=config["train"]["cpu_ranks"],
+        gpus=config["train"]["gpus"],
+    shell:
+        "python scripts/train_sft.py --config {input.config} --base {input.base} --data {input.data}"
+        " --out results/models/sft/{wildcards.run} --nproc {params.cpu_ranks} --gpus {params.gpus}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule merge_adapter:
+    input:
+        checkpoint="results/models/sft/{run}/checkpoint",
+        base=base_model_dir(),
+    output:
+        directory("results/models/sft/{run}/merged"),
+    log:
+        "results/logs/merge_adapter/{run}.log",
+    conda:
+        "../envs/model.yaml"
+    shell:
+        "python scripts/merge_adapter.py --checkpoint {input.checkpoint} --base {input.base} --out {output}"
+        " > {log} 2>&1"
+
+
+rule eval_sft:
+    input:
+        model="results/models/sft/{run}/merged",
+        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+        train=lambda wildcards: canonical_splits(wildcards.run, "train")[0],
+        val=lambda wildcards: canonical_splits(wildcards.run, "val")[0],
+        missions=config["missions_file"],
+    output:
+        "results/models/sft/{run}/eval.json",
+    log:
+        "results/logs/eval_sft/{run}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_sft.py --model {input.model} --config {input.config}"
+        " --train {input.train} --val {input.val} --missions {input.missions} --out {output} > {log} 2>&1"

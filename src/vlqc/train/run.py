@@ -1,0 +1,83 @@
+"""Run one SFT job: manifest, then ms-swift under torchrun, then the final checkpoint in place.
+
+ms-swift is the training engine; this module only resolves the config, records
+the run, launches `torchrun -m swift.cli.sft` and moves the last checkpoint to
+`<out>/checkpoint` so later rules have one fixed path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from vlqc.errors import VlqcError
+from vlqc.train.config import config_sources, load_train_config, swift_invocation
+from vlqc.train.manifest import write_manifest
+from vlqc.train.sft_data import data_config, swift_env
+
+REPO = Path(__file__).resolve().parents[3]
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
+    device_args = [] if use_gpu else ["--use_cpu", "true", "--ddp_backend", "gloo"]
+    # Every trainable parameter takes part in each step; the unused-parameter scan only costs time.
+    ddp_args = ["--ddp_find_unused_parameters", "false"]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "--max-restarts=0", "-m", "swift.cli.sft", *args, *device_args, *ddp_args,
+    ]
+
+
+def last_checkpoint(work_dir: Path) -> Path:
+    found = sorted(
+        (int(m.group(1)), p) for p in work_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()
+    )
+    if not found:
+        raise VlqcError(f"{work_dir}: ms-swift finished without writing a checkpoint")
+    return found[-1][1]
+
+
+def train(config_path: Path, base_model: Path, data_dir: Path, out_dir: Path, nproc: int, gpus: int, threads: int) -> Path:
+    cfg = load_train_config(config_path)
+    work_dir = out_dir / "swift"
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # a rerun starts clean; Snakemake already removed the final outputs
+    val = data_dir / "val.jsonl"
+    args, env = swift_invocation(
+        cfg,
+        model_dir=base_model,
+        dataset_paths=[data_dir / "train.jsonl"],
+        # ms-swift is not handed an empty file (a run configured without val data).
+        val_dataset_paths=[val] if val.stat().st_size else [],
+        output_dir=work_dir,
+    )
+    nproc = gpus or nproc
+    env = {
+        **os.environ,
+        **env,
+        **swift_env(data_dir, data_config(cfg)),  # image paths resolve against the data folder
+        "OMP_NUM_THREADS": str(max(1, threads // nproc)),
+    }
+    write_manifest(
+        out_dir,
+        cfg,
+        config_sources(config_path),
+        REPO,
+        extra={"base_model": str(base_model), "data": str(data_dir), "nproc": nproc, "gpus": gpus, "swift_args": args},
+        environ=env,
+    )
+    result = subprocess.run(launch_command(args, nproc, use_gpu=gpus > 0), env=env)
+    if result.returncode != 0:
+        raise VlqcError(f"ms-swift training failed (exit {result.returncode}); its output is in the job log above")
+    checkpoint = last_checkpoint(work_dir)
+    final = out_dir / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    checkpoint.rename(final)
+    shutil.copy2(work_dir / "logging.jsonl", out_dir / "logging.jsonl")
+    return final
