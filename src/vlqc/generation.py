@@ -1,0 +1,79 @@
+"""Batched generation with a Qwen3-VL checkpoint folder (plain transformers).
+
+One engine serves every stage that asks the model something: evaluation,
+Stage-A summaries and Stage-B verdicts. Prompts come as (system, user) text in
+the ms-swift convention, `<image>` marking where each image goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vlqc.prompts import hf_messages
+
+
+@dataclass
+class Request:
+    system: str
+    user: str
+    images: list[Image.Image] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+class Generator:
+    """Greedy or sampled batched generation; left padding is set here, every time."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 max_pixels: int | None = None):
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
+        self.processor.tokenizer.padding_side = "left"
+        if max_pixels is not None:
+            image_processor = self.processor.image_processor
+            image_processor.size = {"shortest_edge": image_processor.size["shortest_edge"], "longest_edge": max_pixels}
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self.device = device
+
+    def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.processor.apply_chat_template(
+                hf_messages(r.system, r.user, r.images), tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+            for r in requests
+        ]
+        images = [image for r in requests for image in r.images]
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return batch.to(self.device)
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request], sampling: Sampling = Sampling()) -> list[str]:
+        if not requests:
+            return []
+        batch = self.encode(requests)
+        do_sample = sampling.temperature > 0
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        output = self.model.generate(
+            **batch,
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=do_sample,
+            temperature=sampling.temperature if do_sample else None,
+            top_p=sampling.top_p if do_sample else None,
+            top_k=None,
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
