@@ -21,7 +21,6 @@ from tqdm import tqdm
 from vlqc.data import geometry as geo
 from vlqc.data.desc import build_desc, build_legacy_desc
 from vlqc.data.export import ParsedExport, load_export, parse_export
-from vlqc.data.objects import RawObject
 from vlqc.data.summary import build_legacy_summary, build_summary
 from vlqc.data.taxonomy import domain_of
 from vlqc.errors import SampleError
