@@ -6,7 +6,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -22,6 +21,7 @@ os.environ.update(
     HF_HUB_OFFLINE="1",
 )
 
+from vlqc.missions import load_missions
 from vlqc.schemas import check, schema_path
 
 # Unknown keys are reported with their dotted path first; then Snakemake's own
@@ -29,9 +29,7 @@ from vlqc.schemas import check, schema_path
 check(config, "config", "config")
 validate(config, str(schema_path("config")))
 
-with open(config["missions_file"], encoding="utf-8") as fh:
-    MISSIONS = yaml.safe_load(fh)
-check(MISSIONS, "missions", config["missions_file"])
+MISSIONS = load_missions(config["missions_file"])
 
 
 wildcard_constraints:

@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from vlqc.demo import generate
+from vlqc.errors import SchemaError
+from vlqc.missions import load_missions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:
-        defined = yaml.safe_load(args.missions_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        parser.error(f"cannot read missions file {args.missions_file}: {exc}")
-    if not isinstance(defined, dict):
-        parser.error(f"{args.missions_file}: expected a mapping of mission name to settings")
+        defined = load_missions(args.missions_file)
+    except SchemaError as exc:
+        parser.error(str(exc))
     missions = args.missions or list(defined)
     undefined = [m for m in missions if m not in defined]
     if undefined:

@@ -4,9 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from vlqc.jsonl import read_jsonl, write_json
+from vlqc.missions import load_missions
 from vlqc.train.config import load_train_config
 from vlqc.train.evaluate import evaluate
 
@@ -27,7 +26,7 @@ def main() -> None:
         list(read_jsonl(args.train, schema="sample")),
         list(read_jsonl(args.val, schema="sample")),
         args.val.parent,
-        yaml.safe_load(args.missions.read_text(encoding="utf-8")),
+        load_missions(args.missions),
         max_pixels=cfg["template"]["max_pixels"],
         batch_size=args.batch_size,
     )

@@ -13,20 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_json
-from vlqc.schemas import check
+from vlqc.missions import load_missions
 from vlqc.train.config import load_train_config
 from vlqc.train.sft_data import data_config, write_dataset
-
-
-def _yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise VlqcError(f"cannot read {path}: {exc}") from exc
 
 
 def _guidance(path: Path) -> dict[str, dict[str, str]]:
@@ -56,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         resolved = read_json(args.config) if args.config.suffix == ".json" else load_train_config(args.config)
-        missions = _yaml(args.missions)
-        check(missions, "missions", str(args.missions))
+        missions = load_missions(args.missions)
         stats = write_dataset(
             args.train,
             args.val,

@@ -58,3 +58,16 @@ def test_mission_without_fail_conditions_is_rejected():
     missions = load("missions.yaml")
     del missions["BBU接地线检查"]["fail_conditions"]
     assert any(p.startswith("BBU接地线检查:") and "fail_conditions" in p for p in problems(missions, "missions"))
+
+
+def test_load_missions_names_the_file_on_bad_content(tmp_path):
+    from vlqc.missions import load_missions
+
+    assert "挡风板安装检查" in load_missions(REPO / "config" / "missions.yaml")
+    bad = tmp_path / "missions.yaml"
+    bad.write_text("挡风板安装检查: {domain: bbu}\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"(?s)missions\.yaml.*fail_conditions"):
+        load_missions(bad)
+    bad.write_text("a: [unclosed\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"cannot read missions file .*missions\.yaml"):
+        load_missions(bad)
