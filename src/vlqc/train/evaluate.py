@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.prompts import category_count, summary_entries, summary_messages, strip_summary_header, verdict_messages
+from vlqc.train.sft_data import group_tickets
 from vlqc.verdict import parse_verdict
 
 
@@ -63,32 +64,28 @@ def evaluate(model_dir: Path, train: list[dict], val: list[dict], data_root: Pat
     most_common, _ = Counter(r["summary"] for r in train).most_common(1)[0]
     baseline = sum(r["summary"] == most_common for r in val) / len(val)
 
-    tickets: dict[tuple, list[dict]] = {}
-    for record in val:
-        if "ticket" in record:
-            t = record["ticket"]
-            tickets.setdefault((t["mission"], t["label"], t["group_id"]), []).append(record)
+    # Photos in the order training prompts used (natural order of file names).
+    tickets = list(group_tickets(val).values())
     correct = invalid = 0
-    keys = sorted(tickets)
-    for chunk in tqdm(list(batched(keys, batch_size)), desc="eval verdicts", mininterval=5):
+    for chunk in tqdm(list(batched(tickets, batch_size)), desc="eval verdicts", mininterval=5):
         requests = [
-            Request(*verdict_messages(key[0], None, [r["summary"] for r in tickets[key]], missions))
-            for key in chunk
+            Request(*verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions))
+            for t in chunk
         ]
-        for key, text in zip(chunk, generator.generate(requests, greedy)):
+        for ticket, text in zip(chunk, generator.generate(requests, greedy)):
             parsed = parse_verdict(text)
             invalid += parsed.verdict is None
-            correct += parsed.verdict == key[1]
+            correct += parsed.verdict == ticket.label
 
     n_val = len(val)
     return {
         "model": str(model_dir),
         "val_photos": n_val,
-        "val_tickets": len(keys),
+        "val_tickets": len(tickets),
         "summary_exact_match": round(exact / n_val, 4),
         "most_frequent_summary_baseline": round(baseline, 4),
         "category_count_accuracy": round(matched / max(total, 1), 4),
-        "verdict_accuracy_gt_summaries": round(correct / max(len(keys), 1), 4),
+        "verdict_accuracy_gt_summaries": round(correct / max(len(tickets), 1), 4),
         "verdict_invalid": invalid,
         "targets": {"summary_exact_match": 0.4, "summary_vs_baseline": 2.0, "category_count_accuracy": 0.8,
                     "verdict_accuracy_gt_summaries": 0.85},
