@@ -14,3 +14,10 @@ def group_id_from(stem: str, fallback: str) -> str:
     """The origin group id at the start of an image stem, else the group folder name."""
     match = GROUP_ID_RE.match(stem)
     return match.group(1) if match else fallback
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key that orders digit runs by value: `x_2.jpg` before `x_10.jpg`."""
+    # re.split with a capture group alternates text (even index) and digit runs (odd index),
+    # so keys compare position by position without mixing str and int.
+    return [int(part) if index % 2 else part for index, part in enumerate(re.split(r"([0-9]+)", name))]

@@ -42,7 +42,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from collections import Counter
@@ -65,6 +64,7 @@ from vlqc.prompts import (
     verdict_messages,
     verdict_target,
 )
+from vlqc.tickets import natural_key
 from vlqc.train.augment import augment as augment_sample
 from vlqc.train.augment import warp
 
@@ -185,10 +185,6 @@ class Ticket:
         return f"{self.mission}/{self.group_id}::{self.label}"
 
 
-def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", name)]
-
-
 def group_tickets(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Ticket]:
     """Tickets by (mission, label, group_id); photos in natural order of their file names."""
     members: dict[tuple[str, str, str], list[int]] = {}
@@ -197,7 +193,7 @@ def group_tickets(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, 
             t = record["ticket"]
             members.setdefault((t["mission"], t["label"], t["group_id"]), []).append(index)
     return {
-        key: Ticket(*key, tuple(sorted(idx, key=lambda i: _natural_key(Path(records[i]["images"][0]).name))))
+        key: Ticket(*key, tuple(sorted(idx, key=lambda i: natural_key(Path(records[i]["images"][0]).name))))
         for key, idx in members.items()
     }
 
