@@ -1,0 +1,65 @@
+"""Merge the Stage-A rank files into <mission>_stage_a.jsonl and its failure file (rule stage_a_merge).
+
+Groups that cannot be merged go to the failure file with a reason code; the exit status is 0 then
+too. Unreadable or invalid inputs stop the merge with a message naming the file (exit status 1).
+
+Example:
+    python scripts/stage_a_merge.py --mission 挡风板安装检查 \
+        --selection results/stage_a/挡风板安装检查/selection.jsonl \
+        --out results/挡风板安装检查_stage_a.jsonl --failures results/挡风板安装检查_stage_a.failures.jsonl \
+        results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vlqc.errors import SchemaError, VlqcError
+from vlqc.jsonl import read_jsonl
+from vlqc.stage_a.merge import merge, write_merge
+
+log = logging.getLogger("stage_a_merge")
+
+
+def _selection(path: Path) -> list[dict]:
+    try:
+        return list(read_jsonl(path, schema="stage_a_group_selection"))
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8: {exc.reason}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--selection", type=Path, required=True, help="selected groups (stage_a_group_selection)")
+    parser.add_argument("--out", type=Path, required=True, help="merged records: results/<mission>_stage_a.jsonl")
+    parser.add_argument("--failures", type=Path, required=True, help="groups left out, with a reason code")
+    parser.add_argument("--mission", required=True)
+    parser.add_argument("rank_files", type=Path, nargs="+", help="per-image rows: …rank<r>.jsonl")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        result = merge(_selection(args.selection), args.rank_files, args.mission)
+        write_merge(result, args.out, args.failures)
+    except (VlqcError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = result.counts
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts["failed_by_reason"].items()) or "none"
+    log.info(
+        "%s: selected %d, written %d, failed %d (%s)",
+        args.mission,
+        counts["selected"],
+        counts["written"],
+        counts["failed"],
+        reasons,
+    )
+    print(json.dumps(counts, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
