@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from vlqc.errors import SampleError
 from vlqc.prompts import hf_messages
 
 
@@ -46,6 +48,16 @@ class Generator:
             image_processor.size = {"shortest_edge": image_processor.size["shortest_edge"], "longest_edge": max_pixels}
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.device = device
+
+    def check_image(self, image: Image.Image, where: str) -> None:
+        """Raise SampleError('unprocessable_image') for a photo the image processor would refuse
+        (an aspect ratio over 200), so that it fails alone rather than its whole batch."""
+        ip = self.processor.image_processor
+        try:
+            smart_resize(image.height, image.width, ip.patch_size * ip.merge_size,
+                         ip.size["shortest_edge"], ip.size["longest_edge"])
+        except ValueError as exc:
+            raise SampleError("unprocessable_image", str(exc), where) from exc
 
     def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
         texts = [

@@ -1,0 +1,192 @@
+"""One Stage-A rank: summarise its share of the selected images and write its rank file.
+
+Every image job ends as one `stage_a_image_row`: `ok` with the cleaned summary, or an error
+with a reason code (a photo that will not load, a summary that is empty or not a summary).
+Bad items never stop the rank; a crash does, and then no rank file appears (atomic write).
+
+Resume: each finished summary is appended, flushed, to `<resume_dir>/rank<r>.jsonl` under a
+fingerprint of the checkpoint and the generation settings. A rerun skips every image that any
+earlier rank already summarised with the same fingerprint (the world size may differ), so a
+killed job over thousands of groups does not start over. Failed images are always retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vlqc.errors import SampleError
+from vlqc.generation import Generator, Request, Sampling
+from vlqc.jsonl import dumps, write_jsonl
+from vlqc.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
+from vlqc.stage_a.discover import Group
+from vlqc.stage_a.images import load_image
+from vlqc.stage_a.jobs import ImageJob, rank_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_pixels: int | None = None  # the processor's pixel budget; None keeps the checkpoint's
+    no_mission: bool = False
+    seed: int = 0
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed)
+
+
+def clean_summary(text: str) -> str:
+    """The summary in a model answer (header line stripped), or a SampleError saying why there is none."""
+    summary = strip_summary_header(text)
+    if not summary:
+        raise SampleError("empty_summary", "the model wrote no summary")
+    if summary != IRRELEVANT and summary_entries(summary) is None:
+        raise SampleError("unparseable_summary", f"not a summary JSON line: {summary[:120]!r}")
+    return summary
+
+
+def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings) -> str:
+    """Identity of what produced a summary: checkpoint files, prompt and generation settings.
+    The batch size is left out: left-padded batches give the outputs of one-by-one generation,
+    and a rerun after running out of memory should be free to lower it."""
+    digest = hashlib.sha256()
+    digest.update((checkpoint / "config.json").read_bytes())
+    for weights in sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("*.bin")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    knobs = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    digest.update(dumps({"prompt": prompt, "settings": knobs}).encode())
+    return digest.hexdigest()
+
+
+def _image_key(job: ImageJob) -> str | None:
+    """Which photo a resume entry is for: its path, size and modification time (None if gone)."""
+    try:
+        stat = job.path.stat()
+    except OSError:
+        return None
+    return f"{job.group_id}::{job.label}::{job.path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class ResumeLog:
+    """Finished summaries of earlier attempts (any rank), and this rank's append-only record."""
+
+    def __init__(self, folder: Path, rank: int, fingerprint: str):
+        self.folder, self.fingerprint = folder, fingerprint
+        self.path = folder / f"rank{rank}.jsonl"
+
+    def load(self) -> dict[str, str]:
+        done: dict[str, str] = {}
+        for path in sorted(self.folder.glob("rank*.jsonl")):
+            with open(path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        # A crash can tear the last line; that item is simply done again.
+                        log.warning("%s:%d: torn resume entry ignored", path, lineno)
+                        continue
+                    if entry.get("fingerprint") == self.fingerprint:
+                        done[entry["key"]] = entry["summary"]
+        return done
+
+    def add(self, key: str, summary: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(dumps({"fingerprint": self.fingerprint, "key": key, "summary": summary}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _ok(job: ImageJob, summary: str) -> dict[str, Any]:
+    return {**job.row(), "ok": True, "summary": summary}
+
+
+def _failed(job: ImageJob, error: SampleError) -> dict[str, Any]:
+    return {**job.row(), "ok": False, "error": {"code": error.code, "message": str(error)}}
+
+
+def run_rank(
+    groups: Sequence[Group],
+    *,
+    mission: str,
+    missions: Mapping[str, Mapping[str, Any]],
+    checkpoint: Path,
+    settings: Settings,
+    mode: str,
+    rank: int,
+    world: int,
+    out: Path,
+    resume_dir: Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    load_generator: Callable[..., Generator] = Generator,
+) -> dict[str, int]:
+    """Summarise this rank's images and write `out` (stage_a_image_row); returns counts.
+    `load_generator(checkpoint, device=, dtype=, max_pixels=)` builds the model backend."""
+    batches = rank_batches(groups, mode, rank, world, settings.batch_size)
+    prompt = summary_messages(mission, missions[mission]["domain"], missions, settings.no_mission)
+    resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings))
+    done = resume.load()
+    generator: Generator | None = None  # loaded only when something is left to generate
+    rows: list[dict[str, Any]] = []
+    counts = {"images": sum(map(len, batches)), "resumed": 0, "generated": 0, "failed": 0}
+    for batch in tqdm(batches, desc=f"stage-a rank {rank}", unit="batch", position=rank, mininterval=5):
+        todo: list[tuple[ImageJob, str | None, Any]] = []
+        for job in batch:
+            key = _image_key(job)
+            if key in done:
+                rows.append(_ok(job, done[key]))
+                counts["resumed"] += 1
+                continue
+            try:
+                todo.append((job, key, load_image(job.path)))
+            except SampleError as error:
+                rows.append(_failed(job, error))
+        if not todo:
+            continue
+        if generator is None:
+            generator = load_generator(checkpoint, device=device, dtype=dtype, max_pixels=settings.max_pixels)
+        todo = _drop_unprocessable(generator, todo, rows)
+        texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
+        for (job, key, _), text in zip(todo, texts):
+            try:
+                summary = clean_summary(text)
+            except SampleError as error:
+                rows.append(_failed(job, error))
+                continue
+            rows.append(_ok(job, summary))
+            counts["generated"] += 1
+            if key is not None:
+                resume.add(key, summary)
+    counts["failed"] = sum(not row["ok"] for row in rows)
+    write_jsonl(out, rows, schema="stage_a_image_row")
+    return counts
+
+
+def _drop_unprocessable(generator: Generator, todo: list, rows: list[dict[str, Any]]) -> list:
+    """Images the processor would reject (absurd aspect ratios) fail alone instead of their batch."""
+    kept = []
+    for job, key, image in todo:
+        try:
+            generator.check_image(image, str(job.path))
+        except SampleError as error:
+            rows.append(_failed(job, error))
+            continue
+        kept.append((job, key, image))
+    return kept
