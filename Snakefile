@@ -8,6 +8,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
+include: "rules/stage_a.smk"
 
 
 rule all:

@@ -80,3 +80,54 @@ def canonical_images(run):
 def serving_model():
     """The merged checkpoint that Stage-A and Stage-B load."""
     return f"results/models/sft/{config['train']['run']}/merged"
+
+
+# --- Stage-A -----------------------------------------------------------------------------
+
+STAGE_A = config["stage_a"]
+
+
+def stage_a_checkpoint():
+    """The model Stage-A runs: a configured folder, else the pipeline's serving checkpoint."""
+    return STAGE_A["checkpoint"] or serving_model()
+
+
+def stage_a_sampling_args():
+    """Group sampling options of scripts/stage_a_select.py (no count: every group of that label)."""
+    args = [f"--seed {STAGE_A['sample_seed']}"]
+    for label in ("pass", "fail"):
+        if STAGE_A[f"{label}_group_number"] is not None:
+            args.append(f"--{label}-n {STAGE_A[f'{label}_group_number']}")
+    return " ".join(args)
+
+
+def stage_a_max_pixels():
+    """The processor's pixel budget: configured, else the serving run's training pixel cap
+    (generation must see images as training did); a foreign checkpoint keeps its own."""
+    if STAGE_A["max_pixels"] or STAGE_A["checkpoint"]:
+        return STAGE_A["max_pixels"]
+    return TRAIN_CONFIGS[config["train"]["run"]]["template"]["max_pixels"]
+
+
+def stage_a_settings():
+    """Generation settings of scripts/stage_a_infer.py (vlqc.stage_a.infer.Settings)."""
+    keys = ("batch_size", "max_new_tokens", "temperature", "top_p", "repetition_penalty", "no_mission")
+    settings = {key: STAGE_A[key] for key in keys}
+    return json.dumps({**settings, "max_pixels": stage_a_max_pixels(), "seed": STAGE_A["sample_seed"]})
+
+
+def stage_a_ranks():
+    return STAGE_A["gpus"] or STAGE_A["cpu_ranks"]
+
+
+# Per-rank files of the inference job; per_image rows are marked `.images`.
+STAGE_A_RANK_FILES = expand(
+    "results/stage_a/{{mission}}/{{mission}}_stage_a{infix}.rank{rank}.jsonl",
+    infix=".images" if STAGE_A["sharding_mode"] == "per_image" else "",
+    rank=range(stage_a_ranks()),
+)
+
+
+def intermediate(paths):
+    """Temporary unless keep_intermediate_outputs is set."""
+    return paths if config["keep_intermediate_outputs"] else temp(paths)

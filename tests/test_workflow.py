@@ -78,10 +78,22 @@ def test_unknown_config_key_fails_the_run_naming_its_dotted_path():
     assert "convert.max_pixel: unknown key" in result.stdout + result.stderr
 
 
-def test_mission_wildcard_takes_the_real_chinese_names():
-    missions = yaml.safe_load((REPO / "config" / "missions.yaml").read_text(encoding="utf-8"))
-    common = (REPO / "rules" / "common.smk").read_text(encoding="utf-8")
-    assert "re.escape(name) for name in MISSIONS" in common
-    pattern = "|".join(re.escape(name) for name in missions)
-    assert re.fullmatch(pattern, "BBU安装方式检查（正装）")
-    assert not re.fullmatch(pattern, "BBU安装方式检查")
+def test_stage_a_target_of_a_chinese_mission_plans_the_whole_chain(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("stage_a: {sharding_mode: per_image, cpu_ranks: 2}\n", encoding="utf-8")
+    result = run(str(BIN / "snakemake"), "-n", "--forceall", "results/挡风板安装检查_stage_a.jsonl",
+                 "--configfile", str(overlay))
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = result.stdout
+    for rule in ("demo_tickets", "train_sft", "merge_adapter", "stage_a_select", "stage_a_verify", "stage_a_infer",
+                 "stage_a_merge"):
+        assert re.search(rf"^rule {rule}:", plan, flags=re.M), rule
+    for rank in (0, 1):
+        assert f"results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank{rank}.jsonl" in plan
+    assert "--nproc_per_node=2 --max-restarts=0" in plan
+
+
+def test_a_mission_not_in_the_missions_file_is_no_target():
+    result = run(str(BIN / "snakemake"), "-n", "results/不存在的任务_stage_a.jsonl")
+    assert result.returncode != 0
+    assert "MissingRuleException" in result.stdout + result.stderr or "No rule to produce" in result.stdout + result.stderr

@@ -33,6 +33,8 @@ def _type(sub: dict) -> str:
     if "enum" in sub:
         return " \\| ".join(f"`{v}`" for v in sub["enum"])
     kind = sub.get("type", "")
+    if isinstance(kind, list):
+        return " or ".join(kind)
     return f"{kind} of {sub['items'].get('type', '')}" if kind == "array" else str(kind)
 
 

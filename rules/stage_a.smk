@@ -1,0 +1,83 @@
+# Stage-A: per-image summaries for every selected group of a mission, merged per mission.
+
+
+rule stage_a_select:
+    input:
+        STAGE_A["input_root"],
+    output:
+        "results/stage_a/{mission}/selection.jsonl",
+    log:
+        "results/logs/stage_a/{mission}/select.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        sampling=stage_a_sampling_args(),
+    shell:
+        "python scripts/stage_a_select.py --root {input} --mission {wildcards.mission:q}"
+        " {params.sampling} --out {output} > {log} 2>&1"
+
+
+rule stage_a_verify:
+    input:
+        selection="results/stage_a/{mission}/selection.jsonl",
+        checkpoint=stage_a_checkpoint(),
+    output:
+        "results/stage_a/{mission}/verify.jsonl",
+    log:
+        "results/logs/stage_a/{mission}/verify.log",
+    conda:
+        "../envs/model.yaml"
+    params:
+        max_pixels=lambda wildcards: f"--max-pixels {stage_a_max_pixels()}" if stage_a_max_pixels() else "",
+    shell:
+        "python scripts/stage_a_verify.py --selection {input.selection} --checkpoint {input.checkpoint}"
+        " {params.max_pixels} --out {output} > {log} 2>&1"
+
+
+rule stage_a_infer:
+    input:
+        selection="results/stage_a/{mission}/selection.jsonl",
+        verify="results/stage_a/{mission}/verify.jsonl",
+        checkpoint=stage_a_checkpoint(),
+        missions=config["missions_file"],
+    output:
+        intermediate(STAGE_A_RANK_FILES),
+    log:
+        "results/logs/stage_a/{mission}/infer.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=STAGE_A["gpus"],
+    params:
+        ranks=stage_a_ranks(),
+        out=lambda wildcards, output: output[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
+        settings=stage_a_settings(),
+        mode=STAGE_A["sharding_mode"],
+        gpus=STAGE_A["gpus"],
+    shell:
+        # Threads split evenly over the ranks: oversubscribed cores slow generation severalfold.
+        "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
+        " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
+        " scripts/stage_a_infer.py --selection {input.selection} --mission {wildcards.mission:q}"
+        " --missions {input.missions} --checkpoint {input.checkpoint} --mode {params.mode}"
+        " --out {params.out:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
+        " --gpus {params.gpus} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule stage_a_merge:
+    input:
+        selection="results/stage_a/{mission}/selection.jsonl",
+        ranks=STAGE_A_RANK_FILES,
+    output:
+        merged="results/{mission}_stage_a.jsonl",
+        failures="results/{mission}_stage_a.failures.jsonl",
+    log:
+        "results/logs/stage_a/{mission}/merge.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        # Once merged, the resume entries of the inference job are no longer needed.
+        "python scripts/stage_a_merge.py --selection {input.selection} --mission {wildcards.mission:q}"
+        " --out {output.merged} --failures {output.failures} {input.ranks} > {log} 2>&1"
+        " && rm -rf results/stage_a/{wildcards.mission:q}/resume"
