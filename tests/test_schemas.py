@@ -15,7 +15,7 @@ from conftest import REPO, example_export
 from vlqc.__main__ import main as vlqc_main
 from vlqc.errors import SchemaError
 from vlqc.jsonl import read_jsonl, write_jsonl
-from vlqc.schemas import SCHEMA_DIR, available, validate
+from vlqc.schemas import SCHEMA_DIR, available, problems, validate
 
 BIN = Path(sys.executable).parent
 
@@ -82,3 +82,9 @@ def test_check_jsonschema_cli_accepts_our_schemas(tmp_path):
 def test_validate_helper_names_the_location():
     with pytest.raises(SchemaError, match=r"^here: <top level>: 'info' is a required property"):
         validate({"markResult": {"features": []}}, "export_markresult", "here")
+
+
+def test_problems_names_keys_that_match_no_property_pattern():
+    record = {"group_id": "g", "mission": "m", "label": "pass", "images": ["a.jpg"],
+              "per_image": {"image_1": "无关图片", "photo_2": "无关图片"}}
+    assert problems(record, "stage_a_group") == ["per_image.photo_2: unknown key"]

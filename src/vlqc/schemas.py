@@ -294,9 +294,9 @@ def problems(doc: Any, name: str) -> list[str]:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             known = set(error.schema.get("properties", {}))
-            pattern_props = error.schema.get("patternProperties", {})
+            patterns = [re.compile(p) for p in error.schema.get("patternProperties", {})]
             for key in error.instance:
-                if key not in known and not pattern_props:
+                if key not in known and not any(p.search(key) for p in patterns):
                     found.append(f"{dotted([*path, key])}: unknown key")
             continue
         found.append(f"{dotted(path)}: {error.message}")
