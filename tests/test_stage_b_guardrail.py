@@ -1,0 +1,216 @@
+"""The fail-first guardrail: clause splitting, trigger exclusions, mission relevance and the Reason rewrite."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import REPO
+
+from vlqc.data.summary import IRRELEVANT, build_legacy_summary, build_summary
+from vlqc.missions import load_missions
+from vlqc.prompts import REASON_MAX_CHARS
+from vlqc.stage_b.guardrail import (
+    CONCLUSION,
+    GUARDRAIL,
+    HARD,
+    IRRELEVANT_HIT,
+    MODEL,
+    NEGATION_PREFIXES,
+    PENDING,
+    PENDING_PHRASES,
+    Clause,
+    apply,
+    find_trigger,
+    guardrail_reason,
+    is_relevant,
+    relevance_keywords,
+    scan,
+    split_clauses,
+)
+from vlqc.verdict import parse_verdict
+
+MISSIONS = load_missions(REPO / "config" / "missions.yaml")
+SCREW_G0 = MISSIONS["BBU安装方式检查（正装）"]["focus"]
+SHIELD_G0 = MISSIONS["挡风板安装检查"]["focus"]
+
+BAD_SCREWS = build_summary(["类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=露铜"], "BBU")
+GOOD_SCREWS = build_summary(["类别=BBU安装螺丝,可见性=完整,符合性=符合", "类别=BBU设备,品牌=华为,可见性=完整"], "BBU")
+MISSING_SHIELD = build_summary(
+    ["类别=BBU设备,品牌=华为,可见性=完整,挡风板需求=空间充足需安装,挡风板符合性=未按要求配备"], "BBU"
+)
+LOOSE_FASTENER = build_summary(["类别=站点距离,站点距离=35", "类别=RRU设备", "类别=紧固件,安装状态=不合格"], "RRU")
+
+
+def kinds(per_image, g0):
+    return [hit.kind for hit in scan(per_image, g0).hits]
+
+
+# --- clauses --------------------------------------------------------------------------------------
+
+
+def test_json_summary_gives_one_clause_per_attribute_value_with_the_category_as_subject():
+    summary = build_summary(
+        ["类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=未拧紧|生锈", "类别=BBU设备,品牌=华为,可见性=部分,备注=螺丝松动"], "BBU"
+    )
+    clauses = split_clauses(summary)
+    assert [c.text for c in clauses] == [
+        "BBU安装螺丝可见性=完整", "BBU安装螺丝符合性=不符合", "BBU安装螺丝问题=未拧紧", "BBU安装螺丝问题=生锈",
+        "BBU设备可见性=部分", "BBU设备品牌=华为", "备注:螺丝松动",
+    ]
+    assert [c.subject for c in clauses] == ["BBU安装螺丝"] * 4 + ["BBU设备"] * 2 + [None]
+
+
+def test_rru_group_counts_are_not_clauses_and_the_header_line_is_stripped():
+    summary = build_summary(["类别=尾纤,标签=有标签,套管保护=无套管,组=1", "类别=标签,文本=5G-RRU1-尾纤,组=1"], "RRU")
+    texts = [c.text for c in split_clauses("<DOMAIN=RRU>, <TASK=SUMMARY>\n" + summary)]
+    assert texts == ["尾纤套管保护=无套管", "尾纤标签=有标签", "标签文本=5G-RRU1-尾纤"]
+
+
+def test_irrelevant_image_has_no_clauses():
+    assert split_clauses(IRRELEVANT) == []
+    assert scan([IRRELEVANT, IRRELEVANT], SCREW_G0).hits == ()
+
+
+def test_legacy_summary_splits_on_semicolons_newlines_and_full_width_commas():
+    legacy = build_legacy_summary(["BBU设备/需复核,备注:无法判断品牌", "组1:尾纤/有标签,有套管保护"], "RRU")
+    clauses = split_clauses(legacy + "；紧固件/紧固合格;RRU设备×1\n站点距离/35")
+    assert [c.text for c in clauses] == [
+        "组1:尾纤/有标签,有套管保护×1", "BBU设备/需复核,备注:无法判断品牌×1", "紧固件/紧固合格", "RRU设备×1", "站点距离/35",
+    ]
+    assert [c.subject for c in clauses] == ["尾纤", "BBU设备", "紧固件", "RRU设备", "站点距离"]
+
+
+# --- triggers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", NEGATION_PREFIXES)
+def test_a_negation_prefix_right_before_the_trigger_cancels_it(prefix):
+    assert find_trigger(f"挡风板{prefix}松动") is None
+    assert find_trigger(f"挡风板{prefix} 损坏") is None  # whitespace between does not matter
+
+
+def test_a_negation_elsewhere_in_the_clause_does_not_cancel():
+    assert find_trigger("挡风板松动") == "松动"
+    assert find_trigger("没有标签，螺丝松动") == "松动"
+    assert find_trigger("未见损坏但螺丝松动") == "松动"  # the first hit is negated, the second is not
+
+
+@pytest.mark.parametrize("text", ["螺丝是否松动", "标签能否损坏", "挡风板是不是反向", "螺丝是否 松动"])
+def test_question_context_cancels_the_trigger(text):
+    assert find_trigger(text) is None
+
+
+def test_question_marker_must_end_the_six_characters_before_the_hit():
+    assert find_trigger("是否螺丝松动") == "松动"  # 是否 is in the window but does not end it
+
+
+def test_issue_pattern_is_found_before_bare_triggers():
+    assert find_trigger("螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜×1") == "不符合要求/露铜"
+    assert find_trigger("螺丝、光纤插头/BBU安装螺丝,不符合要求×1") == "不符合"
+    assert find_trigger("BBU安装螺丝问题=露铜") == "问题=露铜"
+
+
+def test_bare_triggers_inside_a_negated_issue_are_not_counted_again():
+    assert find_trigger("未见不符合要求/松动") is None  # 松动 is the negated issue, not a new hit
+
+
+@pytest.mark.parametrize("phrase", PENDING_PHRASES)
+def test_pending_phrase_turns_a_hard_hit_into_a_warning(phrase):
+    clause = f"螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜,{phrase}"
+    assert kinds([clause], SCREW_G0) == [PENDING]
+    assert kinds(["螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜"], SCREW_G0) == [HARD]
+
+
+def test_review_marker_in_a_summary_is_a_soft_signal_never_a_fail():
+    legacy = build_legacy_summary(["BBU设备/需复核,备注:BBU安装螺丝松动"], "BBU")
+    result = scan([legacy], SCREW_G0)
+    assert [(hit.kind, hit.trigger) for hit in result.hits] == [(PENDING, "松动")]
+    assert apply("pass", "Image1: 螺丝符合", result) == ("pass", "Image1: 螺丝符合", MODEL)
+
+
+# --- relevance ------------------------------------------------------------------------------------
+
+
+def test_keywords_are_cut_at_connectors_with_short_pieces_dropped_and_install_prefix_expanded():
+    assert relevance_keywords("至少需要检测到BBU设备和螺丝，并判断安装方向是否正确") == [
+        "BBU设备", "螺丝", "安装方向", "方向", "正确",
+    ]
+    assert relevance_keywords("若需要安装挡风板，则判断是否按要求配备") == ["挡风板", "配备"]
+
+
+def test_mission_focus_texts_give_their_object_names_as_keywords():
+    assert relevance_keywords(MISSIONS["BBU接地线检查"]["focus"]) == ["机柜处接地螺丝", "地排处接地螺丝", "电线", "捆扎整齐"]
+
+
+def test_a_relevant_hit_is_hard_and_the_same_hit_is_irrelevant_for_another_mission():
+    assert kinds([BAD_SCREWS], SCREW_G0) == [HARD, HARD]
+    assert kinds([BAD_SCREWS], SHIELD_G0) == [IRRELEVANT_HIT, IRRELEVANT_HIT]
+    # The three RRU missions are independent: a loose fastener fails only the install mission.
+    assert kinds([LOOSE_FASTENER], MISSIONS["RRU安装检查"]["focus"]) == [HARD]
+    assert kinds([LOOSE_FASTENER], MISSIONS["RRU线缆"]["focus"]) == [IRRELEVANT_HIT]
+
+
+def test_a_subject_named_in_g0_makes_the_clause_relevant():
+    keywords = relevance_keywords(SCREW_G0)
+    assert not any(keyword in "螺丝/松动" for keyword in keywords)
+    assert is_relevant(Clause("螺丝/松动", "螺丝"), keywords, SCREW_G0)
+    assert not is_relevant(Clause("螺丝/松动", None), keywords, SCREW_G0)
+
+
+def test_a_match_only_on_a_device_anchor_does_not_count_when_g0_has_other_keywords():
+    # Shield negative on a BBU设备 entry: only the BBU设备 anchor links it to the screw mission.
+    assert kinds([MISSING_SHIELD], SCREW_G0) == [IRRELEVANT_HIT]
+    assert kinds([MISSING_SHIELD], SHIELD_G0) == [HARD]
+    # A G0 that names nothing but the device lets the anchor count.
+    assert kinds([MISSING_SHIELD], "必须看到BBU设备") == [HARD]
+
+
+# --- apply ----------------------------------------------------------------------------------------
+
+
+def test_relevant_hit_overrides_pass_with_a_reason_that_agrees():
+    result = scan([GOOD_SCREWS, BAD_SCREWS], SCREW_G0)
+    verdict, reason, source = apply("pass", "Image1: 螺丝符合; 总结: 任务要求均满足", result)
+    assert (verdict, source) == ("fail", GUARDRAIL)
+    assert reason == "Image2: BBU安装螺丝符合性=不符合; Image2: BBU安装螺丝问题=露铜; " + CONCLUSION
+    assert parse_verdict(f"Verdict: 不通过\nReason: {reason}").verdict == "fail"
+    assert re.search(r"(?<![A-Za-z0-9])[GS][0-9]", reason) is None  # no rule ids
+
+
+def test_reason_cites_at_most_three_clauses_and_stays_within_240_characters():
+    long_remark = "BBU安装螺丝松动" + "且周边线缆杂乱" * 30
+    summaries = [build_summary([f"类别=BBU安装螺丝,符合性=不符合,问题=露铜,备注={long_remark}"], "BBU")] * 3
+    result = scan(summaries, SCREW_G0)
+    assert len(result.hard_hits) == 9
+    _, reason, _ = apply("pass", "ok", result)
+    assert len(reason) <= REASON_MAX_CHARS
+    assert reason.count("Image") == 3
+    assert reason.endswith(CONCLUSION)
+
+
+def test_duplicate_clauses_are_cited_once():
+    reason = guardrail_reason(scan([BAD_SCREWS, BAD_SCREWS], SCREW_G0).hard_hits)
+    assert reason.count("Image1: BBU安装螺丝符合性=不符合") == 1
+    assert "Image2" in reason
+
+
+def test_model_fail_keeps_its_own_reason():
+    result = scan([BAD_SCREWS], SCREW_G0)
+    assert apply("fail", "Image1: 螺丝露铜", result) == ("fail", "Image1: 螺丝露铜", MODEL)
+
+
+def test_no_valid_vote_with_a_relevant_hit_becomes_a_guardrail_fail():
+    verdict, _, source = apply(None, "", scan([BAD_SCREWS], SCREW_G0))
+    assert (verdict, source) == ("fail", GUARDRAIL)
+
+
+def test_warnings_alone_never_override():
+    result = scan([BAD_SCREWS], SHIELD_G0)
+    assert result.hard_hits == () and len(result.warnings) == 2
+    assert apply("pass", "Image1: 挡风板免装", result) == ("pass", "Image1: 挡风板免装", MODEL)
+
+
+def test_a_reason_needs_a_hit():
+    with pytest.raises(ValueError):
+        guardrail_reason(())
