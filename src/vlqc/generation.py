@@ -17,6 +17,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlqc.errors import SampleError
 from vlqc.prompts import hf_messages
+from vlqc.sampling import Sampling
 
 
 @dataclass
@@ -24,15 +25,6 @@ class Request:
     system: str
     user: str
     images: list[Image.Image] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
 
 
 class Generator:
