@@ -191,21 +191,26 @@ def test_resume_skips_finished_images_with_the_same_fingerprint(tmp_path, checkp
     assert counts["resumed"] == 0 and sum(third.batches) == 6
 
 
-def test_resume_retries_failures_and_changed_photos(tmp_path, checkpoint):
-    groups = make_groups(tmp_path, [2])
+def test_resume_keeps_unparseable_answers_and_retries_load_failures_and_changed_photos(tmp_path, checkpoint):
+    groups = make_groups(tmp_path, [3])
+    empty = groups[0].images[2].read_bytes()
+    groups[0].images[2].write_bytes(b"")
     run(groups, tmp_path, checkpoint, Scripted(lambda width: "garbage" if width == 72 else SUMMARY))
     Image.new("RGB", (90, 48)).save(groups[0].images[1])  # the photo was replaced since
+    groups[0].images[2].write_bytes(empty)  # and the empty one restored
     again = Scripted()
     rows, counts = run(groups, tmp_path, checkpoint, again)
-    assert counts["resumed"] == 0 and again.batches == [2]  # image 1 failed before, image 2 changed
-    assert all(r["ok"] for r in rows)
+    # Image 1's answer is kept (greedy would repeat it); image 2 changed, image 3 failed to load.
+    assert counts["resumed"] == 1 and again.batches == [2]
+    assert [r["ok"] for r in rows] == [False, True, True]
+    assert rows[0]["error"]["code"] == "unparseable_summary"
 
 
 def test_a_torn_resume_line_is_ignored(tmp_path, checkpoint, caplog):
     log = ResumeLog(tmp_path / "resume", 0, "fp")
     log.add("k1", SUMMARY)
     with open(log.path, "a", encoding="utf-8") as fh:
-        fh.write('{"fingerprint": "fp", "key": "k2", "summ')
+        fh.write('{"fingerprint": "fp", "key": "k2", "te')
     assert log.load() == {"k1": SUMMARY}
     assert "torn resume entry" in caplog.text
 

@@ -4,10 +4,12 @@ Every image job ends as one `stage_a_image_row`: `ok` with the cleaned summary, 
 with a reason code (a photo that will not load, a summary that is empty or not a summary).
 Bad items never stop the rank; a crash does, and then no rank file appears (atomic write).
 
-Resume: each finished summary is appended, flushed, to `<resume_dir>/rank<r>.jsonl` under a
-fingerprint of the checkpoint and the generation settings. A rerun skips every image that any
-earlier rank already summarised with the same fingerprint (the world size may differ), so a
-killed job over thousands of groups does not start over. Failed images are always retried.
+Resume: each answer of the model (the raw text, whether or not it cleans to a summary) is
+appended, flushed, to `<resume_dir>/rank<r>.jsonl` under a fingerprint of the checkpoint and the
+generation settings. A rerun reuses every answer that any earlier rank already got with the same
+fingerprint (the world size may differ), so a killed job over thousands of groups does not start
+over; the same checkpoint and settings would give the same answer again. Photos that failed to
+load are always retried, and a changed photo (size or mtime) is a new item.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class ResumeLog:
         self.path = folder / f"rank{rank}.jsonl"
 
     def load(self) -> dict[str, str]:
+        """Raw model answers by image key."""
         done: dict[str, str] = {}
         for path in sorted(self.folder.glob("rank*.jsonl")):
             with open(path, encoding="utf-8") as fh:
@@ -102,13 +105,13 @@ class ResumeLog:
                         log.warning("%s:%d: torn resume entry ignored", path, lineno)
                         continue
                     if entry.get("fingerprint") == self.fingerprint:
-                        done[entry["key"]] = entry["summary"]
+                        done[entry["key"]] = entry["text"]
         return done
 
-    def add(self, key: str, summary: str) -> None:
+    def add(self, key: str, text: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(dumps({"fingerprint": self.fingerprint, "key": key, "summary": summary}) + "\n")
+            fh.write(dumps({"fingerprint": self.fingerprint, "key": key, "text": text}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -119,6 +122,14 @@ def _ok(job: ImageJob, summary: str) -> dict[str, Any]:
 
 def _failed(job: ImageJob, error: SampleError) -> dict[str, Any]:
     return {**job.row(), "ok": False, "error": {"code": error.code, "message": str(error)}}
+
+
+def _answer_row(job: ImageJob, text: str) -> dict[str, Any]:
+    """The row for a model answer: its summary, or why the answer is not one."""
+    try:
+        return _ok(job, clean_summary(text))
+    except SampleError as error:
+        return _failed(job, error)
 
 
 def run_rank(
@@ -151,7 +162,7 @@ def run_rank(
         for job in batch:
             key = _image_key(job)
             if key in done:
-                rows.append(_ok(job, done[key]))
+                rows.append(_answer_row(job, done[key]))
                 counts["resumed"] += 1
                 continue
             try:
@@ -165,15 +176,10 @@ def run_rank(
         todo = _drop_unprocessable(generator, todo, rows)
         texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
         for (job, key, _), text in zip(todo, texts):
-            try:
-                summary = clean_summary(text)
-            except SampleError as error:
-                rows.append(_failed(job, error))
-                continue
-            rows.append(_ok(job, summary))
+            rows.append(_answer_row(job, text))
             counts["generated"] += 1
             if key is not None:
-                resume.add(key, summary)
+                resume.add(key, text)
     counts["failed"] = sum(not row["ok"] for row in rows)
     write_jsonl(out, rows, schema="stage_a_image_row")
     return counts
