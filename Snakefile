@@ -9,6 +9,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/stage_a.smk"
+include: "rules/stage_b.smk"
 
 
 rule all:

@@ -131,3 +131,37 @@ STAGE_A_RANK_FILES = expand(
 def intermediate(paths):
     """Temporary unless keep_intermediate_outputs is set."""
     return paths if config["keep_intermediate_outputs"] else temp(paths)
+
+
+# --- Stage-B -----------------------------------------------------------------------------
+
+from vlqc.stage_b.engine import OUTPUT_FILES as STAGE_B_OUTPUT_FILES
+
+STAGE_B = config["stage_b"]
+
+
+def stage_b_checkpoint():
+    """The model Stage-B runs (hf) or whose tokenizer counts prompt tokens (openai): configured,
+    else the one Stage-A runs (production serves both stages with one set of weights)."""
+    return STAGE_B["checkpoint"] or stage_a_checkpoint()
+
+
+def stage_b_outputs(run_dir):
+    """The files every Stage-B run writes afresh into `run_dir` (a pattern with wildcards)."""
+    return [f"{run_dir}/{name}" for name in STAGE_B_OUTPUT_FILES]
+
+
+def stage_b_seed(wildcards):
+    return f"{STAGE_B['guidance_dir']}/{wildcards.mission}.json"
+
+
+def stage_b_eval_guidance(wildcards):
+    """The guidance file eval runs judge with: stage_b.eval_guidance ({mission} filled in), else the seed."""
+    if STAGE_B["eval_guidance"] is None:
+        return stage_b_seed(wildcards)
+    return STAGE_B["eval_guidance"].format(mission=wildcards.mission)
+
+
+def stage_b_settings():
+    """The stage_b section, defaults filled, for scripts/stage_b.py."""
+    return json.dumps(STAGE_B, ensure_ascii=False)

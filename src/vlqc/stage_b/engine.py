@@ -1,0 +1,415 @@
+"""A Stage-B run: one mission's Stage-A tickets and a guidance file → verdicts, review queue, metrics, reports.
+
+    eval   one rollout with the guidance it is given, frozen: the mode for new tickets.
+    train  `epochs` rollouts of the ticket pool, each followed by reflection on its mismatches
+           (`vlqc.stage_b.reflect_loop`); every accepted guidance change passed the rule-search gate.
+
+A rollout runs in windows of `logging_steps` tickets; after each window the run folder holds every row so
+far: trajectories (every candidate), selections (one per ticket and epoch), a metrics row per window and per
+epoch, and group_report_delta.jsonl with the window's tickets only (a live view, replaced every window).
+
+Metrics blocks: `exclude_manual_review` leaves out the tickets the run flagged for review: the internal flag
+(no valid vote, or low agreement) and the tickets already in the human review queue.
+
+At the end: verdicts.jsonl and the ticket failures of failure_malformed.jsonl from the pool's rollout under
+the final guidance (in train mode, the last epoch's rollout, or the gate rollout of a change accepted after
+it), so every ticket is in exactly one of them; group_report.jsonl (one row per ticket), need_review.json
+(the queue by reason code), hypotheses.json. failure_malformed.jsonl also holds every Stage-A line that is
+not a ticket (`bad_stage_a_row`) and every reflection call that failed (`reflection_*`), never dropped.
+
+State that outlives the run's files, and is therefore not a Snakemake output: guidance.json with its
+snapshots/, and hypotheses.json. A train rerun in the same folder continues from them (`reset_guidance`
+starts from the seed again, the old guidance kept as a snapshot); an eval run always starts from the
+guidance it is given, so that it judges with what was trained last.
+
+False pass (human fail, model pass) is the headline risk: the final rate is logged last, with a warning
+over FALSE_PASS_TARGET.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vlqc.errors import VlqcError
+from vlqc.jsonl import read_json, write_json, write_jsonl
+from vlqc.schemas import check, schema_path, validate, with_defaults
+from vlqc.stage_b.gate import Thresholds
+from vlqc.stage_b.guidance import GUIDANCE_FILE, Guidance, load_mission, load_run
+from vlqc.stage_b.hypotheses import EVENT_SCHEMA, HypothesisPool
+from vlqc.stage_b.metrics import Judgement, MetricsWindow, confusion
+from vlqc.stage_b.reflect_loop import (
+    EVENTS_FILE,
+    FAILURE_FILE,
+    REFLECTION_FILE,
+    REVIEW_FILE,
+    ReflectionSettings,
+    Reflector,
+)
+from vlqc.stage_b.rollout import (
+    SELECTION_SCHEMA,
+    TRAJECTORY_SCHEMA,
+    VERDICT_SCHEMA,
+    ChatBackend,
+    SamplerConfig,
+    TicketRollout,
+    outcome_rows,
+    rollout,
+    sampler_grid,
+    selection_row,
+    trajectory_rows,
+)
+from vlqc.stage_b.tickets import Ticket, TicketReject, load_tickets
+
+log = logging.getLogger(__name__)
+
+TRAIN, EVAL = "train", "eval"
+MODES = (TRAIN, EVAL)
+
+VERDICTS_FILE = "verdicts.jsonl"
+TRAJECTORIES_FILE = "trajectories.jsonl"
+SELECTIONS_FILE = "selections.jsonl"
+METRICS_FILE = "metrics.jsonl"
+DELTA_FILE = "group_report_delta.jsonl"
+GROUP_REPORT_FILE = "group_report.jsonl"
+NEED_REVIEW_FILE = "need_review.json"
+HYPOTHESES_FILE = "hypotheses.json"
+JSONL_SCHEMAS = {
+    VERDICTS_FILE: VERDICT_SCHEMA,
+    TRAJECTORIES_FILE: TRAJECTORY_SCHEMA,
+    SELECTIONS_FILE: SELECTION_SCHEMA,
+    METRICS_FILE: "stage_b_metrics",
+    DELTA_FILE: "stage_b_group_report_delta",
+    GROUP_REPORT_FILE: "stage_b_group_report",
+    REFLECTION_FILE: "stage_b_reflection",
+    REVIEW_FILE: "stage_b_review_item",
+    FAILURE_FILE: "stage_b_failure_malformed",
+    EVENTS_FILE: EVENT_SCHEMA,
+}
+# What every run writes afresh: the Snakemake outputs. guidance.json, snapshots/ and hypotheses.json are
+# state a rerun continues from, and Snakemake deletes a job's outputs before it runs.
+OUTPUT_FILES = (*JSONL_SCHEMAS, NEED_REVIEW_FILE)
+BAD_STAGE_A_ROW = "bad_stage_a_row"
+FALSE_PASS_TARGET = 0.05
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    grid: tuple[SamplerConfig, ...]
+    samples_per_decode: int = 1
+    max_prompt_tokens: int = 4096
+    min_verdict_agreement: float = 0.8
+    logging_steps: int = 8
+    batch_size: int = 8  # prompts per backend call
+    epochs: int = 1  # train mode only; eval rolls out once
+    snapshot_retention: int = 10
+    reflection: ReflectionSettings = ReflectionSettings()
+
+    def __post_init__(self):
+        if self.logging_steps < 1 or self.epochs < 1:
+            raise VlqcError(f"logging_steps and epochs must be >= 1, not {self.logging_steps} and {self.epochs}")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], mode: str) -> Settings:
+        """Settings of `mode` from the `stage_b` config section (see `stage_b_config`)."""
+        _check_mode(mode)
+        gate = dict(section["gate"])
+        patience = gate.pop("patience")
+        reflection = ReflectionSettings(
+            **section["reflection"], max_prompt_tokens=section["max_prompt_tokens"], seed=section["seed"],
+            gate=Thresholds(**gate), patience=patience,
+        )
+        return cls(
+            grid=sampler_grid(section[f"{mode}_grid"]),
+            samples_per_decode=section["samples_per_decode"],
+            max_prompt_tokens=section["max_prompt_tokens"],
+            min_verdict_agreement=section["min_verdict_agreement"],
+            logging_steps=section["logging_steps"],
+            batch_size=section["batch_size"],
+            epochs=section["epochs"],
+            snapshot_retention=section["snapshot_retention"],
+            reflection=reflection,
+        )
+
+
+def stage_b_config(section: Mapping[str, Any], where: str = "stage_b settings") -> dict[str, Any]:
+    """The `stage_b` section checked against the config schema, every missing key defaulted."""
+    doc = {"stage_b": dict(section)}
+    check(doc, "config", where)
+    schema = json.loads(schema_path("config").read_text(encoding="utf-8"))
+    return with_defaults(schema, doc)["stage_b"]
+
+
+def backend_config(section: Mapping[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """`vlqc.stage_b.backends.make_backend` arguments: the checkpoint in process (hf), or an
+    OpenAI-compatible server with the checkpoint's tokenizer counting prompt tokens (openai)."""
+    if section["backend"] == "openai":
+        return {"backend": "openai", **section["openai"], "tokenizer_dir": str(checkpoint)}
+    on_gpu = section["gpus"] > 0
+    return {
+        "backend": "hf", "checkpoint": str(checkpoint), "device": "cuda" if on_gpu else "cpu",
+        "dtype": "bfloat16" if on_gpu else "float32", "batch_size": section["batch_size"],
+    }
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise VlqcError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+# --- run folder ---------------------------------------------------------------------------------
+
+
+class RunFiles:
+    """The run folder's JSONL files: rows validated when added, changed files rewritten atomically on flush.
+
+    Every file is written at the first flush, empty ones included, so a run always leaves all of them.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._rows: dict[str, list[dict[str, Any]]] = {name: [] for name in JSONL_SCHEMAS}
+        self._dirty = set(JSONL_SCHEMAS)
+
+    def add(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        kept = self._rows[name]
+        for row in rows:
+            validate(row, JSONL_SCHEMAS[name], f"{self.run_dir / name}: row {len(kept) + 1}")
+            kept.append(row)
+        self._dirty.add(name)
+
+    def replace(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        self._rows[name] = []
+        self.add(name, rows)
+
+    def flush(self) -> None:
+        for name in sorted(self._dirty):
+            write_jsonl(self.run_dir / name, self._rows[name])
+        self._dirty.clear()
+
+
+# --- rollout epochs -----------------------------------------------------------------------------
+
+
+class _Rollouts:
+    """Rollouts of the ticket pool: logged epochs, and unlogged ones for the gate."""
+
+    def __init__(self, tickets: Sequence[Ticket], missions: Mapping[str, Mapping[str, Any]], backend: ChatBackend,
+                 settings: Settings, files: RunFiles, epochs: int):
+        self.tickets = list(tickets)
+        self.missions = missions
+        self.backend = backend
+        self.settings = settings
+        self.files = files
+        self.metrics = MetricsWindow(len(self.tickets) * epochs, settings.logging_steps)
+        self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)  # ticket key → verdict per epoch
+
+    def judge(self, experiences: Mapping[str, str]) -> dict[str, TicketRollout]:
+        """The pool under `experiences`, by ticket key (a candidate guidance, for the gate)."""
+        log.info("gate: rolling out %d tickets under the candidate guidance", len(self.tickets))
+        return {result.ticket.ticket_key: result for result in self._rollout(self.tickets, experiences)}
+
+    def _rollout(self, tickets: Sequence[Ticket], experiences: Mapping[str, str]) -> list[TicketRollout]:
+        s = self.settings
+        return rollout(tickets, experiences, self.missions, self.backend, s.grid, s.samples_per_decode,
+                       s.max_prompt_tokens, batch_size=s.batch_size, min_agreement=s.min_verdict_agreement)
+
+    def epoch(self, epoch: int, guidance: Guidance, queued: Mapping[str, Any]) -> dict[str, TicketRollout]:
+        """One logged rollout of the pool, window by window."""
+        results: dict[str, TicketRollout] = {}
+        steps = self.settings.logging_steps
+        with tqdm(total=len(self.tickets), desc=f"epoch {epoch}", unit="ticket") as progress:
+            for start in range(0, len(self.tickets), steps):
+                window = self._rollout(self.tickets[start : start + steps], guidance.experiences)
+                self._log_window(epoch, window, guidance.step, queued)
+                results.update((result.ticket.ticket_key, result) for result in window)
+                progress.update(len(window))
+        end = self.metrics.end_epoch(epoch)
+        self.files.add(METRICS_FILE, [end])
+        self.files.flush()
+        _log_metrics(f"epoch {epoch}", end)
+        return results
+
+    def _log_window(self, epoch: int, window: Sequence[TicketRollout], guidance_step: int,
+                    queued: Mapping[str, Any]) -> None:
+        for result in window:
+            key = result.ticket.ticket_key
+            self.files.add(TRAJECTORIES_FILE, trajectory_rows(result, epoch))
+            self.files.add(SELECTIONS_FILE, [selection_row(result, epoch)])
+            self.history[key].append({"epoch": epoch, "verdict": result.selection.verdict})
+            flagged = result.in_manual_review or key in queued
+            judgement = Judgement(result.ticket.label, result.selection.verdict, flagged)
+            if (row := self.metrics.add(epoch, judgement)) is not None:
+                self.files.add(METRICS_FILE, [row])
+        self.files.replace(DELTA_FILE, [
+            {"epoch": epoch, "global_step": self.metrics.global_step, "guidance_step": guidance_step,
+             "in_review_queue": result.ticket.ticket_key in queued, **ticket_state(result)}
+            for result in window
+        ])
+        self.files.flush()
+
+
+def ticket_state(result: TicketRollout) -> dict[str, Any]:
+    """A ticket's selection and candidates as the group reports show them."""
+    selection = result.selection
+    return {
+        "ticket_key": result.ticket.ticket_key,
+        "group_id": result.ticket.group_id,
+        "label": result.ticket.label,
+        "verdict": selection.verdict,
+        "source": selection.source,
+        "vote_strength": selection.vote_strength,
+        "low_agreement": selection.low_agreement,
+        "failure": None if result.failure is None else result.failure.code,
+        "in_manual_review": result.in_manual_review,
+        "candidates": [
+            {"grid_index": c.grid_index, "sample_index": c.sample_index, "temperature": c.sampler.temperature,
+             "verdict": c.parsed.verdict, "error": c.parsed.error}
+            for c in result.candidates
+        ],
+    }
+
+
+def _log_metrics(what: str, row: Mapping[str, Any]) -> None:
+    block = row["include_manual_review"]
+    log.info("%s: acc %s, false pass %s (fp %d), false fail %s (fn %d), n %d", what, _percent(block["acc"]),
+             _percent(block["fp_rate"]), block["fp"], _percent(block["fn_rate"]), block["fn"], block["n"])
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_stage_b(
+    stage_a_path: str | Path,
+    mission: str,
+    missions: Mapping[str, Mapping[str, Any]],
+    seed_guidance_path: str | Path,
+    run_dir: str | Path,
+    backend: ChatBackend,
+    settings: Settings,
+    mode: str = EVAL,
+    reset_guidance: bool = False,
+) -> dict[str, Any]:
+    """Run Stage-B for one mission into `run_dir` (see the module docstring); returns a summary."""
+    _check_mode(mode)
+    run_dir = Path(run_dir)
+    loaded = load_tickets(stage_a_path, mission)
+    log.info("%s: %d tickets, %d Stage-A lines rejected", mission, len(loaded.tickets), len(loaded.rejects))
+    files = RunFiles(run_dir)
+    files.add(FAILURE_FILE, [_reject_row(reject) for reject in loaded.rejects])
+    guidance = _start_guidance(run_dir, seed_guidance_path, mission, mode, reset_guidance, settings.snapshot_retention)
+    epochs = settings.epochs if mode == TRAIN else 1
+    rollouts = _Rollouts(loaded.tickets, missions, backend, settings, files, epochs)
+    reflector = None
+    if mode == TRAIN:
+        pool = _start_pool(run_dir, reset_guidance)
+        reflector = Reflector(
+            guidance, pool, rollouts.judge, backend, settings.reflection, files,
+            lambda changed: changed.save(run_dir, settings.snapshot_retention), first_cycle=_next_cycle(pool),
+        )
+    current: dict[str, TicketRollout] = {}
+    for epoch in range(1, epochs + 1):
+        current = rollouts.epoch(epoch, guidance, reflector.queued if reflector else {})
+        if reflector is not None:
+            current = reflector.reflect_epoch(epoch, current)
+            guidance = reflector.guidance
+            write_json(run_dir / HYPOTHESES_FILE, reflector.pool.to_json())
+    final = [current[ticket.ticket_key] for ticket in loaded.tickets]
+    return _finish(run_dir, mission, mode, final, rollouts, reflector, guidance, files)
+
+
+def _reject_row(reject: TicketReject) -> dict[str, Any]:
+    return {
+        "code": BAD_STAGE_A_ROW, "line": reject.line, "reason": reject.reason, "message": reject.message,
+        "ticket_key": reject.ticket_key,
+    }
+
+
+def _start_guidance(run_dir: Path, source: str | Path, mission: str, mode: str, reset: bool,
+                    retention: int) -> Guidance:
+    """Train: the run's own guidance when there is one (unless reset), else `source`; eval: `source`.
+    A guidance taken from `source` is copied into the run folder."""
+    if mode == TRAIN and not reset and (run_dir / GUIDANCE_FILE).is_file():
+        guidance = load_run(run_dir, source, mission)
+        log.info("%s: continuing from %s at guidance step %d", mission, run_dir / GUIDANCE_FILE, guidance.step)
+        return guidance
+    guidance = load_mission(source, mission)
+    guidance.save(run_dir, retention)
+    log.info("%s: guidance from %s (step %d)", mission, source, guidance.step)
+    return guidance
+
+
+def _start_pool(run_dir: Path, reset: bool) -> HypothesisPool:
+    path = run_dir / HYPOTHESES_FILE
+    if reset or not path.is_file():
+        return HypothesisPool()
+    return HypothesisPool.from_json(read_json(path), str(path))
+
+
+def _next_cycle(pool: HypothesisPool) -> int:
+    """Cycles go on across reruns, so that support from two runs counts as two cycles."""
+    cycles = [cycle for entry in pool.to_json()["hypotheses"] for cycle in entry["cycles"]]
+    return max(cycles, default=0) + 1
+
+
+def _finish(run_dir: Path, mission: str, mode: str, final: Sequence[TicketRollout], rollouts: _Rollouts,
+            reflector: Reflector | None, guidance: Guidance, files: RunFiles) -> dict[str, Any]:
+    """The end-of-run files from the final rollout (in ticket order), and the run summary."""
+    verdicts, failures = outcome_rows(final)
+    files.add(VERDICTS_FILE, verdicts)
+    files.add(FAILURE_FILE, failures)
+    queued = reflector.queued if reflector else {}
+    files.add(GROUP_REPORT_FILE, [_group_report_row(result, rollouts, reflector, guidance.step) for result in final])
+    items = list(queued.values())
+    need_review = {"mission": mission, "n": len(items),
+                   "by_reason_code": dict(Counter(item["reason_code"] for item in items)), "items": items}
+    write_json(run_dir / NEED_REVIEW_FILE, need_review, schema="stage_b_need_review")
+    if reflector is None:
+        write_json(run_dir / HYPOTHESES_FILE, HypothesisPool().to_json())
+    files.flush()
+    block = confusion((result.ticket.label, result.selection.verdict) for result in final)
+    _report_false_pass(mission, block)
+    return {
+        "mission": mission, "mode": mode, "tickets": len(final), "verdicts": len(verdicts),
+        "failures": len(failures), "need_review": need_review["by_reason_code"], "guidance_step": guidance.step,
+        "final": block,
+    }
+
+
+def _group_report_row(result: TicketRollout, rollouts: _Rollouts, reflector: Reflector | None,
+                      guidance_step: int) -> dict[str, Any]:
+    key = result.ticket.ticket_key
+    item = reflector.queued.get(key) if reflector else None
+    return {
+        **ticket_state(result),
+        "reason": result.selection.reason,
+        "guidance_step": guidance_step,
+        "epochs": rollouts.history[key],
+        "review": None if item is None else {field: item[field] for field in ("reason_code", "epoch", "reflection_id")},
+        "reflections": reflector.reflections.get(key, []) if reflector else [],
+    }
+
+
+def _report_false_pass(mission: str, block: Mapping[str, Any]) -> None:
+    """The headline line: false passes of the final verdicts, a warning over the target."""
+    rate = block["fp_rate"]
+    line = (f"{mission}: FALSE PASS (human fail, model pass) {block['fp']} tickets, rate {_percent(rate)} "
+            f"(target under {FALSE_PASS_TARGET:.0%}); acc {_percent(block['acc'])}, n {block['n']}")
+    if rate is not None and rate >= FALSE_PASS_TARGET:
+        log.warning("%s — OVER TARGET", line)
+    else:
+        log.info("%s", line)
