@@ -221,6 +221,7 @@ def test_fingerprint_follows_weights_prompt_and_settings_but_not_batch_size(chec
     assert fingerprint(checkpoint, prompt, Settings(batch_size=1)) == base
     assert fingerprint(checkpoint, prompt, Settings(temperature=0.5)) != base
     assert fingerprint(checkpoint, ("system", "<image>other"), Settings()) != base
+    assert fingerprint(checkpoint, prompt, Settings(engine="fast")) != base
     (checkpoint / "model.safetensors").write_bytes(b"other weights")
     assert fingerprint(checkpoint, prompt, Settings()) != base
 
@@ -239,3 +240,8 @@ def test_no_rank_file_when_a_rank_crashes(tmp_path, checkpoint):
     assert not (tmp_path / "out.rank0.jsonl").exists()
     entries = [json.loads(line) for line in (tmp_path / "resume" / "rank0.jsonl").read_text().splitlines()]
     assert len(entries) == 2  # the first batch survives for the rerun
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(VlqcError, match="engine must be one of"):
+        Settings(engine="turbo")

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vlqc.errors import SampleError
+from vlqc.errors import SampleError, VlqcError
+from vlqc.fast_generation import FastGenerator
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.jsonl import dumps, write_jsonl
 from vlqc.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
@@ -35,6 +36,9 @@ from vlqc.stage_a.images import load_image
 from vlqc.stage_a.jobs import ImageJob, rank_batches
 
 log = logging.getLogger(__name__)
+
+# How summaries are generated: plain transformers `generate` (the reference) or the fast greedy loop.
+ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": FastGenerator}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class Settings:
     max_pixels: int | None = None  # the processor's pixel budget; None keeps the checkpoint's
     no_mission: bool = False
     seed: int = 0
+    engine: str = "plain"  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ between engines
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise VlqcError(f"stage_a engine must be one of {sorted(ENGINES)}, not {self.engine!r}")
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed)
@@ -146,10 +155,12 @@ def run_rank(
     resume_dir: Path,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
-    load_generator: Callable[..., Generator] = Generator,
+    load_generator: Callable[..., Generator] | None = None,
 ) -> dict[str, int]:
     """Summarise this rank's images and write `out` (stage_a_image_row); returns counts.
-    `load_generator(checkpoint, device=, dtype=, max_pixels=)` builds the model backend."""
+    `load_generator(checkpoint, device=, dtype=, max_pixels=)` builds the model backend; by default
+    the settings' engine."""
+    load_generator = load_generator or ENGINES[settings.engine]
     batches = rank_batches(groups, mode, rank, world, settings.batch_size)
     prompt = summary_messages(mission, missions[mission]["domain"], missions, settings.no_mission)
     resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings))
