@@ -34,8 +34,11 @@ lint: venv
 fmt: venv
 	$(VENV)/bin/snakefmt Snakefile rules
 
+# The benchmarks that need nothing built first; the others (bench/train.py, stage_a_cpu.py,
+# stage_a_gpu.py, stage_b.py) say in their docstrings what they need.
 bench: venv
 	$(PY) bench/convert.py
+	$(PY) bench/merge.py
 
 clean-results:
 	rm -rf results .snakemake

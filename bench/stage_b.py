@@ -1,0 +1,259 @@
+"""Stage-B throughput on CPU: tickets/s in eval mode for the hf and openai backends.
+
+Runs what the `stage_b_eval` rule runs (`run_stage_b` with the schema's stage_b defaults, the mission's
+seed guidance and the eval grid) twice over the same tickets: with the checkpoint in this process (hf),
+and through OpenAIBackend against `swift deploy` serving the same checkpoint (openai). The backend's set-up
+(hf: model load; openai: tokenizer load) and the server's start are timed apart from tickets/s.
+
+Without results/models/sft/demo/merged a tiny base model is built with random weights (`untrained: true`
+in the JSON); without --stage-a the Stage-A file is written from the ground-truth summaries of freshly
+generated demo tickets, the input tests/test_e2e_stage_b.py gives Stage-B.
+
+    python bench/stage_b.py --tickets 16 --max-new-tokens 64
+
+Prints a table and writes bench/results/stage_b.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+from merge import cpu_model  # bench/merge.py, beside this script
+
+from vlqc.data.convert import ConvertSettings
+from vlqc.data.dataset import convert_dataset
+from vlqc.demo import generate
+from vlqc.jsonl import read_json, read_jsonl, write_json, write_jsonl
+from vlqc.missions import load_missions
+from vlqc.stage_b.backends import make_backend
+from vlqc.stage_b.engine import (
+    EVAL,
+    FAILURE_FILE,
+    JSONL_SCHEMAS,
+    TRAJECTORIES_FILE,
+    Settings,
+    backend_config,
+    run_stage_b,
+    stage_b_config,
+)
+from vlqc.train.base_model import build_tiny_base
+from vlqc.train.manifest import package_versions
+
+REPO = Path(__file__).resolve().parents[1]
+MISSIONS_FILE = REPO / "config/missions.yaml"
+DEFAULT_CHECKPOINT = REPO / "results/models/sft/demo/merged"
+SERVED_NAME = "vlqc-bench"
+STARTUP_DEADLINE_S = 300  # importing ms-swift and loading the model take ~25 s on 2 idle cores
+VERSIONS = ("torch", "transformers", "ms-swift")
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(given: Path | None, work: Path) -> tuple[Path, bool]:
+    """(checkpoint, untrained): the one given, else the demo's merged SFT model, else a tiny base built here."""
+    if given is not None:
+        return given, False
+    if DEFAULT_CHECKPOINT.is_dir():
+        return DEFAULT_CHECKPOINT, False
+    build_tiny_base(work / "tiny")
+    return work / "tiny", True
+
+
+def demo_stage_a(work: Path, mission: str, tickets: int, seed: int) -> Path:
+    """A Stage-A file of `tickets` fresh demo tickets, each image's summary the converter's ground truth."""
+    domain = load_missions(MISSIONS_FILE)[mission]["domain"]
+    manifest = work / "demo.json"
+    generate(work / "demo", [mission], tickets, seed, manifest=manifest, progress=False)
+    convert_dataset(ConvertSettings(work / "demo", work / "data", mission_domains={mission: domain}), workers=1)
+    # A converted sample's image is named like the photo it came from: <group_id>_<k>.jpg.
+    summaries = {Path(s["images"][0]).name: s["summary"] for s in read_jsonl(work / "data/all_samples.jsonl")}
+    records = [
+        {"group_id": t["group_id"], "mission": mission, "label": t["label"], "images": t["images"],
+         "per_image": {f"image_{n}": summaries[name] for n, name in enumerate(t["images"], start=1)}}
+        for t in read_json(manifest)["tickets"]
+    ]
+    path = work / "stage_a.jsonl"
+    write_jsonl(path, records, schema="stage_a_group")
+    return path
+
+
+def first_lines(source: Path, work: Path, n: int) -> Path:
+    """The first `n` lines of a Stage-A file, as they are: bad lines are the engine's to reject."""
+    path = work / "stage_a.jsonl"
+    with source.open(encoding="utf-8") as lines:
+        path.write_text("".join(islice(lines, n)), encoding="utf-8")
+    return path
+
+
+def eval_grid(max_new_tokens: int | None) -> list[dict[str, Any]]:
+    """The schema's default eval grid, every entry with `max_new_tokens` when one is given."""
+    grid = stage_b_config({})["eval_grid"]
+    if max_new_tokens is None:
+        return grid
+    return [{**entry, "max_new_tokens": max_new_tokens} for entry in grid]
+
+
+# --- swift deploy -------------------------------------------------------------------------------
+
+
+@contextmanager
+def swift_deploy(checkpoint: Path, work: Path, max_batch_size: int) -> Iterator[tuple[str, float]]:
+    """`swift deploy` serving `checkpoint`: yields its base URL and the seconds it took to serve; always stopped."""
+    port = free_port()
+    options = {
+        "--model": str(checkpoint), "--model_type": "qwen3_vl", "--infer_backend": "transformers",
+        "--host": "127.0.0.1", "--port": str(port), "--served_model_name": SERVED_NAME,
+        "--max_batch_size": str(max_batch_size),
+    }
+    command = [str(Path(sys.executable).with_name("swift")), "deploy", *chain.from_iterable(options.items())]
+    log = work / "swift_deploy.log"
+    started = time.perf_counter()
+    with log.open("wb") as sink:
+        # A session of its own, so that stopping it reaches the CLI's children too.
+        process = subprocess.Popen(command, cwd=work, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        wait_until_serving(process, base_url, log)
+        yield base_url, time.perf_counter() - started
+    finally:
+        stop(process)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(process: subprocess.Popen, base_url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while not serving(base_url):
+        if process.poll() is not None:
+            raise RuntimeError(f"swift deploy exited with {process.returncode}:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"swift deploy did not serve {base_url} in {STARTUP_DEADLINE_S} s:\n{log_tail(log)}")
+        time.sleep(0.5)
+
+
+def serving(base_url: str) -> bool:
+    """Whether the server lists our model; False while it is not listening yet."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+            return SERVED_NAME in response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(encoding="utf-8", errors="replace")[-3000:]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGKILL the server's process group: it holds no state worth a clean shutdown."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # already gone
+    process.wait(timeout=30)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def run_backend(section: dict[str, Any], checkpoint: Path, stage_a: Path, mission: str, run_dir: Path) -> dict:
+    """One eval run as scripts/stage_b.py does it, the backend's set-up timed apart from the tickets."""
+    started = time.perf_counter()
+    backend = make_backend(backend_config(section, checkpoint))
+    backend.count_tokens("", "")  # loads what is loaded on first use (openai: the tokenizer)
+    load_s = time.perf_counter() - started
+    guidance = REPO / section["guidance_dir"] / f"{mission}.json"
+    started = time.perf_counter()
+    summary = run_stage_b(stage_a, mission, load_missions(MISSIONS_FILE), guidance, run_dir, backend,
+                          Settings.from_config(section, EVAL), mode=EVAL)
+    seconds = time.perf_counter() - started
+    failures = list(read_jsonl(run_dir / FAILURE_FILE, schema=JSONL_SCHEMAS[FAILURE_FILE]))
+    return {
+        "backend": section["backend"], "tickets": summary["tickets"], "verdicts": summary["verdicts"],
+        "failure_malformed": summary["failures"], "failure_codes": dict(Counter(row["code"] for row in failures)),
+        "candidates": sum(1 for _ in read_jsonl(run_dir / TRAJECTORIES_FILE)), "acc": summary["final"]["acc"],
+        "load_s": round(load_s, 2), "seconds": round(seconds, 2),
+        "tickets_per_s": round(summary["tickets"] / seconds, 3),
+    }
+
+
+def print_table(runs: list[dict], server_start_s: float) -> None:
+    print(f"{'backend':<8} {'tickets':>7} {'verdicts':>8} {'failures':>8} {'candidates':>10} {'load s':>7} "
+          f"{'seconds':>8} {'tickets/s':>9}")
+    for r in runs:
+        print(f"{r['backend']:<8} {r['tickets']:>7} {r['verdicts']:>8} {r['failure_malformed']:>8} "
+              f"{r['candidates']:>10} {r['load_s']:>7} {r['seconds']:>8} {r['tickets_per_s']:>9}")
+    print(f"swift deploy start (not in tickets/s): {server_start_s:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help=f"default: {DEFAULT_CHECKPOINT}, else an untrained tiny base")
+    parser.add_argument("--stage-a", type=Path, help="Stage-A file (first --tickets lines); default: demo tickets")
+    parser.add_argument("--mission", default="挡风板安装检查")
+    parser.add_argument("--tickets", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, help="override of the eval grid's (default: the schema's)")
+    parser.add_argument("--demo-seed", type=int, default=20241111)
+    parser.add_argument("--server-max-batch-size", type=int, default=1, help="swift deploy --max_batch_size")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/stage_b.json")
+    args = parser.parse_args()
+    if args.checkpoint is not None and not args.checkpoint.is_dir():
+        parser.error(f"--checkpoint {args.checkpoint} is not a folder")
+    grid = eval_grid(args.max_new_tokens)
+    with tempfile.TemporaryDirectory(prefix="stage_b_bench-") as tmp:
+        work = Path(tmp)
+        checkpoint, untrained = resolve_checkpoint(args.checkpoint, work)
+        if args.stage_a is None:
+            stage_a = demo_stage_a(work, args.mission, args.tickets, args.demo_seed)
+        else:
+            stage_a = first_lines(args.stage_a, work, args.tickets)
+        hf = stage_b_config({"backend": "hf", "eval_grid": grid})
+        runs = [run_backend(hf, checkpoint, stage_a, args.mission, work / "hf")]
+        with swift_deploy(checkpoint, work, args.server_max_batch_size) as (base_url, server_start_s):
+            openai = stage_b_config({"backend": "openai", "eval_grid": grid,
+                                     "openai": {"base_url": base_url, "model": SERVED_NAME}})
+            runs.append(run_backend(openai, checkpoint, stage_a, args.mission, work / "openai"))
+    print_table(runs, server_start_s)
+    versions = package_versions()
+    report = {
+        "benchmark": "stage_b", "cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+        **{name: versions[name] for name in VERSIONS},
+        "checkpoint": "tiny base built by build_tiny_base" if untrained else str(checkpoint), "untrained": untrained,
+        "stage_a": str(args.stage_a) if args.stage_a else f"demo ground truth, seed {args.demo_seed}",
+        "mission": args.mission,
+        "settings": {
+            "eval_grid": [dataclasses.asdict(s) for s in Settings.from_config(hf, EVAL).grid],
+            **{key: hf[key] for key in ("batch_size", "samples_per_decode", "max_prompt_tokens")},
+            "openai": {key: openai["openai"][key] for key in ("concurrency", "timeout_s", "max_retries")},
+            "server": {"engine": "swift deploy, transformers", "max_batch_size": args.server_max_batch_size},
+        },
+        "server_start_s": round(server_start_s, 1),
+        "runs": runs,
+    }
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
