@@ -19,18 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +35,7 @@ from vlqc.demo import generate
 from vlqc.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
+from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import (
     EVAL,
     FAILURE_FILE,
@@ -110,71 +104,6 @@ def eval_grid(max_new_tokens: int | None) -> list[dict[str, Any]]:
     return [{**entry, "max_new_tokens": max_new_tokens} for entry in grid]
 
 
-# --- swift deploy -------------------------------------------------------------------------------
-
-
-@contextmanager
-def swift_deploy(checkpoint: Path, work: Path, max_batch_size: int) -> Iterator[tuple[str, float]]:
-    """`swift deploy` serving `checkpoint`: yields its base URL and the seconds it took to serve; always stopped."""
-    port = free_port()
-    options = {
-        "--model": str(checkpoint), "--model_type": "qwen3_vl", "--infer_backend": "transformers",
-        "--host": "127.0.0.1", "--port": str(port), "--served_model_name": SERVED_NAME,
-        "--max_batch_size": str(max_batch_size),
-    }
-    command = [str(Path(sys.executable).with_name("swift")), "deploy", *chain.from_iterable(options.items())]
-    log = work / "swift_deploy.log"
-    started = time.perf_counter()
-    with log.open("wb") as sink:
-        # A session of its own, so that stopping it reaches the CLI's children too.
-        process = subprocess.Popen(command, cwd=work, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_serving(process, base_url, log)
-        yield base_url, time.perf_counter() - started
-    finally:
-        stop(process)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(process: subprocess.Popen, base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while not serving(base_url):
-        if process.poll() is not None:
-            raise RuntimeError(f"swift deploy exited with {process.returncode}:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"swift deploy did not serve {base_url} in {STARTUP_DEADLINE_S} s:\n{log_tail(log)}")
-        time.sleep(0.5)
-
-
-def serving(base_url: str) -> bool:
-    """Whether the server lists our model; False while it is not listening yet."""
-    try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
-            return SERVED_NAME in response.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def log_tail(log: Path) -> str:
-    return log.read_text(encoding="utf-8", errors="replace")[-3000:]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGKILL the server's process group: it holds no state worth a clean shutdown."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return  # already gone
-    process.wait(timeout=30)
-
-
 # --- runs ---------------------------------------------------------------------------------------
 
 
@@ -231,7 +160,8 @@ def main() -> None:
             stage_a = first_lines(args.stage_a, work, args.tickets)
         hf = stage_b_config({"backend": "hf", "eval_grid": grid})
         runs = [run_backend(hf, checkpoint, stage_a, args.mission, work / "hf")]
-        with swift_deploy(checkpoint, work, args.server_max_batch_size) as (base_url, server_start_s):
+        with swift_deploy(checkpoint, work, SERVED_NAME, args.server_max_batch_size, STARTUP_DEADLINE_S) as server:
+            base_url, server_start_s = server.base_url, server.startup_s
             openai = stage_b_config({"backend": "openai", "eval_grid": grid,
                                      "openai": {"base_url": base_url, "model": SERVED_NAME}})
             runs.append(run_backend(openai, checkpoint, stage_a, args.mission, work / "openai"))

@@ -11,18 +11,10 @@ prompts here all have a system text.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -31,12 +23,12 @@ from test_stage_b_backends import tiny_dir  # noqa: F401 (a fixture; a shared on
 from vlqc.generation import Sampling
 from vlqc.prompts import VERDICT_SYSTEM
 from vlqc.stage_b.backends import HFBackend, OpenAIBackend
+from vlqc.stage_b.deploy import Server, swift_deploy
 from vlqc.stage_b.rollout import BackendError
 
 pytestmark = pytest.mark.e2e
 
 SERVED_NAME = "vlqc-tiny"
-STARTUP_DEADLINE_S = 150  # importing ms-swift and loading the model take ~25 s on 2 idle cores
 GREEDY = Sampling(max_new_tokens=8)
 PROMPTS = [
     (VERDICT_SYSTEM, "任务: 挡风板安装检查\n重点: 挡风板\nImage1: 无关图片"),
@@ -45,82 +37,17 @@ PROMPTS = [
 ]
 
 
-@dataclass
-class Deployment:
-    process: subprocess.Popen
-    base_url: str
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def log_tail(self) -> str:
-        return self.log_text()[-3000:]
-
-    def completed_requests(self) -> int:
-        return self.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: the CLI's children included."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return  # already gone
-        self.process.wait(timeout=30)
+def completed_requests(served: Server) -> int:
+    return served.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
 
 
 @pytest.fixture(scope="module")
-def deployment(tiny_dir, tmp_path_factory) -> Iterator[Deployment]:
-    workdir = tmp_path_factory.mktemp("deploy")
-    port = free_port()
-    options = {
-        "--model": str(tiny_dir),
-        "--model_type": "qwen3_vl",  # a local folder: ms-swift cannot guess the type from a hub id
-        "--infer_backend": "transformers",  # `pt` is the deprecated 3.x name
-        "--host": "127.0.0.1",
-        "--port": str(port),
-        "--served_model_name": SERVED_NAME,
-    }
-    command = [str(Path(sys.executable).with_name("swift")), "deploy", *chain.from_iterable(options.items())]
-    log = workdir / "swift_deploy.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-    served = Deployment(process, f"http://127.0.0.1:{port}/v1", log)
-    try:
-        wait_until_serving(served)
+def deployment(tiny_dir, tmp_path_factory) -> Iterator[Server]:
+    with swift_deploy(tiny_dir, tmp_path_factory.mktemp("deploy"), SERVED_NAME) as served:
         yield served
-    finally:
-        served.kill()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(served: Deployment) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            pytest.fail(f"swift deploy exited with {served.process.returncode}:\n{served.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{served.base_url}/models", timeout=2) as response:
-                if SERVED_NAME in response.read().decode():
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)  # not listening yet
-    pytest.fail(f"swift deploy did not serve /v1/models within {STARTUP_DEADLINE_S} s:\n{served.log_tail()}")
-
-
-def server_prompt_tokens(served: Deployment, system: str, user: str) -> int:
+def server_prompt_tokens(served: Server, system: str, user: str) -> int:
     body = {
         "model": SERVED_NAME,
         "max_tokens": 1,
@@ -136,7 +63,7 @@ def server_prompt_tokens(served: Deployment, system: str, user: str) -> int:
         return json.loads(response.read())["usage"]["prompt_tokens"]
 
 
-def client(served: Deployment, tiny_dir: Path, **settings) -> OpenAIBackend:
+def client(served: Server, tiny_dir: Path, **settings) -> OpenAIBackend:
     options = {"timeout_s": 60.0, "max_retries": 1, "backoff_s": 0.1, "concurrency": 2, **settings}
     return OpenAIBackend(served.base_url, SERVED_NAME, tokenizer_dir=tiny_dir, **options)
 
@@ -155,9 +82,9 @@ def test_killed_server_turns_the_remaining_prompts_into_errors(deployment, tiny_
     remote = client(deployment, tiny_dir, concurrency=1)
     answers: list[str | BackendError] = []
     run = threading.Thread(target=lambda: answers.extend(remote.chat(prompts, Sampling(max_new_tokens=24))))
-    already = deployment.completed_requests()
+    already = completed_requests(deployment)
     run.start()
-    while deployment.completed_requests() == already and run.is_alive():
+    while completed_requests(deployment) == already and run.is_alive():
         time.sleep(0.05)
     deployment.kill()
     run.join(timeout=60)
