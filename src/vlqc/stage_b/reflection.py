@@ -366,7 +366,7 @@ def retry_batches(uncovered: Iterable[str], batch_size: int, attempt: int) -> li
 _ANSWER_FORMAT = "只输出一个JSON对象（可放在```json代码块中），不要其他文字。"
 
 DECISION_SYSTEM = (
-    "你是通信安装质检规则的复盘员。下列工单的模型判定与人工标签不一致，以标签为准。"
+    "你是通信安装质检规则的复盘员。下列工单的模型判定与人工标签不一致，或模型多次采样意见不一，以标签为准。"
     "找出完全没有可学习方向的工单：摘要里找不到任何能支持该标签的依据。只要存在可学习方向就不要列出。"
     f"{_ANSWER_FORMAT}格式：\n"
     '{"no_evidence_group_ids": ["<ticket_key>", ...], "decision_analysis": "<分析>"}\n'
@@ -381,8 +381,8 @@ _OPS_SHAPE = '{"has_evidence": true或false, "evidence_analysis": "<分析>", "o
 def ops_system(max_operations: int) -> str:
     """The ops-pass contract, worded as `parse_ops` enforces it."""
     return (
-        "你是通信安装质检规则的维护员。下列工单的模型判定与人工标签不一致，以标签为准，且都存在可学习方向。"
-        f"请修改规则，使模型按标签判定。{_ANSWER_FORMAT}格式：\n{_OPS_SHAPE}\n"
+        "你是通信安装质检规则的维护员。下列工单的模型判定与人工标签不一致，或模型多次采样意见不一，以标签为准，且都存在可学习方向。"
+        f"请修改规则，使模型稳定地按标签判定。{_ANSWER_FORMAT}格式：\n{_OPS_SHAPE}\n"
         f"只允许这四个字段。has_evidence: 布尔值；evidence_analysis: 字符串，不超过{EVIDENCE_ANALYSIS_MAX}字。\n"
         "operations 每项只允许以下字段：\n"
         "- op: add | update | delete | merge | none（none 不生效）\n"
@@ -406,7 +406,8 @@ def ops_system(max_operations: int) -> str:
 def decision_prompt(
     mission: str, guidance_experiences: Mapping[str, str], tickets: Sequence[Mapping[str, Any]]
 ) -> tuple[str, str]:
-    """System and user text of the decision pass for a batch of mismatched tickets.
+    """System and user text of the decision pass for a batch of tickets to reflect on: verdict ≠ label,
+    or the samples disagreed (low agreement) even where the selected verdict matches.
 
     A ticket is a mapping with `ticket_key`, `gt_label` and `pred_verdict` (pass|fail), `pred_reason`
     and `per_image` (image_<n> → Stage-A summary).
