@@ -16,8 +16,9 @@ A rate whose denominator is 0 is None: with no fail-labelled ticket, the false-p
 not 0. A ticket without a valid vote counts with its selection verdict, `fail`.
 
 `metrics.jsonl` rows carry two blocks: `include_manual_review` over all tickets and
-`exclude_manual_review` over the tickets without the internal review flag (a hard failure or low
-agreement, `TicketRollout.in_manual_review`). The flag is not the human review queue.
+`exclude_manual_review` over the tickets not marked `manual_review`. The engine marks a ticket that
+the rollout flagged (a hard failure or low agreement, `TicketRollout.in_manual_review`) or that sits
+in the human review queue (need_review_queue.jsonl).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ LOGGING_STEPS, EPOCH_END = "logging_steps", "epoch_end"
 class Judgement(NamedTuple):
     label: str  # human label
     verdict: str  # selected verdict
-    manual_review: bool = False  # the internal review flag
+    manual_review: bool = False  # left out of the exclude_manual_review block
 
 
 def confusion(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
