@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py, beside this script
+
 from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 from vlqc.stage_a.merge import merge, write_merge
 
@@ -28,13 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 MISSION = "挡风板安装检查"
 TARGET_SECONDS = 5.0
 TARGET_PEAK_MIB = 1024
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _summary(rng: random.Random) -> str:

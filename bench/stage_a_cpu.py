@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from machine import cpu_model  # noqa: E402 (bench/machine.py, beside this script)
+
 from vlqc.jsonl import read_jsonl  # noqa: E402
 from vlqc.stage_a.discover import discover, sample_groups  # noqa: E402
 from vlqc.stage_a.jobs import write_selection  # noqa: E402
@@ -71,7 +73,7 @@ def main() -> None:
     for r in runs:
         print(f"{r['mode']:<10} {r['ranks']:>5} {r['images']:>6} {r['ok']:>4} {r['seconds']:>8} {r['images_per_s']:>9}")
     report = {
-        "benchmark": "stage_a_cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "benchmark": "stage_a_cpu", "cpu": cpu_model(), "cores": os.cpu_count(),
         "python": platform.python_version(), "checkpoint": str(args.checkpoint), "mission": args.mission,
         "groups": len(groups), "settings": {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                             "max_pixels": args.max_pixels}, "runs": runs,

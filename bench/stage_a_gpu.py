@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +44,8 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from machine import nvidia_smi  # noqa: E402 (bench/machine.py, beside this script)
 
 from vlqc.fast_generation import FastGenerator  # noqa: E402
 from vlqc.generation import Generator, Request, Sampling  # noqa: E402
@@ -83,11 +84,10 @@ def make_skeleton(out: Path, sizes_path: Path, mission: str) -> None:
 
 
 def gpu_info() -> dict[str, Any]:
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    answer = subprocess.run(query, capture_output=True, text=True, check=True).stdout
-    name, driver, memory = answer.splitlines()[0].split(", ")
+    smi = nvidia_smi()
     return {
-        "name": torch.cuda.get_device_name(), "nvidia_smi_name": name, "driver": driver, "memory_total": memory,
+        "name": torch.cuda.get_device_name(), "nvidia_smi_name": smi["name"], "driver": smi["driver"],
+        "memory_total": smi["memory"],
         "cuda": torch.version.cuda, "torch": torch.__version__, "transformers": transformers.__version__,
         "cpu_cores": os.cpu_count(),
     }

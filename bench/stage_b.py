@@ -27,7 +27,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from merge import cpu_model  # bench/merge.py, beside this script
+from machine import cpu_model  # bench/machine.py, beside this script
 
 from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset

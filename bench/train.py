@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine import nvidia_smi  # bench/machine.py, beside this script
 
 from vlqc.jsonl import write_json
 from vlqc.train.run import train
@@ -70,7 +71,7 @@ def main() -> None:
     if args.gpus:
         # ms-swift logs the peak CUDA memory it saw as memory(GiB).
         report["peak_gpu_memory_gib"] = max(r.get("memory(GiB)", 0) for r in rows)
-        report["gpu"] = _gpu()
+        report["gpu"] = nvidia_smi()
     print(f"{'steps':>5} {'batch':>5} {'s/step':>7} {'samples/s':>9} {'wall s':>7} {'peak MiB':>9}")
     print(f"{report['steps']:>5} {batch:>5} {report['seconds_per_step']:>7} {report['samples_per_second']:>9} "
           f"{report['wall_with_startup_s']:>7} {report['peak_rss_children_mib']:>9}")
@@ -83,12 +84,6 @@ def _parameters(base: Path) -> dict:
     """The base model's parameter counts as base_model.py recorded them (absent for a linked model)."""
     meta = base / "vlqc_base_model.json"
     return json.loads(meta.read_text()).get("parameters", {}) if meta.is_file() else {}
-
-
-def _gpu() -> dict[str, str]:
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    name, driver, memory = subprocess.run(query, capture_output=True, text=True, check=True).stdout.splitlines()[0].split(", ")
-    return {"name": name, "driver": driver, "memory": memory}
 
 
 if __name__ == "__main__":
