@@ -13,7 +13,8 @@ from pathlib import Path
 from vlqc.errors import VlqcError
 from vlqc.jsonl import write_jsonl
 from vlqc.stage_a.jobs import read_selection
-from vlqc.stage_a.verify import load_processor, verify
+from vlqc.generation import load_processor
+from vlqc.stage_a.verify import verify
 
 
 def main() -> int:

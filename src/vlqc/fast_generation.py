@@ -39,10 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
-from vlqc.generation import Generator, Request, Sampling
+from vlqc.generation import Generator, Request, Sampling, resized
 from vlqc.prompts import hf_messages
 
 # Generation-config options under which `generate` would not pick the plain argmax; the fast path leaves them
@@ -261,8 +260,7 @@ class FastGenerator(Generator):
     def image_tokens(self, height: int, width: int) -> int:
         """Tokens the processor makes of an image of this size."""
         ip = self.processor.image_processor
-        h, w = smart_resize(height, width, ip.patch_size * ip.merge_size, ip.size["shortest_edge"],
-                            ip.size["longest_edge"])
+        h, w = resized(self.processor, height, width)
         return (h // ip.patch_size) * (w // ip.patch_size) // ip.merge_size**2
 
     def _wave_rows(self, prompt_len: int, max_new: int) -> int:

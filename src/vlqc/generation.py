@@ -27,29 +27,43 @@ class Request:
     images: list[Image.Image] = field(default_factory=list)
 
 
+def load_processor(model_dir: str | Path, max_pixels: int | None = None):
+    """The checkpoint's processor, with `max_pixels` as its pixel budget when given."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if max_pixels is not None:
+        ip = processor.image_processor
+        ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max_pixels}
+    return processor
+
+
+def resized(processor, height: int, width: int) -> tuple[int, int]:
+    """The size the processor resizes an image to (ValueError for one it refuses)."""
+    ip = processor.image_processor
+    return smart_resize(height, width, ip.patch_size * ip.merge_size, ip.size["shortest_edge"], ip.size["longest_edge"])
+
+
+def check_image(processor, image: Image.Image, where: str) -> None:
+    """Raise SampleError('unprocessable_image') for a photo the image processor would refuse
+    (an aspect ratio over 200), so that it fails alone rather than its whole batch."""
+    try:
+        resized(processor, image.height, image.width)
+    except ValueError as exc:
+        raise SampleError("unprocessable_image", str(exc), where) from exc
+
+
 class Generator:
     """Greedy or sampled batched generation; left padding is set here, every time."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  max_pixels: int | None = None):
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.processor = load_processor(model_dir, max_pixels)
         # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
         self.processor.tokenizer.padding_side = "left"
-        if max_pixels is not None:
-            image_processor = self.processor.image_processor
-            image_processor.size = {"shortest_edge": image_processor.size["shortest_edge"], "longest_edge": max_pixels}
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.device = device
 
     def check_image(self, image: Image.Image, where: str) -> None:
-        """Raise SampleError('unprocessable_image') for a photo the image processor would refuse
-        (an aspect ratio over 200), so that it fails alone rather than its whole batch."""
-        ip = self.processor.image_processor
-        try:
-            smart_resize(image.height, image.width, ip.patch_size * ip.merge_size,
-                         ip.size["shortest_edge"], ip.size["longest_edge"])
-        except ValueError as exc:
-            raise SampleError("unprocessable_image", str(exc), where) from exc
+        check_image(self.processor, image, where)
 
     def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
         texts = [

@@ -7,26 +7,15 @@ One `stage_a_verify` row per image; problems are reported per image and never st
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
-from transformers import AutoProcessor
-
 from vlqc.errors import SampleError
+from vlqc.generation import check_image
 from vlqc.prompts import hf_messages
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.images import image_info, load_image
 from vlqc.stage_a.jobs import image_jobs
-
-
-def load_processor(checkpoint: Path, max_pixels: int | None):
-    """The checkpoint's processor with the Stage-A pixel budget, as generation uses it."""
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    if max_pixels is not None:
-        ip = processor.image_processor
-        ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max_pixels}
-    return processor
 
 
 def image_tokens(processor, image) -> dict[str, Any]:
@@ -47,11 +36,10 @@ def verify(groups: Sequence[Group], processor) -> Iterator[dict[str, Any]]:
                "image_name": job.path.name}
         try:
             info = image_info(job.path)
-            tokens = image_tokens(processor, load_image(job.path))
+            image = load_image(job.path)
+            check_image(processor, image, str(job.path))
         except SampleError as error:
             yield {**row, "ok": False, "error": {"code": error.code, "message": str(error)}}
             continue
-        except ValueError as exc:  # the processor refuses it (an aspect ratio over 200)
-            yield {**row, "ok": False, "error": {"code": "unprocessable_image", "message": f"{job.path}: {exc}"}}
-            continue
+        tokens = image_tokens(processor, image)
         yield {**row, "ok": True, **info, **tokens}
