@@ -32,8 +32,9 @@ from machine import cpu_model  # bench/machine.py, beside this script
 from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset
 from vlqc.demo import generate
-from vlqc.jsonl import read_json, read_jsonl, write_json, write_jsonl
+from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 from vlqc.missions import load_missions
+from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import (
@@ -73,16 +74,10 @@ def resolve_checkpoint(given: Path | None, work: Path) -> tuple[Path, bool]:
 def demo_stage_a(work: Path, mission: str, tickets: int, seed: int) -> Path:
     """A Stage-A file of `tickets` fresh demo tickets, each image's summary the converter's ground truth."""
     domain = load_missions(MISSIONS_FILE)[mission]["domain"]
-    manifest = work / "demo.json"
-    generate(work / "demo", [mission], tickets, seed, manifest=manifest, progress=False)
+    generate(work / "demo", [mission], tickets, seed, manifest=work / "demo.json", progress=False)
     convert_dataset(ConvertSettings(work / "demo", work / "data", mission_domains={mission: domain}), workers=1)
-    # A converted sample's image is named like the photo it came from: <group_id>_<k>.jpg.
-    summaries = {Path(s["images"][0]).name: s["summary"] for s in read_jsonl(work / "data/all_samples.jsonl")}
-    records = [
-        {"group_id": t["group_id"], "mission": mission, "label": t["label"], "images": t["images"],
-         "per_image": {f"image_{n}": summaries[name] for n, name in enumerate(t["images"], start=1)}}
-        for t in read_json(manifest)["tickets"]
-    ]
+    samples = read_jsonl(work / "data/all_samples.jsonl", schema="sample")
+    records = ground_truth_records(samples, mission)
     path = work / "stage_a.jsonl"
     write_jsonl(path, records, schema="stage_a_group")
     return path

@@ -14,14 +14,13 @@ What the tiny model answers is its business; the tests check the contracts that 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
+from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
-from vlqc.tickets import natural_key
 from workflow_env import copy_workflow, snakemake
 
 pytestmark = pytest.mark.e2e
@@ -48,31 +47,14 @@ training: {epochs: 8, per_device_train_batch_size: 1, save_steps: 1000}
 """
 
 
-def stage_a_records(samples: Path) -> list[dict]:
-    """One Stage-A record per ticket of the mission, its ground-truth summaries in photo order."""
-    tickets: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for sample in read_jsonl(samples, schema="sample"):
-        ticket = sample["ticket"]
-        if ticket["mission"] == MISSION:
-            tickets[ticket["group_id"], ticket["label"]].append(sample)
-    records = []
-    for (group_id, label), samples_of_ticket in sorted(tickets.items()):
-        ordered = sorted(samples_of_ticket, key=lambda s: natural_key(s["sample_id"]))
-        records.append({
-            "group_id": group_id, "mission": MISSION, "label": label,
-            "images": [Path(s["images"][0]).name for s in ordered],
-            "per_image": {f"image_{n}": s["summary"] for n, s in enumerate(ordered, start=1)},
-        })
-    return records
-
-
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("stage_b"))
     (workdir / "e2e.yaml").write_text(OVERLAY, encoding="utf-8")
     (workdir / "config/train/e2e_stageb.yaml").write_text(TRAIN, encoding="utf-8")
     snakemake(workdir, "--configfile", "e2e.yaml", "--", "results/models/sft/stageb/merged")
-    records = stage_a_records(workdir / "results/data/demo/all_samples.jsonl")
+    samples = read_jsonl(workdir / "results/data/demo/all_samples.jsonl", schema="sample")
+    records = ground_truth_records(samples, MISSION)
     records[0]["label"] = "pass" if records[0]["label"] == "fail" else "fail"  # a label the model should dispute
     write_jsonl(workdir / f"results/{MISSION}_stage_a.jsonl", records, schema="stage_a_group")
     targets = [f"{RUN}/verdicts.jsonl", f"{TRAIN_RUN}/verdicts.jsonl"]
