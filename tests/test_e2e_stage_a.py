@@ -135,13 +135,14 @@ def test_a_killed_run_resumes_where_it_stopped(both_modes):
     run = subprocess.Popen(args, cwd=workdir, env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume = workdir / f"results/stage_a/{MISSION}/resume"
-    deadline = time.monotonic() + 300
-    while not any(p.stat().st_size for p in resume.glob("rank*.jsonl")) and time.monotonic() < deadline:
+    # Kill as soon as the first batch is on disk, however long the machine takes to get there.
+    while not any(p.stat().st_size for p in resume.glob("rank*.jsonl")) and run.poll() is None:
         time.sleep(0.5)
+    assert run.poll() is None, "the job ended before it could be killed mid-way"
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     finished = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in resume.glob("rank*.jsonl"))
-    assert finished > 0, "no batch finished before the deadline"
+    assert finished > 0
 
     snakemake(workdir, "--unlock", "--configfile", "e2e.yaml", overlay)
     snakemake(workdir, "--configfile", "e2e.yaml", overlay, "--rerun-incomplete", "--", TARGET)
