@@ -248,7 +248,7 @@ def test_empty_config_takes_schema_defaults_and_resolves_to_a_valid_document(tmp
     cfg = load_train_config(write(tmp_path, "plain.yaml", ""))
     assert config_problems(json.loads(json.dumps(cfg))) == []  # as resolved_config.json
     assert cfg["model"] == {"torch_dtype": "float32", "attn_impl": "sdpa", "max_length": 4096}
-    assert cfg["template"] == {"truncation_strategy": "raise", "max_pixels": 147456, "max_length": 4096}
+    assert cfg["template"] == {"truncation_strategy": "raise", "padding_side": "left", "max_pixels": 147456, "max_length": 4096}
     assert cfg["tuner"]["train_type"] == "lora" and cfg["tuner"]["target_modules"] == ["all-linear"]
     assert cfg["data"]["augmentation"]["max_pixels"] == 147456  # follows the training cap
     assert cfg["data"]["augmentation"]["crop"]["min_coverage"] == 0.3  # augment schema defaults
@@ -284,6 +284,7 @@ def test_shipped_configs_parse_with_ms_swift(name, model_dir, tmp_path, monkeypa
     assert parsed.model_type == "qwen3_vl" and parsed.check_model is False
     assert parsed.max_length == cfg["template"]["max_length"]
     assert parsed.get_template_kwargs()["truncation_strategy"] == "raise"
+    assert parsed.get_template_kwargs()["padding_side"] == cfg["template"]["padding_side"] == "left"
     assert parsed.strict is True
     assert parsed.tuner_type == ("full" if cfg["tuner"]["train_type"] == "full" else "lora")
     assert parsed.dataset == [str(tmp_path / "train_a.jsonl"), str(tmp_path / "train_b.jsonl")]
@@ -426,3 +427,21 @@ def test_pixel_cap_reaches_the_qwen3_vl_image_loader(model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["384 384", "512 288", "384 352"]
+
+
+@pytest.mark.parametrize(
+    ("yaml", "find_unused"),
+    [
+        # A text-only batch would leave the trained vision tower (or aligner) idle.
+        ("data: {modes: {verdict: 0.25}}\ntuner: {freeze_vit: false}\n", True),
+        ("data: {modes: {verdict: 0.25}}\ntuner: {freeze_aligner: false}\n", True),
+        ("data: {modes: {verdict: 0.0}}\ntuner: {freeze_vit: false}\n", False),  # every batch has images
+        ("data: {modes: {verdict: 0.25}}\n", False),  # nothing visual trains (the defaults freeze both)
+    ],
+)
+def test_ddp_looks_for_unused_parameters_only_when_a_batch_can_be_text_only(
+    yaml, find_unused, model_dir, tmp_path, monkeypatch
+):
+    cfg = load_train_config(write(tmp_path, "t.yaml", yaml))
+    args, _ = invocation(cfg, model_dir, tmp_path)
+    assert parse_with_ms_swift(args, monkeypatch).training_args.ddp_find_unused_parameters is find_unused

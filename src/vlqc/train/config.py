@@ -166,6 +166,7 @@ def swift_invocation(
         "fp16": model["torch_dtype"] == "float16",
         "attn_impl": model["attn_impl"],
         "max_length": template["max_length"],
+        "padding_side": template["padding_side"],
         # 4.6 has no `raise` choice: `delete` makes its template raise MaxLengthError, and
         # strict re-raises it where it would otherwise quietly fetch another sample.
         "truncation_strategy": "delete",
@@ -200,6 +201,9 @@ def swift_invocation(
         "save_only_model": not training["resume"],
         "gradient_checkpointing": training["gradient_checkpointing"],
         "dataloader_num_workers": training["dataloader_num_workers"],
+        # A batch of text-only (verdict) rows leaves a trainable vision tower without gradients,
+        # which DDP refuses unless it looks for unused parameters; elsewhere that look only costs time.
+        "ddp_find_unused_parameters": _text_only_batches_possible(cfg),
         "report_to": training["report_to"],
     }
     if lora:
@@ -222,6 +226,11 @@ def swift_invocation(
         "HF_HUB_OFFLINE": "1",
     }
     return args, env
+
+
+def _text_only_batches_possible(cfg: dict[str, Any]) -> bool:
+    vision_trains = not (cfg["tuner"]["freeze_vit"] and cfg["tuner"]["freeze_aligner"])
+    return vision_trains and cfg["data"]["modes"]["verdict"] > 0
 
 
 def _cli(value: Any) -> str:

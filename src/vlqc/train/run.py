@@ -25,11 +25,9 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
     device_args = [] if use_gpu else ["--use_cpu", "true", "--ddp_backend", "gloo"]
-    # Every trainable parameter takes part in each step; the unused-parameter scan only costs time.
-    ddp_args = ["--ddp_find_unused_parameters", "false"]
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "--max-restarts=0", "-m", "swift.cli.sft", *args, *device_args, *ddp_args,
+        "--max-restarts=0", "-m", "swift.cli.sft", *args, *device_args,
     ]
 
 
