@@ -146,6 +146,13 @@ def stage_b_checkpoint():
     return STAGE_B["checkpoint"] or stage_a_checkpoint()
 
 
+def stage_b_ranks():
+    """torchrun processes of a Stage-B job: one per GPU or CPU rank with hf; one with openai (the server batches)."""
+    if STAGE_B["backend"] == "openai":
+        return 1
+    return STAGE_B["gpus"] or STAGE_B["cpu_ranks"]
+
+
 def stage_b_outputs(run_dir):
     """The files every Stage-B run writes afresh into `run_dir` (a pattern with wildcards)."""
     return [f"{run_dir}/{name}" for name in STAGE_B_OUTPUT_FILES]

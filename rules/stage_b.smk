@@ -36,8 +36,12 @@ rule stage_b_eval:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings(),
+        ranks=stage_b_ranks(),
     shell:
-        "OMP_NUM_THREADS={threads} python scripts/stage_b.py --mode eval --mission {wildcards.mission:q}"
+        # Threads split evenly over the ranks, as in stage_a_infer.
+        "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
+        " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
+        " scripts/stage_b.py --mode eval --mission {wildcards.mission:q}"
         " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
         " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
         " > {log} 2>&1"
@@ -63,8 +67,12 @@ rule stage_b_train:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings(),
+        ranks=stage_b_ranks(),
     shell:
-        "OMP_NUM_THREADS={threads} python scripts/stage_b.py --mode train --mission {wildcards.mission:q}"
+        # Threads split evenly over the ranks, as in stage_a_infer.
+        "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
+        " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
+        " scripts/stage_b.py --mode train --mission {wildcards.mission:q}"
         " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
         " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
         " > {log} 2>&1"

@@ -9,7 +9,6 @@ fails exits non-zero, which fails the whole job with the rank named.
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from vlqc.errors import VlqcError
 from vlqc.missions import load_missions
 from vlqc.stage_a.infer import Settings, run_rank
 from vlqc.stage_a.jobs import SHARDING_MODES, read_selection
+from vlqc.torchrun import torchrun_rank
 
 
 def main() -> int:
@@ -33,10 +33,10 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=0, help="0: CPU ranks")
     parser.add_argument("--settings", type=json.loads, default={}, help="JSON object of Settings fields")
     args = parser.parse_args()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world, local_rank = torchrun_rank()
     logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(levelname)s %(message)s")
     cuda = args.gpus > 0
-    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu"
+    device = f"cuda:{local_rank}" if cuda else "cpu"
     try:
         counts = run_rank(
             read_selection(args.selection),

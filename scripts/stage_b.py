@@ -5,6 +5,10 @@ Exit status 0 with the run summary (JSON) on stdout; a bad input or setting stop
 naming it (exit status 1). Bad Stage-A lines and tickets without a valid vote do not stop it: they go to
 <run-dir>/failure_malformed.jsonl.
 
+With the hf backend the rule launches it under torchrun (`python -m torch.distributed.run
+--nproc_per_node=N scripts/stage_b.py ...`): every process loads the checkpoint, rank 0 runs Stage-B and
+splits each batch of prompts over all of them (vlqc.stage_b.sharded).
+
 Example:
     python scripts/stage_b.py --mode eval --mission 挡风板安装检查 --stage-a results/挡风板安装检查_stage_a.jsonl \
         --guidance config/stage_b/挡风板安装检查.json --checkpoint results/models/sft/demo/merged \
@@ -14,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -23,6 +28,8 @@ from vlqc.errors import VlqcError
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.engine import MODES, Settings, backend_config, run_stage_b, stage_b_config
+from vlqc.stage_b.sharded import ShardedBackend, init_group
+from vlqc.torchrun import torchrun_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,17 +43,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--settings", type=json.loads, default={}, help="JSON object: the stage_b config section")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    rank, world, local_rank = torchrun_rank()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(message)s")
     try:
         section = stage_b_config(args.settings, "--settings")
+        if world > 1 and section["backend"] != "hf":
+            raise VlqcError(f"only the hf backend runs under torchrun, not {section['backend']} ({world} processes)")
+        backend = make_backend(backend_config(section, args.checkpoint, local_rank))
+        settings = Settings.from_config(section, args.mode)
+    except (VlqcError, OSError) as exc:
+        print(f"rank {rank}: error: {exc}", file=sys.stderr)
+        return 1
+    if world == 1:
+        return _drive(args, section, backend, settings)
+    init_group()
+    sharded = ShardedBackend(backend, rank, world)
+    if rank:
+        sharded.serve()
+        return 0
+    try:
+        # Each process generates batch_size prompts at a time: a call hands out that many per process.
+        return _drive(args, section, sharded, dataclasses.replace(settings, batch_size=settings.batch_size * world))
+    finally:
+        sharded.close()
+
+
+def _drive(args: argparse.Namespace, section: dict, backend, settings: Settings) -> int:
+    try:
         summary = run_stage_b(
             args.stage_a,
             args.mission,
             load_missions(args.missions),
             args.guidance,
             args.run_dir,
-            make_backend(backend_config(section, args.checkpoint)),
-            Settings.from_config(section, args.mode),
+            backend,
+            settings,
             mode=args.mode,
             reset_guidance=section["reset_guidance"],
         )

@@ -5,7 +5,8 @@ machine affords, so it often breaks the two-line format and those tickets take t
 input, `results/<mission>_stage_a.jsonl`, is written by the
 test from the demo's ground-truth summaries (`results/data/demo/all_samples.jsonl`): that file is
 Stage-B's input contract, and running Stage-A as well would add minutes without testing Stage-B further.
-Snakemake then runs with `--allowed-rules` for the two Stage-B rules, so the written file stands as input.
+Snakemake then runs with `--allowed-rules` for the two Stage-B rules, so the written file stands as input;
+both run as two gloo ranks under torchrun (`stage_b.cpu_ranks: 2`), so the prompts are split between them.
 One label is flipped, so that a valid verdict of the model gives the train run a mismatch to reflect on.
 What the tiny model answers is its business; the tests check the contracts that hold whatever it answers
 (the reflection paths themselves are covered with a scripted backend in test_stage_b_engine.py).
@@ -14,6 +15,7 @@ What the tiny model answers is its business; the tests check the contracts that 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ OVERLAY = f"""
 demo: {{missions: [{MISSION}], tickets_per_mission: 4, seed: 5}}
 train: {{run: stageb, runs: {{stageb: config/train/e2e_stageb.yaml}}}}
 stage_b:
+  cpu_ranks: 2
   logging_steps: 4
   train_grid: [{{temperature: 0.3, max_new_tokens: 64}}, {{temperature: 0.7, max_new_tokens: 64}}]
   eval_grid: [{{temperature: 0.1, max_new_tokens: 64}}]
@@ -99,6 +102,14 @@ def test_every_artifact_is_written_and_valid(workflow, run):
     read_json(workdir / run / "hypotheses.json", schema="stage_b_hypotheses")
     log = (workdir / f"results/logs/stage_b/{MISSION}/{Path(run).name}.log").read_text(encoding="utf-8")
     assert "FALSE PASS (human fail, model pass)" in log
+
+
+@pytest.mark.parametrize("run", [RUN, TRAIN_RUN])
+def test_both_cpu_ranks_answer_prompts(workflow, run):
+    workdir, _ = workflow
+    log = (workdir / f"results/logs/stage_b/{MISSION}/{Path(run).name}.log").read_text(encoding="utf-8")
+    served = re.search(r"rank 1 of 2: answered (\d+) prompts in (\d+) calls", log)
+    assert served and int(served.group(1)) > 0, log[-2000:]
 
 
 def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):

@@ -611,8 +611,9 @@ def test_the_config_section_is_checked_by_dotted_path():
 
 
 def test_backend_config_for_each_backend():
-    hf = backend_config(stage_b_config({"gpus": 1}), "ckpt")
-    assert hf == {"backend": "hf", "checkpoint": "ckpt", "device": "cuda", "dtype": "bfloat16", "batch_size": 8}
+    hf = backend_config(stage_b_config({"gpus": 2}), "ckpt", local_rank=1)
+    assert hf == {"backend": "hf", "checkpoint": "ckpt", "device": "cuda:1", "dtype": "bfloat16", "batch_size": 8}
+    assert backend_config(stage_b_config({"cpu_ranks": 2}), "ckpt")["device"] == "cpu"
     openai = backend_config(stage_b_config({"backend": "openai", "openai": {"base_url": "http://h:1/v1"}}), "tok")
     assert openai["base_url"] == "http://h:1/v1" and openai["tokenizer_dir"] == "tok"
 

@@ -150,14 +150,15 @@ def stage_b_config(section: Mapping[str, Any], where: str = "stage_b settings") 
     return with_defaults(schema, doc)["stage_b"]
 
 
-def backend_config(section: Mapping[str, Any], checkpoint: str | Path) -> dict[str, Any]:
-    """`vlqc.stage_b.backends.make_backend` arguments: the checkpoint in process (hf), or an
-    OpenAI-compatible server with the checkpoint's tokenizer counting prompt tokens (openai)."""
+def backend_config(section: Mapping[str, Any], checkpoint: str | Path, local_rank: int = 0) -> dict[str, Any]:
+    """`vlqc.stage_b.backends.make_backend` arguments: the checkpoint in process (hf; on GPU
+    `local_rank` under torchrun), or an OpenAI-compatible server with the checkpoint's tokenizer
+    counting prompt tokens (openai)."""
     if section["backend"] == "openai":
         return {"backend": "openai", **section["openai"], "tokenizer_dir": str(checkpoint)}
     on_gpu = section["gpus"] > 0
     return {
-        "backend": "hf", "checkpoint": str(checkpoint), "device": "cuda" if on_gpu else "cpu",
+        "backend": "hf", "checkpoint": str(checkpoint), "device": f"cuda:{local_rank}" if on_gpu else "cpu",
         "dtype": "bfloat16" if on_gpu else "float32", "batch_size": section["batch_size"],
     }
 
