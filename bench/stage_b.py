@@ -1,8 +1,9 @@
 """Stage-B throughput on CPU: tickets/s in eval mode for the hf and openai backends.
 
 Runs what the `stage_b_eval` rule runs (`run_stage_b` with the schema's stage_b defaults, the mission's
-seed guidance and the eval grid) twice over the same tickets: with the checkpoint in this process (hf),
-and through OpenAIBackend against `swift deploy` serving the same checkpoint (openai). The backend's set-up
+seed guidance and the eval grid) over the same tickets: with the checkpoint in this process (hf), as the
+rule does with `stage_b.cpu_ranks: --ranks` (hf×N: scripts/stage_b.py under torchrun, the prompts split
+over the ranks), and through OpenAIBackend against `swift deploy` serving the same checkpoint (openai). The backend's set-up
 (hf: model load; openai: tokenizer load) and the server's start are timed apart from tickets/s.
 
 Without results/models/sft/demo/merged a tiny base model is built with random weights (`untrained: true`
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +44,7 @@ from vlqc.stage_b.engine import (
     EVAL,
     FAILURE_FILE,
     JSONL_SCHEMAS,
+    METRICS_FILE,
     TRAJECTORIES_FILE,
     Settings,
     backend_config,
@@ -113,9 +117,35 @@ def run_backend(section: dict[str, Any], checkpoint: Path, stage_a: Path, missio
     summary = run_stage_b(stage_a, mission, load_missions(MISSIONS_FILE), guidance, run_dir, backend,
                           Settings.from_config(section, EVAL), mode=EVAL)
     seconds = time.perf_counter() - started
+    return run_row(section["backend"], summary, run_dir, load_s, seconds)
+
+
+def run_torchrun(section: dict[str, Any], checkpoint: Path, stage_a: Path, mission: str, run_dir: Path,
+                 ranks: int) -> dict:
+    """The hf backend as the rule runs it with stage_b.cpu_ranks > 1: scripts/stage_b.py under torchrun,
+    the cores split over the ranks. The ticket time is the engine's own clock (metrics.jsonl), which
+    starts once every rank has loaded the model; the rest of the wall time counts as load."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "--max-restarts=0",
+        str(REPO / "scripts/stage_b.py"), "--mode", EVAL, "--mission", mission, "--stage-a", str(stage_a),
+        "--missions", str(MISSIONS_FILE), "--guidance", str(REPO / section["guidance_dir"] / f"{mission}.json"),
+        "--checkpoint", str(checkpoint), "--run-dir", str(run_dir), "--settings", json.dumps(section, ensure_ascii=False),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"stage_b.py under torchrun failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0's summary; the others print nothing
+    seconds = list(read_jsonl(run_dir / METRICS_FILE, schema=JSONL_SCHEMAS[METRICS_FILE]))[-1]["elapsed_seconds"]
+    return run_row(f"hf×{ranks}", summary, run_dir, wall - seconds, seconds)
+
+
+def run_row(backend: str, summary: dict[str, Any], run_dir: Path, load_s: float, seconds: float) -> dict:
     failures = list(read_jsonl(run_dir / FAILURE_FILE, schema=JSONL_SCHEMAS[FAILURE_FILE]))
     return {
-        "backend": section["backend"], "tickets": summary["tickets"], "verdicts": summary["verdicts"],
+        "backend": backend, "tickets": summary["tickets"], "verdicts": summary["verdicts"],
         "failure_malformed": summary["failures"], "failure_codes": dict(Counter(row["code"] for row in failures)),
         "candidates": sum(1 for _ in read_jsonl(run_dir / TRAJECTORIES_FILE)), "acc": summary["final"]["acc"],
         "load_s": round(load_s, 2), "seconds": round(seconds, 2),
@@ -141,6 +171,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, help="override of the eval grid's (default: the schema's)")
     parser.add_argument("--demo-seed", type=int, default=20241111)
     parser.add_argument("--server-max-batch-size", type=int, default=1, help="swift deploy --max_batch_size")
+    parser.add_argument("--ranks", type=int, default=2, help="hf also under torchrun with this many CPU ranks (1: skip)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/stage_b.json")
     args = parser.parse_args()
     if args.checkpoint is not None and not args.checkpoint.is_dir():
@@ -155,6 +186,8 @@ def main() -> None:
             stage_a = first_lines(args.stage_a, work, args.tickets)
         hf = stage_b_config({"backend": "hf", "eval_grid": grid})
         runs = [run_backend(hf, checkpoint, stage_a, args.mission, work / "hf")]
+        if args.ranks > 1:
+            runs.append(run_torchrun(hf, checkpoint, stage_a, args.mission, work / "hf_ranks", args.ranks))
         with swift_deploy(checkpoint, work, SERVED_NAME, args.server_max_batch_size, STARTUP_DEADLINE_S) as server:
             base_url, server_start_s = server.base_url, server.startup_s
             openai = stage_b_config({"backend": "openai", "eval_grid": grid,
