@@ -7,6 +7,7 @@ test from the demo's ground-truth summaries (`results/data/demo/all_samples.json
 Stage-B's input contract, and running Stage-A as well would add minutes without testing Stage-B further.
 Snakemake then runs with `--allowed-rules` for the two Stage-B rules, so the written file stands as input;
 both run as two gloo ranks under torchrun (`stage_b.cpu_ranks: 2`), so the prompts are split between them.
+The eval runs once more with `backend: openai` against `swift deploy` serving the same checkpoint.
 One label is flipped, so that a valid verdict of the model gives the train run a mismatch to reflect on.
 What the tiny model answers is its business; the tests check the contracts that hold whatever it answers
 (the reflection paths themselves are covered with a scripted backend in test_stage_b_engine.py).
@@ -22,7 +23,9 @@ import pytest
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
 from vlqc.stage_a.ground_truth import ground_truth_records
+from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
+from test_stage_b_swift_deploy import completed_requests
 from workflow_env import copy_workflow, snakemake
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.e2e
 MISSION = "挡风板安装检查"
 RUN = f"results/stage_b/{MISSION}/e2e"
 TRAIN_RUN = f"{RUN}_train"
+OPENAI_RUN = f"{RUN}_openai"
+SERVED_NAME = "vlqc-e2e"
 OVERLAY = f"""
 demo: {{missions: [{MISSION}], tickets_per_mission: 4, seed: 5}}
 train: {{run: stageb, runs: {{stageb: config/train/e2e_stageb.yaml}}}}
@@ -62,25 +67,34 @@ def workflow(tmp_path_factory):
     write_jsonl(workdir / f"results/{MISSION}_stage_a.jsonl", records, schema="stage_a_group")
     targets = [f"{RUN}/verdicts.jsonl", f"{TRAIN_RUN}/verdicts.jsonl"]
     snakemake(workdir, "--configfile", "e2e.yaml", "--allowed-rules", "stage_b_eval", "stage_b_train", "--", *targets)
-    return workdir, {f"{r['group_id']}::{r['label']}" for r in records}
+    # The same eval through the openai backend, against swift deploy serving the same checkpoint.
+    with swift_deploy(workdir / "results/models/sft/stageb/merged", workdir, SERVED_NAME) as server:
+        (workdir / "openai.yaml").write_text(
+            f"stage_b: {{backend: openai, openai: {{base_url: '{server.base_url}', model: {SERVED_NAME}}}}}\n",
+            encoding="utf-8",
+        )
+        snakemake(workdir, "--configfile", "e2e.yaml", "openai.yaml", "--allowed-rules", "stage_b_eval", "--",
+                  f"{OPENAI_RUN}/verdicts.jsonl")
+        served = completed_requests(server)
+    return workdir, {f"{r['group_id']}::{r['label']}" for r in records}, served
 
 
 def rows(workdir: Path, run: str, name: str) -> list[dict]:
     return list(read_jsonl(workdir / run / name, schema=JSONL_SCHEMAS[name]))
 
 
-@pytest.mark.parametrize("run", [RUN, TRAIN_RUN])
+@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, OPENAI_RUN])
 def test_every_ticket_ends_in_verdicts_or_failure_malformed(workflow, run):
-    workdir, tickets = workflow
+    workdir, tickets, _ = workflow
     verdicts = {row["ticket_key"] for row in rows(workdir, run, "verdicts.jsonl")}
     failed = {row["ticket_key"] for row in rows(workdir, run, "failure_malformed.jsonl") if "label" in row}
     assert not verdicts & failed
     assert verdicts | failed == tickets
 
 
-@pytest.mark.parametrize(("run", "candidates"), [(RUN, 1), (TRAIN_RUN, 2)])
+@pytest.mark.parametrize(("run", "candidates"), [(RUN, 1), (TRAIN_RUN, 2), (OPENAI_RUN, 1)])
 def test_a_ticket_without_a_valid_vote_keeps_every_answer_of_the_model(workflow, run, candidates):
-    workdir, _ = workflow
+    workdir, _, _ = workflow
     for failure in rows(workdir, run, "failure_malformed.jsonl"):
         if failure["code"] in ("format_error", "no_valid_candidates"):
             assert len(failure["raw"]) == candidates and all(failure["raw"]), failure
@@ -88,9 +102,9 @@ def test_a_ticket_without_a_valid_vote_keeps_every_answer_of_the_model(workflow,
             assert failure["code"].startswith("reflection_"), failure  # the prompts fit; the backend answered
 
 
-@pytest.mark.parametrize("run", [RUN, TRAIN_RUN])
+@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, OPENAI_RUN])
 def test_every_artifact_is_written_and_valid(workflow, run):
-    workdir, tickets = workflow
+    workdir, tickets, _ = workflow
     for name in OUTPUT_FILES:
         assert (workdir / run / name).is_file(), name
     report = rows(workdir, run, "group_report.jsonl")
@@ -106,14 +120,22 @@ def test_every_artifact_is_written_and_valid(workflow, run):
 
 @pytest.mark.parametrize("run", [RUN, TRAIN_RUN])
 def test_both_cpu_ranks_answer_prompts(workflow, run):
-    workdir, _ = workflow
+    workdir, _, _ = workflow
     log = (workdir / f"results/logs/stage_b/{MISSION}/{Path(run).name}.log").read_text(encoding="utf-8")
     served = re.search(r"rank 1 of 2: answered (\d+) prompts in (\d+) calls", log)
     assert served and int(served.group(1)) > 0, log[-2000:]
 
 
+def test_openai_eval_sends_every_prompt_to_the_server(workflow):
+    workdir, tickets, served = workflow
+    too_long = {row["ticket_key"] for row in rows(workdir, OPENAI_RUN, "failure_malformed.jsonl")
+                if row["code"] == "prompt_too_long"}
+    assert served == len(tickets - too_long) > 0
+    assert not [row for row in rows(workdir, OPENAI_RUN, "trajectories.jsonl") if "detail" in row]  # no BackendError
+
+
 def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):
-    workdir, tickets = workflow
+    workdir, tickets, _ = workflow
     trajectories = rows(workdir, RUN, "trajectories.jsonl")
     too_long = {row["ticket_key"] for row in rows(workdir, RUN, "failure_malformed.jsonl")
                 if row["code"] == "prompt_too_long"}
@@ -125,7 +147,7 @@ def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):
 
 
 def test_train_reflects_exactly_when_a_ticket_asks_for_it(workflow):
-    workdir, _ = workflow
+    workdir, _, _ = workflow
     selections = rows(workdir, TRAIN_RUN, "selections.jsonl")
     assert {row["sampler"]["temperature"] for row in rows(workdir, TRAIN_RUN, "trajectories.jsonl")} == {0.3, 0.7}
     wanting = [s for s in selections
