@@ -245,7 +245,8 @@ def run_plain(engine: FastGenerator, prompt: dict, batch: int, new_tokens: int, 
 
 
 def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True) -> None:
-    """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise)."""
+    """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise).
+    `engine.memory_fraction` is set once, from --memory-fraction."""
     engine.max_wave_rows, engine.cuda_graphs = wave_rows, graphs
     engine.sdpa_backends = None if cudnn else NO_CUDNN
 
@@ -261,7 +262,8 @@ def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, 
     mean_rows = statistics.mean(stats["wave_rows"])
     row = speed_row(engine, requests, seconds, peak, new_tokens, mean_rows, ceilings)
     per_step = stats["decode_s"] / stats["decode_steps"] * 1e3 if stats["decode_steps"] else None
-    return {"engine": "fast", "max_wave_rows": wave_rows, "cuda_graphs": graphs, "cudnn_attention": cudnn,
+    return {"engine": "fast", "max_wave_rows": wave_rows, "memory_fraction": engine.memory_fraction,
+            "cuda_graphs": graphs, "cudnn_attention": cudnn,
             "batch": round(mean_rows, 1), **row,
             "decode_step_ms": per_step and round(per_step, 2), "stats": stats}
 
@@ -381,6 +383,7 @@ def run(args: argparse.Namespace) -> None:
     prompt = json.loads((args.skeleton / PROMPT_FILE).read_text(encoding="utf-8"))
     folder = build_model_folder(args.skeleton, args.work)
     engine = FastGenerator(folder, device="cuda", dtype=torch.bfloat16, max_pixels=prompt["max_pixels"])
+    engine.memory_fraction = args.memory_fraction
     report.section("model", {"parameters": sum(p.numel() for p in engine.model.parameters()),
                              "config": str(args.skeleton / "config.json"), "mission": prompt["mission"]})
     engine.generate(stage_a_requests(prompt, 2), force_new_tokens(engine, 4))  # warm-up: kernels, allocator
@@ -451,6 +454,8 @@ def main() -> None:
     bench.add_argument("--plain-batches", type=numbers, default=[1, 8, 32, 64])
     bench.add_argument("--wave-rows", type=numbers, default=[64, 128, 256], help="FastGenerator.max_wave_rows to try")
     bench.add_argument("--images", type=int, default=512, help="images per fast run (one generate call)")
+    bench.add_argument("--memory-fraction", type=float, default=FastGenerator.memory_fraction,
+                       help="FastGenerator.memory_fraction: share of free GPU memory a wave's KV cache may take")
     bench.add_argument("--prefill-images", type=int, default=256, help="images of the prefill-only fast run")
     bench.add_argument("--sections", type=lambda text: text.split(","), default=list(SECTIONS),
                        help=f"comma-separated, of {','.join(SECTIONS)} (fp32 converts the model: it runs last)")
