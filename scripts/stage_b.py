@@ -28,7 +28,7 @@ from vlqc.errors import VlqcError
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.engine import MODES, Settings, backend_config, run_stage_b, stage_b_config
-from vlqc.stage_b.sharded import ShardedBackend, init_group
+from vlqc.stage_b.sharded import ShardedBackend, init_group, leave_group
 from vlqc.torchrun import torchrun_rank
 
 
@@ -60,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     sharded = ShardedBackend(backend, rank, world)
     if rank:
         sharded.serve()
+        leave_group()
         return 0
     try:
         # Each process generates batch_size prompts at a time: a call hands out that many per process.
-        return _drive(args, section, sharded, dataclasses.replace(settings, batch_size=settings.batch_size * world))
+        status = _drive(args, section, sharded, dataclasses.replace(settings, batch_size=settings.batch_size * world))
     finally:
         sharded.close()
+    leave_group()
+    return status
 
 
 def _drive(args: argparse.Namespace, section: dict, backend, settings: Settings) -> int:

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from vlqc.errors import VlqcError
 from vlqc.sampling import Sampling
 from vlqc.stage_b.rollout import BackendError
-from vlqc.stage_b.sharded import ShardedBackend, init_group
+from vlqc.stage_b.sharded import ShardedBackend, init_group, leave_group
 
 WORLD = 3
 
@@ -58,6 +58,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
             "calls": local.calls,
             "tokens": backend.count_tokens("s", "abcd"),
         }
+    leave_group()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f)
 

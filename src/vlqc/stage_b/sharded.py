@@ -32,6 +32,13 @@ def init_group() -> None:
     dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
+def leave_group() -> None:
+    """Wait for every rank, then close this rank's connections: a rank that simply exits can abort a peer
+    whose gloo threads still read from it (SIGABRT)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class ShardedBackend:
     """A `ChatBackend` spread over the ranks of an initialised process group."""
 
