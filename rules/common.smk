@@ -111,7 +111,17 @@ def stage_a_max_pixels():
 
 def stage_a_settings():
     """Generation settings of scripts/stage_a_infer.py (vlqc.stage_a.infer.Settings)."""
-    keys = ("batch_size", "engine", "max_new_tokens", "temperature", "top_p", "repetition_penalty", "no_mission")
+    keys = (
+        "batch_size",
+        "engine",
+        "wave_rows",
+        "wave_memory_fraction",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "repetition_penalty",
+        "no_mission",
+    )
     settings = {key: STAGE_A[key] for key in keys}
     return json.dumps({**settings, "max_pixels": stage_a_max_pixels(), "seed": STAGE_A["sample_seed"]})
 

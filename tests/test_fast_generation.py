@@ -102,12 +102,20 @@ def test_sampling_and_penalties_take_the_plain_path(engines, requests, sampling)
 
 def test_run_rank_takes_the_fast_engine_unchanged(tiny_folder, tmp_path):
     groups = make_groups(tmp_path, [3, 2])
-    settings = Settings(batch_size=8, max_new_tokens=8)
+    settings = Settings(batch_size=8, max_new_tokens=8, wave_rows=2)
     rows = {}
+    made = []
     for name, backend in (("plain", Generator), ("fast", FastGenerator)):
         (tmp_path / name).mkdir()
-        rows[name], _ = run_stage_a(groups, tmp_path / name, tiny_folder, backend, settings=settings)
+
+        def load(*args, backend=backend, **kwargs):
+            made.append(backend(*args, **kwargs))
+            return made[-1]
+
+        rows[name], _ = run_stage_a(groups, tmp_path / name, tiny_folder, load, settings=settings)
     assert len(rows["plain"]) == 5 and rows["fast"] == rows["plain"]
+    # The settings' wave size reached the engine: the last call's 2 images went in one wave of 2.
+    assert made[1].max_wave_rows == 2 and made[1].stats.wave_rows == [2]
 
 
 def test_prompt_length_is_what_encode_makes(engines, requests):

@@ -219,6 +219,7 @@ def test_fingerprint_follows_weights_prompt_and_settings_but_not_batch_size(chec
     prompt = ("system", "<image>user")
     base = fingerprint(checkpoint, prompt, Settings())
     assert fingerprint(checkpoint, prompt, Settings(batch_size=1)) == base
+    assert fingerprint(checkpoint, prompt, Settings(wave_rows=1, wave_memory_fraction=0.9)) == base
     assert fingerprint(checkpoint, prompt, Settings(temperature=0.5)) != base
     assert fingerprint(checkpoint, ("system", "<image>other"), Settings()) != base
     assert fingerprint(checkpoint, prompt, Settings(engine="fast")) != base
@@ -245,3 +246,18 @@ def test_no_rank_file_when_a_rank_crashes(tmp_path, checkpoint):
 def test_an_unknown_engine_is_refused():
     with pytest.raises(VlqcError, match="engine must be one of"):
         Settings(engine="turbo")
+
+
+def test_settings_defaults_are_the_config_schema_defaults():
+    schema = json.loads((REPO / "schemas/config.schema.json").read_text(encoding="utf-8"))
+    keys = schema["properties"]["stage_a"]["properties"]
+    defaults = Settings()
+    shared = [name for name in Settings.__dataclass_fields__ if name in keys and name != "max_pixels"]
+    assert {"batch_size", "engine", "wave_rows", "wave_memory_fraction"} <= set(shared)
+    assert {name: keys[name]["default"] for name in shared} == {name: getattr(defaults, name) for name in shared}
+
+
+@pytest.mark.parametrize("knobs", [{"wave_rows": 0}, {"wave_memory_fraction": 0.0}, {"wave_memory_fraction": 1.5}])
+def test_wave_settings_out_of_range_are_rejected(knobs):
+    with pytest.raises(VlqcError, match="wave_rows must be >= 1 and wave_memory_fraction in"):
+        Settings(**knobs)

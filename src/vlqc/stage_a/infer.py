@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": FastGenerator}
 
 
+# Settings that say how the work is batched, not what is generated.
+BATCHING = ("batch_size", "wave_rows", "wave_memory_fraction")
+
+
 @dataclass(frozen=True)
 class Settings:
     batch_size: int = 8
@@ -52,10 +56,16 @@ class Settings:
     no_mission: bool = False
     seed: int = 0
     engine: str = "plain"  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ between engines
+    # Engine fast only: rows decoded together at most, and the share of free GPU memory their KV cache may take.
+    wave_rows: int = FastGenerator.max_wave_rows
+    wave_memory_fraction: float = FastGenerator.memory_fraction
 
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise VlqcError(f"stage_a engine must be one of {sorted(ENGINES)}, not {self.engine!r}")
+        if self.wave_rows < 1 or not 0 < self.wave_memory_fraction <= 1:
+            raise VlqcError(f"stage_a wave_rows must be >= 1 and wave_memory_fraction in (0, 1], "
+                            f"not {self.wave_rows} and {self.wave_memory_fraction}")
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed)
@@ -73,14 +83,14 @@ def clean_summary(text: str) -> str:
 
 def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings) -> str:
     """Identity of what produced a summary: checkpoint files, prompt and generation settings.
-    The batch size is left out: left-padded batches give the outputs of one-by-one generation,
-    and a rerun after running out of memory should be free to lower it."""
+    How the work is batched is left out (batch size, wave size): left-padded batches give the outputs of
+    one-by-one generation, and a rerun after running out of memory should be free to lower them."""
     digest = hashlib.sha256()
     digest.update((checkpoint / "config.json").read_bytes())
     for weights in sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    knobs = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    knobs = {k: v for k, v in asdict(settings).items() if k not in BATCHING}
     digest.update(dumps({"prompt": prompt, "settings": knobs}).encode())
     return digest.hexdigest()
 
@@ -184,6 +194,9 @@ def run_rank(
             continue
         if generator is None:
             generator = load_generator(checkpoint, device=device, dtype=dtype, max_pixels=settings.max_pixels)
+            if isinstance(generator, FastGenerator):
+                generator.max_wave_rows = settings.wave_rows
+                generator.memory_fraction = settings.wave_memory_fraction
         todo = _drop_unprocessable(generator, todo, rows)
         texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
         for (job, key, _), text in zip(todo, texts):
