@@ -16,6 +16,18 @@
 ruleorder: stage_b_train > stage_b_eval
 
 
+# The command of both rules; they differ in params.mode, the guidance file and the run folder.
+# Threads are split evenly over the ranks, as in stage_a_infer.
+STAGE_B_COMMAND = (
+    "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
+    " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
+    " scripts/stage_b.py --mode {params.mode} --mission {wildcards.mission:q}"
+    " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
+    " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
+    " > {log} 2>&1"
+)
+
+
 rule stage_b_eval:
     input:
         stage_a="results/{mission}_stage_a.jsonl",
@@ -37,14 +49,9 @@ rule stage_b_eval:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings(),
         ranks=stage_b_ranks(),
+        mode="eval",
     shell:
-        # Threads split evenly over the ranks, as in stage_a_infer.
-        "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
-        " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
-        " scripts/stage_b.py --mode eval --mission {wildcards.mission:q}"
-        " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
-        " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
-        " > {log} 2>&1"
+        STAGE_B_COMMAND
 
 
 rule stage_b_train:
@@ -68,11 +75,6 @@ rule stage_b_train:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings(),
         ranks=stage_b_ranks(),
+        mode="train",
     shell:
-        # Threads split evenly over the ranks, as in stage_a_infer.
-        "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
-        " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
-        " scripts/stage_b.py --mode train --mission {wildcards.mission:q}"
-        " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
-        " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
-        " > {log} 2>&1"
+        STAGE_B_COMMAND
