@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from vlqc.jsonl import read_jsonl
-from workflow_env import BIN, copy_workflow, snakemake
+from workflow_env import BIN, snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +44,7 @@ MODEL_FAILURES = {"unparseable_summary", "empty_summary"}
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("stage_a"))
-    (workdir / "e2e.yaml").write_text(OVERLAY, encoding="utf-8")
-    (workdir / "config/train/e2e_stagea.yaml").write_text(TRAIN, encoding="utf-8")
-    snakemake(workdir, "--configfile", "e2e.yaml", "--", "results/models/sft/stagea/merged")
+    workdir = trained_workflow(tmp_path_factory.mktemp("stage_a"), OVERLAY, {"stagea": TRAIN})
     # Stage-A reads its own copy of the tickets, with one photo corrupted.
     shutil.copytree(workdir / "resources/demo/tickets", workdir / "tickets")
     corrupt = sorted((workdir / "tickets" / MISSION / "审核通过").glob("*/*.jpg"))[0]

@@ -26,7 +26,7 @@ from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
 from test_stage_b_swift_deploy import completed_requests
-from workflow_env import copy_workflow, snakemake
+from workflow_env import snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -57,10 +57,7 @@ training: {epochs: 8, per_device_train_batch_size: 1, save_steps: 1000}
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("stage_b"))
-    (workdir / "e2e.yaml").write_text(OVERLAY, encoding="utf-8")
-    (workdir / "config/train/e2e_stageb.yaml").write_text(TRAIN, encoding="utf-8")
-    snakemake(workdir, "--configfile", "e2e.yaml", "--", "results/models/sft/stageb/merged")
+    workdir = trained_workflow(tmp_path_factory.mktemp("stage_b"), OVERLAY, {"stageb": TRAIN})
     samples = read_jsonl(workdir / "results/data/demo/all_samples.jsonl", schema="sample")
     records = ground_truth_records(samples, MISSION)
     records[0]["label"] = "pass" if records[0]["label"] == "fail" else "fail"  # a label the model should dispute

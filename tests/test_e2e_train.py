@@ -10,7 +10,7 @@ from PIL import Image
 
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.train.merge import load_with_adapter
-from workflow_env import copy_workflow, snakemake
+from workflow_env import trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +25,8 @@ STEPS = "training: {epochs: 1, max_steps: 3, per_device_train_batch_size: 2, sav
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("train"))
-    (workdir / "e2e.yaml").write_text(OVERLAY, encoding="utf-8")
-    (workdir / "config/train/e2e_lora.yaml").write_text("extends: lora.yaml\n" + STEPS, encoding="utf-8")
-    (workdir / "config/train/e2e_full.yaml").write_text("extends: full.yaml\n" + STEPS, encoding="utf-8")
-    snakemake(workdir, "--configfile", "e2e.yaml", "--", "results/models/sft/lora/merged", "results/models/sft/full/merged")
-    return workdir
+    configs = {"lora": "extends: lora.yaml\n" + STEPS, "full": "extends: full.yaml\n" + STEPS}
+    return trained_workflow(tmp_path_factory.mktemp("train"), OVERLAY, configs)
 
 
 def test_training_outputs_and_run_manifest(trained):

@@ -24,6 +24,18 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def trained_workflow(dest: Path, overlay: str, train_configs: dict[str, str]) -> Path:
+    """A workflow copy with `overlay` as e2e.yaml and each run's merged model trained: run name → the text of
+    its config/train/e2e_<run>.yaml (the overlay's train.runs names those files)."""
+    workdir = copy_workflow(dest)
+    (workdir / "e2e.yaml").write_text(overlay, encoding="utf-8")
+    for run, text in train_configs.items():
+        (workdir / f"config/train/e2e_{run}.yaml").write_text(text, encoding="utf-8")
+    targets = [f"results/models/sft/{run}/merged" for run in train_configs]
+    snakemake(workdir, "--configfile", "e2e.yaml", "--", *targets)
+    return workdir
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [str(BIN / "snakemake"), "--cores", "2", *args],
