@@ -3,8 +3,9 @@
 Runs what the `stage_b_eval` rule runs (`run_stage_b` with the schema's stage_b defaults, the mission's
 seed guidance and the eval grid) over the same tickets: with the checkpoint in this process (hf), as the
 rule does with `stage_b.cpu_ranks: --ranks` (hf×N: scripts/stage_b.py under torchrun, the prompts split
-over the ranks), and through OpenAIBackend against `swift deploy` serving the same checkpoint (openai). The backend's set-up
-(hf: model load; openai: tokenizer load) and the server's start are timed apart from tickets/s.
+over the ranks), and through OpenAIBackend against `swift deploy` serving the same checkpoint (openai).
+The backend's set-up (hf: model load; openai: tokenizer load) and the server's start are timed apart
+from tickets/s.
 
 Without results/models/sft/demo/merged a tiny base model is built with random weights (`untrained: true`
 in the JSON); without --stage-a the Stage-A file is written from the ground-truth summaries of freshly
