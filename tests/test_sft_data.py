@@ -30,6 +30,7 @@ from vlqc.train.sft_data import (
     data_config,
     group_tickets,
     prepare_image,
+    recombined_verdicts,
     swift_env,
     ticket_evidence,
     verdict_reasons,
@@ -296,6 +297,62 @@ def modes(seed: int, epoch: int, ratios=DEFAULT_RATIOS, n: int = 300, has_ticket
     return [choose_mode(seed, epoch, i, ratios, has_ticket) for i in range(n)]
 
 
+def _install_ticket(group: str, screws: list[str]) -> list[dict]:
+    """An install ticket of one BBU photo and one photo per screw desc; labelled by its rule."""
+    label = "fail" if any("不符合" in s for s in screws) else "pass"
+    ticket = {"mission": "BBU安装方式检查（正装）", "label": label, "group_id": group}
+    photos = [_record(f"{group}_1", [{"bbox_2d": [0, 0, 48, 32], "desc": BBU}], ticket)]
+    return photos + [
+        _record(f"{group}_{n}", [{"bbox_2d": [0, 0, 32, 32], "desc": s}], ticket) for n, s in enumerate(screws, 2)
+    ]
+
+
+SCREW_BAD = "类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=生锈"
+
+
+def test_recombined_verdicts_are_labelled_by_the_rule_over_their_summaries():
+    records = [
+        *_install_ticket("QC-P", [SCREW_OK]),
+        *_install_ticket("QC-F", [SCREW_BAD, SCREW_OK]),
+        *_install_ticket("QC-Q", [SCREW_OK, SCREW_OK]),
+        *fixture_records()[:3],  # a wind-shield ticket: its rule needs a BBU photo, which QC-A has
+    ]
+    cfg = config(recombined_verdicts=40, seed=3)
+    rows = recombined_verdicts(records, 0, cfg, MISSIONS, source="demo/train.jsonl")
+    assert [r["meta"]["index"] for r in rows] == list(range(40))
+    labels = Counter()
+    for row in rows:
+        meta, (system, user, answer) = row["meta"], (m["content"] for m in row["messages"])
+        mission, rest = meta["source"].split("/", 1)
+        label = rest.rsplit("::", 1)[1]
+        assert (meta["mode"], meta["epoch"], meta["split"]) == ("verdict", 0, "demo/train") and "images" not in row
+        summaries = [line.split(": ", 1)[1] for line in user.splitlines() if line.startswith("Image")]
+        assert user.startswith(f"任务: {mission}\n") and system == VERDICT_SYSTEM
+        evidence = ticket_evidence(mission, summaries)
+        assert label == ("fail" if evidence.problems else "pass")
+        assert answer.startswith(f"Verdict: {'不通过' if label == 'fail' else '通过'}\nReason: ")
+        pool = {r["summary"] for r in records if r["ticket"]["mission"] == mission}
+        assert set(summaries) <= pool
+        labels[mission, label] += 1
+    # Both missions take part and the labels alternate as the draws allow: both labels are common.
+    assert {m for m, _ in labels} == set(MISSIONS)
+    assert labels["BBU安装方式检查（正装）", "fail"] > 5 and labels["BBU安装方式检查（正装）", "pass"] > 5
+    # Seeded by (seed, epoch, split): a rebuild repeats them, another epoch draws others.
+    assert recombined_verdicts(records, 0, cfg, MISSIONS, source="demo/train.jsonl") == rows
+    assert recombined_verdicts(records, 1, cfg, MISSIONS, source="demo/train.jsonl") != rows
+    assert recombined_verdicts(records, 0, config(), MISSIONS, source="demo/train.jsonl") == []
+
+
+def test_write_dataset_adds_recombined_verdicts_to_train_epochs_only(dataset, tmp_path):
+    records, source = dataset
+    val = write_canonical(source.parent, [records[3]], "val.jsonl")
+    stats = write_dataset([source], [val], config(epochs=2, recombined_verdicts=3), tmp_path / "data", MISSIONS)
+    train_rows = list(read_jsonl(tmp_path / "data" / "train.jsonl", schema="sft_record"))
+    recombined = [r for r in train_rows if "/recombined-" in r["meta"]["source"]]
+    assert [(r["meta"]["epoch"], r["meta"]["index"]) for r in recombined] == [(e, k) for e in (0, 1) for k in range(3)]
+    assert stats["train"]["rows"] == 2 * (5 + 3) and stats["val"]["rows"] == 1
+
+
 def test_mode_mix_is_reproducible_per_seed_and_epoch():
     assert modes(7, 0) == modes(7, 0)
     assert modes(7, 0) != modes(7, 1)
@@ -495,6 +552,7 @@ def test_data_config_comes_from_the_resolved_training_config(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text(
         "data:\n  modes: {dense: 0, summary: 3}\n  resize_to_cap: true\n  no_mission_prob: 0.5\n"
+        "  recombined_verdicts: 7\n"
         "  augmentation: {bypass_prob: 1.0}\ntraining: {epochs: 3}\ntemplate: {max_pixels: 65536}\n"
         "custom: {mode_seed: 9}\n",
         encoding="utf-8",
@@ -508,6 +566,7 @@ def test_data_config_comes_from_the_resolved_training_config(tmp_path):
         True,
         0.5,
     )
+    assert cfg.recombined_verdicts == 7
     assert cfg.mode_ratios == {"dense": 0.0, "summary": 3.0, "verdict": 0.25}  # verdict keeps its default
     assert cfg.augmentation["bypass_prob"] == 1.0 and cfg.augmentation["max_pixels"] == 65536
     with pytest.raises(VlqcError, match="not resolved: it lacks 'custom'"):

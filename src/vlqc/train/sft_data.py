@@ -15,6 +15,8 @@ Decisions:
 - A verdict row stands for the record's whole ticket (grouped by mission, label and group id; text
   only; the ground-truth summaries in photo order). So a ticket of n photos gets n × ratio verdict
   rows an epoch on average: tickets weigh by their photo count.
+- `recombined_verdicts` adds that many verdict rows per epoch and train file, each a made-up ticket
+  of one mission's photo summaries labelled by the mission's summary rule (`recombined_verdicts`).
 - Images are cap-conformant before augmentation: sides multiples of `factor`, 4·factor² ≤ w·h ≤
   `max_pixels`. A record that breaks this is an error naming the dataset, record index and image,
   unless `resize_to_cap` is on: then the image is resized once (`smart_resize`, geometry scaled
@@ -75,6 +77,8 @@ LEGACY_CONNECT_POINT = "螺丝、光纤插头"  # dataList category; the subtype
 DEFAULT_RATIOS = {"dense": 0.2, "summary": 0.5, "verdict": 0.3}
 ROW_SCHEMA = "sft_record"
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+# Draws a recombined ticket gets to come out with the label it was meant to have.
+RECOMBINE_DRAWS = 20
 # The smallest image qwen_vl_utils leaves alone is 4 tokens (IMAGE_MIN_TOKEN_NUM); smart_resize agrees.
 MIN_TOKENS = 4
 
@@ -97,6 +101,7 @@ class DataConfig:
     factor: int = 32  # image sides are multiples of it: patch 16 × merge 2
     resize_to_cap: bool = False
     no_mission_prob: float = 0.1  # share of summary rows prompted without the mission
+    recombined_verdicts: int = 0  # extra verdict rows per epoch and train file, from recombined tickets
     augmentation: Mapping[str, Any] | None = None  # resolved `augment` section; None: off
 
     def __post_init__(self) -> None:
@@ -117,8 +122,8 @@ class DataConfig:
 
 def data_config(train_cfg: Mapping[str, Any]) -> DataConfig:
     """The builder's settings from a training config resolved by `vlqc.train.config.load_train_config`:
-    data.modes, data.resize_to_cap, data.no_mission_prob, data.augmentation, custom.mode_seed,
-    training.epochs and template.max_pixels."""
+    data.modes, data.resize_to_cap, data.no_mission_prob, data.recombined_verdicts, data.augmentation,
+    custom.mode_seed, training.epochs and template.max_pixels."""
     try:
         data = train_cfg["data"]
         augmentation = data["augmentation"]
@@ -130,6 +135,7 @@ def data_config(train_cfg: Mapping[str, Any]) -> DataConfig:
             factor=augmentation["factor"],
             resize_to_cap=data["resize_to_cap"],
             no_mission_prob=data["no_mission_prob"],
+            recombined_verdicts=data["recombined_verdicts"],
             augmentation=augmentation,
         )
     except KeyError as exc:
@@ -510,6 +516,53 @@ def build_epoch(
     return rows
 
 
+def recombined_verdicts(
+    records: Sequence[Mapping[str, Any]],
+    epoch: int,
+    cfg: DataConfig,
+    missions: Mapping[str, Mapping[str, Any]],
+    *,
+    source: str | os.PathLike,
+    guidance: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """`cfg.recombined_verdicts` text-only verdict rows for `epoch`, each a made-up ticket of the file's photos.
+
+    The real tickets are few (80 in the demo), too few to learn a mission's rule from. A recombined ticket
+    takes the size of a random real ticket of a mission and as many photo summaries of that mission, drawn
+    from all its tickets; its label is what the mission's rule finds in those summaries (`ticket_evidence`),
+    so answer and prompt always agree. Labels alternate between fail and pass as far as a few draws allow,
+    since a random mix of photos fails more often than not. Missions without a rule take no part.
+    """
+    if cfg.recombined_verdicts == 0:
+        return []
+    split = split_name(Path(source))
+    by_mission: dict[str, list[Ticket]] = {}
+    for ticket in group_tickets(records).values():
+        if ticket.mission in MISSION_CHECKS:
+            by_mission.setdefault(ticket.mission, []).append(ticket)
+    if not by_mission:
+        return []
+    pools = {m: [i for t in tickets for i in t.indices] for m, tickets in by_mission.items()}
+    rows = []
+    for k in range(cfg.recombined_verdicts):
+        rng = _rng(cfg.seed, epoch, k, "recombined", split)
+        mission = rng.choice(sorted(by_mission))
+        want = ("fail", "pass")[k % 2]
+        for _ in range(RECOMBINE_DRAWS):
+            size = len(rng.choice(by_mission[mission]).indices)
+            summaries = [records[i]["summary"] for i in rng.sample(pools[mission], min(size, len(pools[mission])))]
+            evidence = ticket_evidence(mission, summaries)
+            label = "fail" if evidence.problems else "pass"
+            if label == want:
+                break
+        rules = guidance.get(mission) if guidance else None
+        answer = verdict_target(label, verdict_reasons(label, evidence)[0])
+        meta = {"mode": "verdict", "epoch": epoch, "split": split, "index": k,
+                "source": f"{mission}/recombined-{epoch}-{k}::{label}"}
+        rows.append(_row(*verdict_messages(mission, rules, summaries, missions), answer, None, meta))
+    return rows
+
+
 def _ticket_id(record: Mapping[str, Any]) -> tuple[str, str, str] | None:
     t = record.get("ticket")
     return (t["mission"], t["label"], t["group_id"]) if t else None
@@ -549,9 +602,12 @@ def write_dataset(
         row
         for epoch in range(cfg.epochs)
         for path in train
-        for row in build_epoch(
-            records[path], epoch, cfg, out_dir, missions, source=path, guidance=guidance, prepared=prepared[path]
-        )
+        for row in [
+            *build_epoch(
+                records[path], epoch, cfg, out_dir, missions, source=path, guidance=guidance, prepared=prepared[path]
+            ),
+            *recombined_verdicts(records[path], epoch, cfg, missions, source=path, guidance=guidance),
+        ]
     ]
     val_rows = [
         row
