@@ -37,6 +37,7 @@ data:
   train: [{dataset: demo, split: train}, {dataset: demo, split: val}]
   val: []
   modes: {dense: 0.0, summary: 1.0, verdict: 0.0}
+  recombined_verdicts: 0
 training: {epochs: 8, save_steps: 1000}
 """
 MODEL_FAILURES = {"unparseable_summary", "empty_summary"}

@@ -51,6 +51,7 @@ TRAIN = """extends: demo.yaml
 tuner: {freeze_vit: true, freeze_aligner: true}
 data:
   modes: {dense: 0.0, summary: 0.0, verdict: 1.0}
+  recombined_verdicts: 0
 training: {epochs: 8, per_device_train_batch_size: 1, save_steps: 1000}
 """
 

@@ -436,6 +436,7 @@ def test_pixel_cap_reaches_the_qwen3_vl_image_loader(model_dir, tmp_path):
         ("data: {modes: {verdict: 0.25}}\ntuner: {freeze_vit: false}\n", True),
         ("data: {modes: {verdict: 0.25}}\ntuner: {freeze_aligner: false}\n", True),
         ("data: {modes: {verdict: 0.0}}\ntuner: {freeze_vit: false}\n", False),  # every batch has images
+        ("data: {modes: {verdict: 0.0}, recombined_verdicts: 8}\ntuner: {freeze_vit: false}\n", True),
         ("data: {modes: {verdict: 0.25}}\n", False),  # nothing visual trains (the defaults freeze both)
     ],
 )

@@ -230,7 +230,8 @@ def swift_invocation(
 
 def _text_only_batches_possible(cfg: dict[str, Any]) -> bool:
     vision_trains = not (cfg["tuner"]["freeze_vit"] and cfg["tuner"]["freeze_aligner"])
-    return vision_trains and cfg["data"]["modes"]["verdict"] > 0
+    verdict_rows = cfg["data"]["modes"]["verdict"] > 0 or cfg["data"]["recombined_verdicts"] > 0
+    return vision_trains and verdict_rows
 
 
 def _cli(value: Any) -> str:
