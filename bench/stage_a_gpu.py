@@ -15,16 +15,10 @@ Two steps, because the GPU machine has neither the Qwen tokenizer wheel nor json
 
 `run` prints a table and writes bench/results/stage_a_gpu.json, rewritten after each section: images/s,
 generated tokens/s and peak memory per engine setting, and the fraction of a roofline built from the copy
-bandwidth and bf16 matmul rate measured on the same GPU (`plain`, `fast`; the fast runs at each
-`--preprocess-workers` count, with the seconds of preprocessing and of the model waiting for it); greedy
-tokens of fast against plain for one photo of each size, in bf16 and in fp32 (`check`, `fp32`); decode-step
-latency at batch 1 and device time by kernel of the fast engine (`profile`; `--host-profiles` adds host-side
-profiles of one image per engine); preprocessing alone at each worker count (`encode`). The GPU model and
-driver are recorded.
-
-`encode` times the preprocessing alone on any machine, from the skeleton (no model); it prints, writes nothing:
-
-    python bench/stage_a_gpu.py encode --skeleton results/bench/stage_a_gpu --preprocess-workers 0,2
+bandwidth and bf16 matmul rate measured on the same GPU (`plain`, `fast`); greedy tokens of fast against
+plain for one photo of each size, in bf16 and in fp32 (`check`, `fp32`); decode-step latency at batch 1 and
+device time by kernel of the fast engine (`profile`; `--host-profiles` adds host-side profiles of one image
+per engine). The GPU model and driver are recorded.
 """
 
 from __future__ import annotations
@@ -53,11 +47,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 from machine import nvidia_smi  # noqa: E402 (bench/machine.py, beside this script)
 
-from vlqc.fast_generation import FastGenerator, ImageWorkers  # noqa: E402
-from vlqc.generation import Generator, Request, Sampling, encode_requests, load_processor  # noqa: E402
+from vlqc.fast_generation import FastGenerator  # noqa: E402
+from vlqc.generation import Generator, Request, Sampling  # noqa: E402
 
 PROMPT_FILE = "stage_a_prompt.json"
-SECTIONS = ("check", "profile", "plain", "fast", "encode", "fp32")
+SECTIONS = ("check", "profile", "plain", "fast", "fp32")
 NO_CUDNN = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 # Six photo sizes around 1024x768, multiples of 32 px (16 px patches merged 2x2), all under the pixel cap.
 PHOTO_SIZES = [(1152, 864), (1088, 800), (1024, 768), (960, 736), (896, 672), (832, 640)]
@@ -250,23 +244,17 @@ def run_plain(engine: FastGenerator, prompt: dict, batch: int, new_tokens: int, 
     return {"engine": "plain", "batch": batch, **row}
 
 
-def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True, workers: int = 0) -> None:
+def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True) -> None:
     """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise).
     `engine.memory_fraction` is set once, from --memory-fraction."""
-    engine.max_wave_rows, engine.cuda_graphs, engine.preprocess_workers = wave_rows, graphs, workers
+    engine.max_wave_rows, engine.cuda_graphs = wave_rows, graphs
     engine.sdpa_backends = None if cudnn else NO_CUDNN
 
 
-def start_image_workers(engine: FastGenerator, prompt: dict, workers: int) -> None:
-    """Start the engine's image worker processes before the timed runs: one short call, a photo for each."""
-    engine.preprocess_workers = workers
-    engine.generate(stage_a_requests(prompt, max(1, workers)), force_new_tokens(engine, 1))
-
-
 def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, ceilings: dict, *,
-             wave_rows: int, graphs: bool = True, cudnn: bool = True, workers: int = 0) -> dict[str, Any]:
+             wave_rows: int, graphs: bool = True, cudnn: bool = True) -> dict[str, Any]:
     """`FastGenerator.generate` over all `images` in one call (run_rank with a batch size that large)."""
-    configure(engine, wave_rows, graphs, cudnn, workers)
+    configure(engine, wave_rows, graphs, cudnn)
     requests = stage_a_requests(prompt, images)
     sampling = force_new_tokens(engine, new_tokens)
     _, seconds, peak = timed(lambda: engine.generate(requests, sampling))
@@ -275,40 +263,9 @@ def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, 
     row = speed_row(engine, requests, seconds, peak, new_tokens, mean_rows, ceilings)
     per_step = stats["decode_s"] / stats["decode_steps"] * 1e3 if stats["decode_steps"] else None
     return {"engine": "fast", "max_wave_rows": wave_rows, "memory_fraction": engine.memory_fraction,
-            "cuda_graphs": graphs, "cudnn_attention": cudnn, "preprocess_workers": workers,
-            "prefill_tokens": engine.prefill_tokens,
+            "cuda_graphs": graphs, "cudnn_attention": cudnn,
             "batch": round(mean_rows, 1), **row,
             "decode_step_ms": per_step and round(per_step, 2), "stats": stats}
-
-
-def encode_speed(processor: Any, prompt: dict, images: int, workers: int, chunk: int, device: str) -> dict[str, Any]:
-    """Preprocessing alone, as the fast engine's background thread does it: every chunk's images started on the
-    workers at once, then each chunk's batch made in order and moved to `device`. Wall time, and the CPU time of
-    this process: on a GPU host, what competes for the GIL with the thread launching the kernels."""
-    requests = stage_a_requests(prompt, images)
-    chunks = [requests[i:i + chunk] for i in range(0, images, chunk)]
-    pool = ImageWorkers(processor.image_processor, workers) if workers else None
-    try:
-        if pool:
-            pool.submit(photos()[:1] * workers).gather("cpu")  # the processes start outside the timing
-        wall, cpu = time.perf_counter(), time.process_time()
-        jobs = [pool.submit([image for r in c for image in r.images]) if pool else None for c in chunks]
-        for requests_of_chunk, job in zip(chunks, jobs):
-            encode_requests(processor, requests_of_chunk, job and job.gather(device)).to(device)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        if pool:
-            pool.close()
-    return {"images": images, "chunk": chunk, "preprocess_workers": workers, "seconds": round(wall, 3),
-            "images_per_s": round(images / wall, 2), "parent_cpu_ms_per_image": round(cpu / images * 1e3, 2)}
-
-
-def encode_rows(processor: Any, prompt: dict, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
-    rows = []
-    for workers in args.preprocess_workers:
-        rows.append(encode_speed(processor, prompt, args.encode_images, workers, args.encode_chunk, device))
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -407,17 +364,15 @@ def print_table(report: Report) -> None:
     print(f"\nGPU: {report['gpu']['name']} (driver {report['gpu']['driver']}); ceilings: "
           f"{report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s copy, "
           f"{report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s bf16")
-    print(f"{'engine':<7} {'setting':<44} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
-          f"{'of roof':>7} {'wait s':>6}")
+    print(f"{'engine':<7} {'setting':<28} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
+          f"{'of roof':>7}")
     for run in report["runs"]:
         setting = (f"batch {run['batch']}" if run["engine"] == "plain" else
                    f"waves<={run['max_wave_rows']} {'graphs' if run['cuda_graphs'] else 'eager'}"
-                   + ("" if run["cudnn_attention"] else " no-cudnn") + (" prefill" if run["new_tokens"] == 1 else "")
-                   + f" workers {run['preprocess_workers']} chunk {run['prefill_tokens'] // 1024}k")
-        wait = f"{run['stats']['wait_s']:>6.1f}" if "stats" in run else ""
-        print(f"{run['engine']:<7} {setting:<44} {run['images']:>6} {run['images_per_s']:>7.2f} "
+                   + ("" if run["cudnn_attention"] else " no-cudnn") + (" prefill" if run["new_tokens"] == 1 else ""))
+        print(f"{run['engine']:<7} {setting:<28} {run['images']:>6} {run['images_per_s']:>7.2f} "
               f"{run['tokens_per_s']:>8.0f} {run['peak_gib']:>8.1f} {run['roofline_images_per_s']:>10.1f} "
-              f"{run['roofline_fraction']:>7.0%} {wait}")
+              f"{run['roofline_fraction']:>7.0%}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -443,16 +398,9 @@ def run(args: argparse.Namespace) -> None:
             runs.append(run_plain(engine, prompt, batch, args.new_tokens, ceilings))
             report.section("runs", runs)
     if "fast" in sections:
-        for workers in args.preprocess_workers:
-            start_image_workers(engine, prompt, workers)
-            for prefill_tokens in args.prefill_tokens:
-                engine.prefill_tokens = prefill_tokens
-                for options in fast_variants(args):
-                    runs.append(run_fast(engine, prompt, ceilings=ceilings, workers=workers, **options))
-                    report.section("runs", runs)
-    engine.close()
-    if "encode" in sections:
-        report.section("encode", encode_rows(engine.processor, prompt, args, engine.device))
+        for options in fast_variants(args):
+            runs.append(run_fast(engine, prompt, ceilings=ceilings, **options))
+            report.section("runs", runs)
     report.section("multi_gpu", args.multi_gpu_note)
     if "fp32" in sections:
         engine.model.float()
@@ -505,10 +453,6 @@ def main() -> None:
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--plain-batches", type=numbers, default=[1, 8, 32, 64])
     bench.add_argument("--wave-rows", type=numbers, default=[64, 128, 256], help="FastGenerator.max_wave_rows to try")
-    bench.add_argument("--preprocess-workers", type=numbers, default=[0],
-                       help="FastGenerator.preprocess_workers to try: every fast run, and encode, at each")
-    bench.add_argument("--prefill-tokens", type=numbers, default=[FastGenerator.prefill_tokens],
-                       help="FastGenerator.prefill_tokens (tokens per prefill chunk) to try, at each worker count")
     bench.add_argument("--images", type=int, default=512, help="images per fast run (one generate call)")
     bench.add_argument("--memory-fraction", type=float, default=FastGenerator.memory_fraction,
                        help="FastGenerator.memory_fraction: share of free GPU memory a wave's KV cache may take")
@@ -518,18 +462,9 @@ def main() -> None:
     bench.add_argument("--host-profiles", action="store_true", help="profile sections also profile the host side")
     bench.add_argument("--eager-run", action="store_true", help="also a fast run without CUDA graphs")
     bench.add_argument("--multi-gpu-note", default="not run: this session was lent one GPU (kind nvidia-h200) only")
-    encode = commands.add_parser("encode", help="preprocessing alone, at each worker count (any machine)")
-    encode.add_argument("--skeleton", type=Path, required=True)
-    encode.add_argument("--preprocess-workers", type=numbers, default=[0, 2])
-    for command in (bench, encode):
-        command.add_argument("--encode-images", type=int, default=64, help="photos of the encode timing")
-        command.add_argument("--encode-chunk", type=int, default=16, help="photos per chunk of the encode timing")
     args = parser.parse_args()
     if args.command == "make-skeleton":
         make_skeleton(args.out, args.sizes, args.mission)
-    elif args.command == "encode":
-        prompt = json.loads((args.skeleton / PROMPT_FILE).read_text(encoding="utf-8"))
-        encode_rows(load_processor(args.skeleton, prompt["max_pixels"]), prompt, args, "cpu")
     else:
         run(args)
 

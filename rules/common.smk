@@ -116,7 +116,6 @@ def stage_a_settings():
         "engine",
         "wave_rows",
         "wave_memory_fraction",
-        "preprocess_workers",
         "max_new_tokens",
         "temperature",
         "top_p",

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 
-from vlqc.fast_generation import FastGenerator, ImageWorkers, cut_at_stop, plan_waves
+from vlqc.fast_generation import FastGenerator, cut_at_stop, plan_waves
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.stage_a.infer import Settings
 from vlqc.train.base_model import build_tiny_base
@@ -58,22 +54,6 @@ def requests():
     ]
 
 
-@pytest.fixture
-def with_workers(engines, monkeypatch):
-    """The fast engine with two image worker processes, closed afterwards."""
-    _, fast = engines
-    monkeypatch.setattr(fast, "preprocess_workers", 2)
-    with fast:
-        yield fast
-
-
-class KillsItsWorker(Image.Image):
-    """A photo whose unpickling ends the process that unpickles it: an image worker dying mid-chunk."""
-
-    def __reduce__(self):
-        return os._exit, (3,)
-
-
 def stop_also_on(monkeypatch, engines, tokens: list[int]) -> None:
     for engine in engines:
         config = engine.model.generation_config
@@ -100,44 +80,6 @@ def test_greedy_equals_plain_generate_across_waves_chunks_and_stops(engines, req
     assert all(expected), "every row produced text"
 
 
-def test_worker_processes_make_the_batch_encode_makes(engines, requests):
-    _, fast = engines
-    requests = [*requests, Request("系统", "<image>和<image>比一比。", [Image.new("RGB", (128, 96), (90, 10, 10)),
-                                                                     Image.new("RGB", (96, 160), (10, 90, 10))])]
-    workers = ImageWorkers(fast.processor.image_processor, 2)
-    try:
-        image_inputs = workers.submit([image for r in requests for image in r.images]).gather("cpu")
-    finally:
-        workers.close()
-    expected, batch = fast.encode(requests), fast.encode(requests, image_inputs)
-    assert batch.keys() == expected.keys() >= {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"}
-    assert all(torch.equal(batch[key], expected[key]) for key in expected)
-
-
-def test_greedy_with_image_workers_equals_plain_generate_and_stops_them(with_workers, requests, monkeypatch):
-    fast = with_workers
-    monkeypatch.setattr(fast, "max_wave_rows", 4)
-    monkeypatch.setattr(fast, "prefill_tokens", 250)
-    assert fast.generate_ids(requests, SAMPLING) == fast.reference_ids(requests, SAMPLING)
-    assert fast.stats.waves == 2 and fast.stats.chunks > 2 and fast.stats.image_workers_s > 0
-    workers = multiprocessing.active_children()
-    assert 1 <= len(workers) <= 2
-    fast.close()
-    assert not multiprocessing.active_children()
-    assert not [p.pid for p in workers if Path(f"/proc/{p.pid}").exists()], "no worker left, not even a zombie"
-
-
-def test_a_dead_image_worker_fails_the_call_and_close_lets_the_next_start_afresh(with_workers, requests):
-    fast = with_workers
-    doomed = Image.new("RGB", (64, 64))
-    doomed.__class__ = KillsItsWorker
-    with pytest.raises(RuntimeError, match="image preprocessing worker process died"):
-        fast.generate_ids([*requests, Request("", "<image>?", [doomed])], SAMPLING)
-    fast.close()
-    assert not multiprocessing.active_children()
-    assert fast.generate_ids(requests, SAMPLING) == fast.reference_ids(requests, SAMPLING)
-
-
 def test_min_new_tokens_holds_stop_tokens_back_in_both_paths(engines, requests, monkeypatch):
     plain, fast = engines
     free = fast.reference_ids(requests, SAMPLING)
@@ -160,7 +102,7 @@ def test_sampling_and_penalties_take_the_plain_path(engines, requests, sampling)
 
 def test_run_rank_takes_the_fast_engine_unchanged(tiny_folder, tmp_path):
     groups = make_groups(tmp_path, [3, 2])
-    settings = Settings(batch_size=8, max_new_tokens=8, wave_rows=2, preprocess_workers=2)
+    settings = Settings(batch_size=8, max_new_tokens=8, wave_rows=2)
     rows = {}
     made = []
     for name, backend in (("plain", Generator), ("fast", FastGenerator)):
@@ -174,9 +116,6 @@ def test_run_rank_takes_the_fast_engine_unchanged(tiny_folder, tmp_path):
     assert len(rows["plain"]) == 5 and rows["fast"] == rows["plain"]
     # The settings' wave size reached the engine: the last call's 2 images went in one wave of 2.
     assert made[1].max_wave_rows == 2 and made[1].stats.wave_rows == [2]
-    # Its image workers preprocessed them, and run_rank stopped them at the end.
-    assert made[1].preprocess_workers == 2 and made[1].stats.image_workers_s > 0
-    assert not multiprocessing.active_children()
 
 
 def test_prompt_length_is_what_encode_makes(engines, requests):

@@ -219,8 +219,7 @@ def test_fingerprint_follows_weights_prompt_and_settings_but_not_batch_size(chec
     prompt = ("system", "<image>user")
     base = fingerprint(checkpoint, prompt, Settings())
     assert fingerprint(checkpoint, prompt, Settings(batch_size=1)) == base
-    execution = Settings(wave_rows=1, wave_memory_fraction=0.9, preprocess_workers=4)
-    assert fingerprint(checkpoint, prompt, execution) == base
+    assert fingerprint(checkpoint, prompt, Settings(wave_rows=1, wave_memory_fraction=0.9)) == base
     assert fingerprint(checkpoint, prompt, Settings(temperature=0.5)) != base
     assert fingerprint(checkpoint, ("system", "<image>other"), Settings()) != base
     assert fingerprint(checkpoint, prompt, Settings(engine="fast")) != base
@@ -254,7 +253,7 @@ def test_settings_defaults_are_the_config_schema_defaults():
     keys = schema["properties"]["stage_a"]["properties"]
     defaults = Settings()
     shared = [name for name in Settings.__dataclass_fields__ if name in keys and name != "max_pixels"]
-    assert {"batch_size", "engine", "wave_rows", "wave_memory_fraction", "preprocess_workers"} <= set(shared)
+    assert {"batch_size", "engine", "wave_rows", "wave_memory_fraction"} <= set(shared)
     assert {name: keys[name]["default"] for name in shared} == {name: getattr(defaults, name) for name in shared}
 
 
@@ -262,8 +261,3 @@ def test_settings_defaults_are_the_config_schema_defaults():
 def test_wave_settings_out_of_range_are_rejected(knobs):
     with pytest.raises(VlqcError, match="wave_rows must be >= 1 and wave_memory_fraction in"):
         Settings(**knobs)
-
-
-def test_a_negative_preprocess_worker_count_is_rejected():
-    with pytest.raises(VlqcError, match="preprocess_workers must be >= 0, not -1"):
-        Settings(preprocess_workers=-1)

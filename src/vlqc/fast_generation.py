@@ -12,10 +12,6 @@ How a greedy call runs:
    wave into prefill chunks of about `prefill_tokens` tokens; similar lengths share a batch, so little is padding.
 2. A background thread preprocesses the chunks ahead of the model: the project's `encode` (on CUDA, its
    copies go on a side stream) and the M-RoPE positions of each prompt (`get_rope_index`, once per prompt).
-   With `preprocess_workers` > 0, the image side of `encode` (resize, rescale, normalise, patchify) runs in
-   that many processes (`ImageWorkers`: started by the first call, stopped by `close()`), each chunk's images
-   started there as the chunk is queued, and the thread keeps the text side. Image work holds the GIL that the
-   thread launching the kernels needs: more threads would slow that one down, processes do not.
 3. Each chunk is prefilled by the model's own forward (vision tower, deepstack); its keys and values go into
    the wave's static cache, right-aligned at the wave's longest prompt, so that every row writes the same
    cache column per step.
@@ -31,24 +27,21 @@ CUDA graph that cost is gone and its decode kernel measured faster than the othe
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager, nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
-from vlqc.generation import Generator, Request, Sampling, process_images, resized
+from vlqc.generation import Generator, Request, Sampling, resized
 from vlqc.prompts import hf_messages
 
 # Generation-config options under which `generate` would not pick the plain argmax; the fast path leaves them
@@ -181,7 +174,6 @@ class RunStats:
     compactions: int = 0
     graph_captures: int = 0
     encode_s: float = 0.0  # spent preprocessing on the background thread
-    image_workers_s: float = 0.0  # of encode_s: waiting for the image worker processes and joining their outputs
     wait_s: float = 0.0  # the model waited for preprocessing
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -196,28 +188,14 @@ class FastGenerator(Generator):
     memory_fraction = 0.5
     cuda_graphs = True
     sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: whatever torch picks
-    preprocess_workers = 0  # image preprocessing processes (`ImageWorkers`); 0: the background thread does it
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  max_pixels: int | None = None):
         super().__init__(model_dir, device=device, dtype=dtype, max_pixels=max_pixels)
         self.stats = RunStats()
         self._text_tokens: dict[tuple[str, str, int], int] = {}
-        self._image_workers: ImageWorkers | None = None
 
     # --- interface ------------------------------------------------------------------------------------
-
-    def __enter__(self) -> FastGenerator:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the image worker processes, if any; a later call starts new ones."""
-        if self._image_workers is not None:
-            self._image_workers.close()
-            self._image_workers = None
 
     def plain_path_reasons(self, sampling: Sampling) -> list[str]:
         """Why `sampling` with this model's generation config needs the plain path (empty: it does not)."""
@@ -248,9 +226,7 @@ class FastGenerator(Generator):
         waves = plan_waves(lengths, lambda longest: self._wave_rows(longest, max_new), self.prefill_tokens)
         chunks = [[requests[i] for i in chunk] for wave in waves for chunk in wave.chunks]
         outputs: dict[int, torch.Tensor] = {}
-        self._match_image_workers()
-        depth = max(len(w.chunks) for w in waves)
-        with _Prefetcher(self._start_images, self._encode_ahead, chunks, depth) as batches:
+        with _Prefetcher(self._encode_ahead, chunks, depth=max(len(w.chunks) for w in waves)) as batches:
             for wave in waves:
                 outputs.update(self._run_wave(wave, batches, greedy, max_new))
         self.stats.encode_s = batches.busy_s
@@ -308,39 +284,16 @@ class FastGenerator(Generator):
 
     # --- preprocessing --------------------------------------------------------------------------------
 
-    def _match_image_workers(self) -> None:
-        """Image worker processes as `preprocess_workers` says: started, restarted at a new count, or stopped."""
-        if self._image_workers is not None and self._image_workers.count != self.preprocess_workers:
-            self.close()
-        if self._image_workers is None and self.preprocess_workers > 0:
-            self._image_workers = ImageWorkers(self.processor.image_processor, self.preprocess_workers)
-
-    def _start_images(self, requests: list[Request]) -> ImageJob | None:
-        """Start a queued chunk's images on the worker processes; None without workers or images (then the
-        background thread's `encode` does all)."""
-        images = [image for r in requests for image in r.images]
-        if self._image_workers is None or not images:
-            return None
-        return self._image_workers.submit(images)
-
-    def _encode_ahead(self, requests: list[Request],
-                      images: ImageJob | None) -> tuple[Any, torch.Tensor, torch.cuda.Event | None]:
+    def _encode_ahead(self, requests: list[Request]) -> tuple[Any, torch.Tensor, torch.cuda.Event | None]:
         """Batch and prompt positions, made on the background thread; on CUDA on a side stream, with an event
         that says when they are ready."""
         if torch.device(self.device).type != "cuda":
-            return *self._encode_chunk(requests, images), None
+            batch = self.encode(requests)
+            return batch, self._prompt_positions(batch), None
         stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
-            return *self._encode_chunk(requests, images), stream.record_event()
-
-    def _encode_chunk(self, requests: list[Request], images: ImageJob | None) -> tuple[Any, torch.Tensor]:
-        image_inputs = None
-        if images is not None:
-            started = time.perf_counter()
-            image_inputs = images.gather(self.device)
-            self.stats.image_workers_s += time.perf_counter() - started
-        batch = self.encode(requests, image_inputs)
-        return batch, self._prompt_positions(batch)
+            batch = self.encode(requests)
+            return batch, self._prompt_positions(batch), stream.record_event()
 
     def _next_batch(self, batches: _Prefetcher) -> tuple[Any, torch.Tensor]:
         started = time.perf_counter()
@@ -518,13 +471,9 @@ class _GraphedStep:
 
 class _Prefetcher:
     """Runs `encode` over `chunks` in order on one background thread, `depth` chunks ahead of the reader.
-    `start(chunk)` runs on the reader's thread as a chunk is queued, to begin work elsewhere (worker processes);
-    what it returns goes to `encode` with the chunk. One thread: the tokenizer is not safe to call from two
-    threads at once."""
+    One thread: the tokenizer is not safe to call from two threads at once."""
 
-    def __init__(self, start: Callable[[list[Request]], Any], encode: Callable[[list[Request], Any], Any],
-                 chunks: Sequence[list[Request]], depth: int):
-        self._start = start
+    def __init__(self, encode: Callable[[list[Request]], Any], chunks: Sequence[list[Request]], depth: int):
         self._encode = encode
         self._todo: Iterator[list[Request]] = iter(chunks)
         self._pending: deque[Future] = deque()
@@ -548,80 +497,11 @@ class _Prefetcher:
     def _submit(self) -> None:
         chunk = next(self._todo, None)
         if chunk is not None:
-            self._pending.append(self._pool.submit(self._timed_encode, chunk, self._start(chunk)))
+            self._pending.append(self._pool.submit(self._timed_encode, chunk))
 
-    def _timed_encode(self, chunk: list[Request], started_work: Any) -> Any:
+    def _timed_encode(self, chunk: list[Request]) -> Any:
         started = time.perf_counter()
         try:
-            return self._encode(chunk, started_work)
+            return self._encode(chunk)
         finally:
             self.busy_s += time.perf_counter() - started
-
-
-class ImageWorkers:
-    """Processes that run the image processor (resize, rescale, normalise, patchify) for an engine. Images go out
-    pickled (a PIL image pickles as its raw pixels); the outputs come back as tensors in shared memory (/dev/shm,
-    through torch's pickler for multiprocessing), so the engine's process copies nothing to receive them."""
-
-    def __init__(self, image_processor: Any, count: int):
-        # Not fork: the engine's process has CUDA state and threads (the prefetcher, CUDA's, OpenMP's), which a
-        # forked child would inherit mid-flight. A forkserver forks workers from a clean process that imported
-        # this module once, where spawn would import torch and transformers again in every worker.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        self.count = count
-        self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start_image_worker,
-                                         initargs=(image_processor,))
-
-    def submit(self, images: list[Image.Image]) -> ImageJob:
-        """Start preprocessing `images` (at least one), cut into one consecutive run per worker."""
-        with _reporting_dead_workers():
-            return ImageJob([self._pool.submit(_process_images, run) for run in _runs(images, self.count)])
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One chunk's images, in the making on the worker processes."""
-
-    parts: list[Future]
-
-    def gather(self, device: str | torch.device) -> dict[str, torch.Tensor]:
-        """What `process_images` makes of all the chunk's images: the workers' parts joined in order, on `device`
-        (moved there first: on a GPU the join then costs no host copy)."""
-        with _reporting_dead_workers():
-            parts = [future.result() for future in self.parts]
-        return {key: torch.cat([part[key].to(device) for part in parts]) for key in parts[0]}
-
-
-def _runs(items: list, count: int) -> list[list]:
-    """`items` (at least one) cut into at most `count` consecutive runs of near-equal length."""
-    count = min(count, len(items))
-    bounds = [len(items) * i // count for i in range(count + 1)]
-    return [items[start:end] for start, end in zip(bounds, bounds[1:])]
-
-
-@contextmanager
-def _reporting_dead_workers() -> Iterator[None]:
-    try:
-        yield
-    except BrokenProcessPool as exc:
-        raise RuntimeError("an image preprocessing worker process died (killed, out of memory, or failed to start); "
-                           "FastGenerator.close() lets the next call start new ones") from exc
-
-
-# In a worker process: the engine's image processor, set once by `_start_image_worker`.
-_worker_image_processor: Any = None
-
-
-def _start_image_worker(image_processor: Any) -> None:
-    global _worker_image_processor
-    # One thread each: the workers are the parallelism, and more threads would oversubscribe the cores.
-    torch.set_num_threads(1)
-    _worker_image_processor = image_processor
-
-
-def _process_images(images: list[Image.Image]) -> dict[str, torch.Tensor]:
-    return dict(process_images(_worker_image_processor, images))

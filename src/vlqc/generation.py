@@ -7,15 +7,12 @@ the ms-swift convention, `<image>` marking where each image goes.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlqc.errors import SampleError
@@ -54,52 +51,6 @@ def check_image(processor, image: Image.Image, where: str) -> None:
         raise SampleError("unprocessable_image", str(exc), where) from exc
 
 
-# What the processor asks of its image processor when it encodes a batch; image inputs made ahead (by worker
-# processes) are made with the same, and `encode_requests` refuses to use them if the processor asks otherwise.
-IMAGE_KWARGS = {"return_tensors": "pt"}
-
-
-def process_images(image_processor: Any, images: list[Image.Image]) -> BatchFeature:
-    """The image processor's part of encoding `images` (pixel_values, image_grid_thw), as the processor runs it."""
-    return image_processor(images, **IMAGE_KWARGS)
-
-
-def encode_requests(processor: Any, requests: list[Request],
-                    image_inputs: Mapping[str, torch.Tensor] | None = None) -> BatchFeature:
-    """Model inputs of `requests`: one batch, padded on the tokenizer's side. `image_inputs`, what
-    `process_images` makes of all their images in order, computed elsewhere (worker processes), leaves the
-    processor only its text side: chat template, each image's pad token widened to the image's tokens, tokenizer."""
-    texts = [
-        processor.apply_chat_template(
-            hf_messages(r.system, r.user, r.images), tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-        for r in requests
-    ]
-    images = [image for r in requests for image in r.images]
-    if image_inputs is not None:
-        processor = copy.copy(processor)  # shallow: the tokenizer and the real image processor stay shared
-        processor.image_processor = _PrecomputedImages(processor.image_processor, image_inputs)
-    return processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-
-
-class _PrecomputedImages:
-    """An image processor that answers the processor's call with image inputs computed earlier; anything else
-    the processor reads of it (merge_size, fetch_images, ...) comes from the real one."""
-
-    def __init__(self, image_processor: Any, image_inputs: Mapping[str, torch.Tensor]):
-        self._image_processor = image_processor
-        self._image_inputs = image_inputs
-
-    def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
-        if kwargs != IMAGE_KWARGS:
-            raise RuntimeError(f"the processor calls its image processor with {kwargs}, but the image inputs were "
-                               f"made with {IMAGE_KWARGS}: update vlqc.generation.IMAGE_KWARGS")
-        return BatchFeature(dict(self._image_inputs))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._image_processor, name)
-
-
 class Generator:
     """Greedy or sampled batched generation; left padding is set here, every time."""
 
@@ -114,10 +65,16 @@ class Generator:
     def check_image(self, image: Image.Image, where: str) -> None:
         check_image(self.processor, image, where)
 
-    def encode(self, requests: list[Request],
-               image_inputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """`encode_requests` on this engine's processor, moved to its device."""
-        return encode_requests(self.processor, requests, image_inputs).to(self.device)
+    def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.processor.apply_chat_template(
+                hf_messages(r.system, r.user, r.images), tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+            for r in requests
+        ]
+        images = [image for r in requests for image in r.images]
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return batch.to(self.device)
 
     @torch.inference_mode()
     def generate(self, requests: list[Request], sampling: Sampling = Sampling()) -> list[str]:

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": FastGenerator}
 
 
-# Settings that say how the work is run (batches, worker processes), not what is generated.
-EXECUTION = ("batch_size", "wave_rows", "wave_memory_fraction", "preprocess_workers")
+# Settings that say how the work is batched, not what is generated.
+BATCHING = ("batch_size", "wave_rows", "wave_memory_fraction")
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,9 @@ class Settings:
     no_mission: bool = False
     seed: int = 0
     engine: str = "plain"  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ between engines
-    # Engine fast only: rows decoded together at most, the share of free GPU memory their KV cache may take, and
-    # the processes that preprocess images beside the model (0: one background thread).
+    # Engine fast only: rows decoded together at most, and the share of free GPU memory their KV cache may take.
     wave_rows: int = FastGenerator.max_wave_rows
     wave_memory_fraction: float = FastGenerator.memory_fraction
-    preprocess_workers: int = FastGenerator.preprocess_workers
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -68,8 +66,6 @@ class Settings:
         if self.wave_rows < 1 or not 0 < self.wave_memory_fraction <= 1:
             raise VlqcError(f"stage_a wave_rows must be >= 1 and wave_memory_fraction in (0, 1], "
                             f"not {self.wave_rows} and {self.wave_memory_fraction}")
-        if self.preprocess_workers < 0:
-            raise VlqcError(f"stage_a preprocess_workers must be >= 0, not {self.preprocess_workers}")
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed)
@@ -87,14 +83,14 @@ def clean_summary(text: str) -> str:
 
 def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings) -> str:
     """Identity of what produced a summary: checkpoint files, prompt and generation settings.
-    How the work is run is left out (batch size, wave size, worker processes): left-padded batches give the
-    outputs of one-by-one generation, and a rerun after running out of memory should be free to lower them."""
+    How the work is batched is left out (batch size, wave size): left-padded batches give the outputs of
+    one-by-one generation, and a rerun after running out of memory should be free to lower them."""
     digest = hashlib.sha256()
     digest.update((checkpoint / "config.json").read_bytes())
     for weights in sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    knobs = {k: v for k, v in asdict(settings).items() if k not in EXECUTION}
+    knobs = {k: v for k, v in asdict(settings).items() if k not in BATCHING}
     digest.update(dumps({"prompt": prompt, "settings": knobs}).encode())
     return digest.hexdigest()
 
@@ -182,37 +178,32 @@ def run_rank(
     generator: Generator | None = None  # loaded only when something is left to generate
     rows: list[dict[str, Any]] = []
     counts = {"images": sum(map(len, batches)), "resumed": 0, "generated": 0, "failed": 0}
-    try:
-        for batch in tqdm(batches, desc=f"stage-a rank {rank}", unit="batch", position=rank, mininterval=5):
-            todo: list[tuple[ImageJob, str | None, Any]] = []
-            for job in batch:
-                key = _image_key(job)
-                if key in done:
-                    rows.append(_answer_row(job, done[key]))
-                    counts["resumed"] += 1
-                    continue
-                try:
-                    todo.append((job, key, load_image(job.path)))
-                except SampleError as error:
-                    rows.append(_failed(job, error))
-            if not todo:
+    for batch in tqdm(batches, desc=f"stage-a rank {rank}", unit="batch", position=rank, mininterval=5):
+        todo: list[tuple[ImageJob, str | None, Any]] = []
+        for job in batch:
+            key = _image_key(job)
+            if key in done:
+                rows.append(_answer_row(job, done[key]))
+                counts["resumed"] += 1
                 continue
-            if generator is None:
-                generator = load_generator(checkpoint, device=device, dtype=dtype, max_pixels=settings.max_pixels)
-                if isinstance(generator, FastGenerator):
-                    generator.max_wave_rows = settings.wave_rows
-                    generator.memory_fraction = settings.wave_memory_fraction
-                    generator.preprocess_workers = settings.preprocess_workers
-            todo = _drop_unprocessable(generator, todo, rows)
-            texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
-            for (job, key, _), text in zip(todo, texts):
-                rows.append(_answer_row(job, text))
-                counts["generated"] += 1
-                if key is not None:
-                    resume.add(key, text)
-    finally:
-        if isinstance(generator, FastGenerator):
-            generator.close()  # its image worker processes
+            try:
+                todo.append((job, key, load_image(job.path)))
+            except SampleError as error:
+                rows.append(_failed(job, error))
+        if not todo:
+            continue
+        if generator is None:
+            generator = load_generator(checkpoint, device=device, dtype=dtype, max_pixels=settings.max_pixels)
+            if isinstance(generator, FastGenerator):
+                generator.max_wave_rows = settings.wave_rows
+                generator.memory_fraction = settings.wave_memory_fraction
+        todo = _drop_unprocessable(generator, todo, rows)
+        texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
+        for (job, key, _), text in zip(todo, texts):
+            rows.append(_answer_row(job, text))
+            counts["generated"] += 1
+            if key is not None:
+                resume.add(key, text)
     counts["failed"] = sum(not row["ok"] for row in rows)
     write_jsonl(out, rows, schema="stage_a_image_row")
     return counts
