@@ -7,6 +7,15 @@ import subprocess
 from pathlib import Path
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it: results stay comparable across checkouts."""
+    path = path.resolve()
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

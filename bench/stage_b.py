@@ -31,7 +31,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model  # bench/machine.py, beside this script
+from machine import cpu_model, repo_path  # bench/machine.py, beside this script
 
 from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset
@@ -199,7 +199,7 @@ def main() -> None:
     report = {
         "benchmark": "stage_b", "cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
         **{name: versions[name] for name in VERSIONS},
-        "checkpoint": "tiny base built by build_tiny_base" if untrained else str(checkpoint), "untrained": untrained,
+        "checkpoint": "tiny base built by build_tiny_base" if untrained else repo_path(checkpoint), "untrained": untrained,
         "stage_a": str(args.stage_a) if args.stage_a else f"demo ground truth, seed {args.demo_seed}",
         "mission": args.mission,
         "settings": {

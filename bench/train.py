@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import nvidia_smi  # bench/machine.py, beside this script
+from machine import nvidia_smi, repo_path  # bench/machine.py, beside this script
 
 from vlqc.jsonl import write_json
 from vlqc.train.run import train
@@ -57,7 +57,7 @@ def main() -> None:
     report = {
         "benchmark": f"train_{'gpu' if args.gpus else 'cpu'}",
         "cores": os.cpu_count(),
-        "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
+        "config": repo_path(args.config),
         "base_parameters": _parameters(args.base),
         "steps": args.steps,
         "batch": batch,
