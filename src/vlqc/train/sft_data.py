@@ -550,7 +550,7 @@ def recombined_verdicts(
         want = ("fail", "pass")[k % 2]
         for _ in range(RECOMBINE_DRAWS):
             size = len(rng.choice(by_mission[mission]).indices)
-            summaries = [records[i]["summary"] for i in rng.sample(pools[mission], min(size, len(pools[mission])))]
+            summaries = [records[i]["summary"] for i in rng.sample(pools[mission], size)]  # size ≤ the pool
             evidence = ticket_evidence(mission, summaries)
             label = "fail" if evidence.problems else "pass"
             if label == want:
