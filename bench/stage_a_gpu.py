@@ -18,7 +18,10 @@ generated tokens/s and peak memory per engine setting, and the fraction of a roo
 bandwidth and bf16 matmul rate measured on the same GPU (`plain`, `fast`); greedy tokens of fast against
 plain for one photo of each size, in bf16 and in fp32 (`check`, `fp32`); decode-step latency at batch 1 and
 device time by kernel of the fast engine (`profile`; `--host-profiles` adds host-side profiles of one image
-per engine). The GPU model and driver are recorded.
+per engine). The GPU model and driver are recorded. Fast runs compile the small ops (`FastGenerator.compile`; the
+warm-up call pays the compilation, its seconds are recorded) except one eager-ops run for comparison; the checks
+run compiled. bench/results/stage_a_gpu.json came from `run ... --wave-rows 512 --memory-fraction 0.8
+--sections check,plain,fast,fp32`.
 """
 
 from __future__ import annotations
@@ -244,17 +247,19 @@ def run_plain(engine: FastGenerator, prompt: dict, batch: int, new_tokens: int, 
     return {"engine": "plain", "batch": batch, **row}
 
 
-def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True) -> None:
-    """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise).
-    `engine.memory_fraction` is set once, from --memory-fraction."""
+def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True,
+              compiled: bool = True) -> None:
+    """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise);
+    `compiled=False` runs the small ops eager. `engine.memory_fraction` is set once, from --memory-fraction."""
     engine.max_wave_rows, engine.cuda_graphs = wave_rows, graphs
     engine.sdpa_backends = None if cudnn else NO_CUDNN
+    engine.compile = "always" if compiled else "never"
 
 
 def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, ceilings: dict, *,
-             wave_rows: int, graphs: bool = True, cudnn: bool = True) -> dict[str, Any]:
+             wave_rows: int, graphs: bool = True, cudnn: bool = True, compiled: bool = True) -> dict[str, Any]:
     """`FastGenerator.generate` over all `images` in one call (run_rank with a batch size that large)."""
-    configure(engine, wave_rows, graphs, cudnn)
+    configure(engine, wave_rows, graphs, cudnn, compiled)
     requests = stage_a_requests(prompt, images)
     sampling = force_new_tokens(engine, new_tokens)
     _, seconds, peak = timed(lambda: engine.generate(requests, sampling))
@@ -263,7 +268,7 @@ def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, 
     row = speed_row(engine, requests, seconds, peak, new_tokens, mean_rows, ceilings)
     per_step = stats["decode_s"] / stats["decode_steps"] * 1e3 if stats["decode_steps"] else None
     return {"engine": "fast", "max_wave_rows": wave_rows, "memory_fraction": engine.memory_fraction,
-            "cuda_graphs": graphs, "cudnn_attention": cudnn,
+            "cuda_graphs": graphs, "cudnn_attention": cudnn, "compiled_small_ops": compiled,
             "batch": round(mean_rows, 1), **row,
             "decode_step_ms": per_step and round(per_step, 2), "stats": stats}
 
@@ -364,13 +369,15 @@ def print_table(report: Report) -> None:
     print(f"\nGPU: {report['gpu']['name']} (driver {report['gpu']['driver']}); ceilings: "
           f"{report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s copy, "
           f"{report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s bf16")
-    print(f"{'engine':<7} {'setting':<28} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
+    print(f"{'engine':<7} {'setting':<36} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
           f"{'of roof':>7}")
     for run in report["runs"]:
         setting = (f"batch {run['batch']}" if run["engine"] == "plain" else
                    f"waves<={run['max_wave_rows']} {'graphs' if run['cuda_graphs'] else 'eager'}"
-                   + ("" if run["cudnn_attention"] else " no-cudnn") + (" prefill" if run["new_tokens"] == 1 else ""))
-        print(f"{run['engine']:<7} {setting:<28} {run['images']:>6} {run['images_per_s']:>7.2f} "
+                   + ("" if run["cudnn_attention"] else " no-cudnn")
+                   + ("" if run.get("compiled_small_ops", True) else " eager-ops")
+                   + (" prefill" if run["new_tokens"] == 1 else ""))
+        print(f"{run['engine']:<7} {setting:<36} {run['images']:>6} {run['images_per_s']:>7.2f} "
               f"{run['tokens_per_s']:>8.0f} {run['peak_gib']:>8.1f} {run['roofline_images_per_s']:>10.1f} "
               f"{run['roofline_fraction']:>7.0%}")
 
@@ -386,7 +393,9 @@ def run(args: argparse.Namespace) -> None:
     engine.memory_fraction = args.memory_fraction
     report.section("model", {"parameters": sum(p.numel() for p in engine.model.parameters()),
                              "config": str(args.skeleton / "config.json"), "mission": prompt["mission"]})
-    engine.generate(stage_a_requests(prompt, 2), force_new_tokens(engine, 4))  # warm-up: kernels, allocator
+    # Warm-up: kernels, allocator, and the compiled small ops (compiled once for all shapes).
+    _, seconds, _ = timed(lambda: engine.generate(stage_a_requests(prompt, 2), force_new_tokens(engine, 4)))
+    report.section("warm_up_s", round(seconds, 1))
     sections = set(args.sections)
     if "check" in sections:
         report.section("check_bf16", check_tokens(engine, prompt, args.new_tokens))
@@ -430,6 +439,7 @@ def fast_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         {"images": args.prefill_images, "new_tokens": 1, "wave_rows": widest, "cudnn": False},
         *({"images": args.images, "new_tokens": args.new_tokens, "wave_rows": rows} for rows in args.wave_rows),
         {"images": args.images, "new_tokens": args.new_tokens, "wave_rows": widest, "cudnn": False},
+        {"images": args.images, "new_tokens": args.new_tokens, "wave_rows": widest, "compiled": False},
         *([{"images": args.images, "new_tokens": args.new_tokens, "wave_rows": min(args.wave_rows), "graphs": False}]
           if args.eager_run else []),
     ]

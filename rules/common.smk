@@ -116,6 +116,7 @@ def stage_a_settings():
         "engine",
         "wave_rows",
         "wave_memory_fraction",
+        "compile",
         "max_new_tokens",
         "temperature",
         "top_p",

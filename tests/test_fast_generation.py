@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlqc.fast_generation import FastGenerator, cut_at_stop, plan_waves
+from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3_vl
+
+from vlqc.fast_generation import FUSED_FUNCTIONS, FastGenerator, cut_at_stop, plan_waves
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.stage_a.infer import Settings
 from vlqc.train.base_model import build_tiny_base
@@ -90,6 +92,33 @@ def test_min_new_tokens_holds_stop_tokens_back_in_both_paths(engines, requests, 
     assert ids == fast.reference_ids(requests, SAMPLING)
     assert all(len(row) == SAMPLING.max_new_tokens for row in ids)
     assert fast.generate(requests, SAMPLING) == plain.generate(requests, SAMPLING)
+
+
+def test_compiled_small_ops_keep_greedy_outputs_and_are_undone_after_the_call(engines, requests, monkeypatch):
+    _, fast = engines
+    eager = {name: getattr(qwen3_vl, name) for name in FUSED_FUNCTIONS}
+    seen = []
+    record_rope = qwen3_vl.Qwen3VLTextRotaryEmbedding.forward
+
+    def rope_and_look(module, *args, **kwargs):  # runs inside the call: are the compiled ops in place?
+        norm = fast.model.model.language_model.norm
+        seen.append(("forward" in vars(norm), qwen3_vl.apply_rotary_pos_emb is not eager["apply_rotary_pos_emb"]))
+        return record_rope(module, *args, **kwargs)
+
+    monkeypatch.setattr(qwen3_vl.Qwen3VLTextRotaryEmbedding, "forward", rope_and_look)
+    monkeypatch.setattr(fast, "compile", "always")
+    monkeypatch.setattr(fast, "max_wave_rows", 4)
+    assert fast.generate_ids(requests, SAMPLING) == fast.reference_ids(requests, SAMPLING)
+    assert seen and all(seen[0]) and seen[-1] == (False, False)  # the reference ran eager
+    assert {name: getattr(qwen3_vl, name) for name in FUSED_FUNCTIONS} == eager
+    assert not any("forward" in vars(module) for module in fast.model.modules())
+
+
+def test_an_unknown_compile_choice_is_an_error(engines, requests, monkeypatch):
+    _, fast = engines
+    monkeypatch.setattr(fast, "compile", "sometimes")
+    with pytest.raises(ValueError, match="compile must be one of"):
+        fast.generate_ids(requests, SAMPLING)
 
 
 @pytest.mark.parametrize("sampling", [Sampling(6, temperature=0.8, seed=5), Sampling(6, repetition_penalty=1.3)])

@@ -223,6 +223,7 @@ def test_fingerprint_follows_weights_prompt_and_settings_but_not_batch_size(chec
     assert fingerprint(checkpoint, prompt, Settings(temperature=0.5)) != base
     assert fingerprint(checkpoint, ("system", "<image>other"), Settings()) != base
     assert fingerprint(checkpoint, prompt, Settings(engine="fast")) != base
+    assert fingerprint(checkpoint, prompt, Settings(compile="never")) != base
     (checkpoint / "model.safetensors").write_bytes(b"other weights")
     assert fingerprint(checkpoint, prompt, Settings()) != base
 
@@ -243,9 +244,11 @@ def test_no_rank_file_when_a_rank_crashes(tmp_path, checkpoint):
     assert len(entries) == 2  # the first batch survives for the rerun
 
 
-def test_an_unknown_engine_is_refused():
+def test_an_unknown_engine_or_compile_choice_is_refused():
     with pytest.raises(VlqcError, match="engine must be one of"):
         Settings(engine="turbo")
+    with pytest.raises(VlqcError, match="compile must be one of"):
+        Settings(compile="yes")
 
 
 def test_settings_defaults_are_the_config_schema_defaults():
@@ -253,7 +256,7 @@ def test_settings_defaults_are_the_config_schema_defaults():
     keys = schema["properties"]["stage_a"]["properties"]
     defaults = Settings()
     shared = [name for name in Settings.__dataclass_fields__ if name in keys and name != "max_pixels"]
-    assert {"batch_size", "engine", "wave_rows", "wave_memory_fraction"} <= set(shared)
+    assert {"batch_size", "engine", "wave_rows", "wave_memory_fraction", "compile"} <= set(shared)
     assert {name: keys[name]["default"] for name in shared} == {name: getattr(defaults, name) for name in shared}
 
 

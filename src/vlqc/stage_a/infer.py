@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from vlqc.errors import SampleError, VlqcError
-from vlqc.fast_generation import FastGenerator
+from vlqc.fast_generation import COMPILE_CHOICES, FastGenerator
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.jsonl import dumps, write_jsonl
 from vlqc.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
@@ -59,10 +59,14 @@ class Settings:
     # Engine fast only: rows decoded together at most, and the share of free GPU memory their KV cache may take.
     wave_rows: int = FastGenerator.max_wave_rows
     wave_memory_fraction: float = FastGenerator.memory_fraction
+    # Engine fast only: compiled small ops (auto: on CUDA); part of the fingerprint, as bf16 outputs may change.
+    compile: str = FastGenerator.compile
 
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise VlqcError(f"stage_a engine must be one of {sorted(ENGINES)}, not {self.engine!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise VlqcError(f"stage_a compile must be one of {list(COMPILE_CHOICES)}, not {self.compile!r}")
         if self.wave_rows < 1 or not 0 < self.wave_memory_fraction <= 1:
             raise VlqcError(f"stage_a wave_rows must be >= 1 and wave_memory_fraction in (0, 1], "
                             f"not {self.wave_rows} and {self.wave_memory_fraction}")
@@ -197,6 +201,7 @@ def run_rank(
             if isinstance(generator, FastGenerator):
                 generator.max_wave_rows = settings.wave_rows
                 generator.memory_fraction = settings.wave_memory_fraction
+                generator.compile = settings.compile
         todo = _drop_unprocessable(generator, todo, rows)
         texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
         for (job, key, _), text in zip(todo, texts):
