@@ -21,7 +21,8 @@ device time by kernel of the fast engine (`profile`; `--host-profiles` adds host
 per engine). The GPU model and driver are recorded. Fast runs compile the small ops (`FastGenerator.compile`; the
 warm-up call pays the compilation, its seconds are recorded) except one eager-ops run for comparison; the checks
 run compiled. bench/results/stage_a_gpu.json came from `run ... --wave-rows 512 --memory-fraction 0.8
---sections check,plain,fast,fp32`.
+--sections check,plain,fast,fp32`; stage_a_gpu_80gb.json from `--wave-rows 289 --sections fast`, the rows whose
+KV cache an 80 GB card (an H100) would hold at that memory fraction.
 """
 
 from __future__ import annotations
