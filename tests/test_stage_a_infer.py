@@ -159,7 +159,8 @@ def test_rank_writes_one_ok_row_per_image_in_batches(tmp_path, checkpoint):
     assert backend.batches == [2, 3, 1]  # per_group: a batch never spans groups
     assert [(r["group_seq"], r["image_index"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2), (1, 3), (1, 4)]
     assert all(r["ok"] and r["summary"] == SUMMARY for r in rows)
-    assert counts == {"images": 6, "resumed": 0, "generated": 6, "failed": 0}
+    generate_s = counts.pop("generate_s")
+    assert counts == {"images": 6, "resumed": 0, "generated": 6, "failed": 0} and generate_s >= 0
 
 
 def test_bad_items_fail_alone(tmp_path, checkpoint):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,8 +171,9 @@ def run_rank(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     load_generator: Callable[..., Generator] | None = None,
-) -> dict[str, int]:
-    """Summarise this rank's images and write `out` (stage_a_image_row); returns counts.
+) -> dict[str, Any]:
+    """Summarise this rank's images and write `out` (stage_a_image_row); returns counts, and the seconds
+    spent in the model's generate calls (`generate_s`, what bench/stage_a_multi_gpu.py compares across ranks).
     `load_generator(checkpoint, device=, dtype=, max_pixels=)` builds the model backend; by default
     the settings' engine."""
     load_generator = load_generator or ENGINES[settings.engine]
@@ -182,6 +184,7 @@ def run_rank(
     generator: Generator | None = None  # loaded only when something is left to generate
     rows: list[dict[str, Any]] = []
     counts = {"images": sum(map(len, batches)), "resumed": 0, "generated": 0, "failed": 0}
+    generate_s = 0.0
     for batch in tqdm(batches, desc=f"stage-a rank {rank}", unit="batch", position=rank, mininterval=5):
         todo: list[tuple[ImageJob, str | None, Any]] = []
         for job in batch:
@@ -203,7 +206,9 @@ def run_rank(
                 generator.memory_fraction = settings.wave_memory_fraction
                 generator.compile = settings.compile
         todo = _drop_unprocessable(generator, todo, rows)
+        started = time.perf_counter()
         texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
+        generate_s += time.perf_counter() - started
         for (job, key, _), text in zip(todo, texts):
             rows.append(_answer_row(job, text))
             counts["generated"] += 1
@@ -211,7 +216,7 @@ def run_rank(
                 resume.add(key, text)
     counts["failed"] = sum(not row["ok"] for row in rows)
     write_jsonl(out, rows, schema="stage_a_image_row")
-    return counts
+    return {**counts, "generate_s": round(generate_s, 3)}
 
 
 def _drop_unprocessable(generator: Generator, todo: list, rows: list[dict[str, Any]]) -> list:
