@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-
+from torch._dynamo.utils import counters
 from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3_vl
 
 from vlqc.fast_generation import FUSED_FUNCTIONS, FastGenerator, cut_at_stop, plan_waves
@@ -108,7 +108,9 @@ def test_compiled_small_ops_keep_greedy_outputs_and_are_undone_after_the_call(en
     monkeypatch.setattr(qwen3_vl.Qwen3VLTextRotaryEmbedding, "forward", rope_and_look)
     monkeypatch.setattr(fast, "compile", "always")
     monkeypatch.setattr(fast, "max_wave_rows", 4)
+    graphs = counters["stats"]["unique_graphs"]
     assert fast.generate_ids(requests, SAMPLING) == fast.reference_ids(requests, SAMPLING)
+    assert counters["stats"]["unique_graphs"] > graphs, "dynamo compiled nothing: the ops ran eager"
     assert seen and all(seen[0]) and seen[-1] == (False, False)  # the reference ran eager
     assert {name: getattr(qwen3_vl, name) for name in FUSED_FUNCTIONS} == eager
     assert not any("forward" in vars(module) for module in fast.model.modules())
