@@ -93,7 +93,9 @@ def run_once(work: Path, args: argparse.Namespace, checkpoint: Path, ranks: int,
         "--gpus", str(ranks if args.device == "cuda" else 0),
     ]
     threads = max(1, (os.cpu_count() or 1) // ranks)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
+    # Keep the caller's PYTHONPATH: on the GPU machines some packages (jsonschema) come from an extra folder.
+    python_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": python_path}
     log = work / f"{mode}.{ranks}.log"
     started = time.perf_counter()
     with log.open("w", encoding="utf-8") as sink:
