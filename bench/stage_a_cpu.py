@@ -15,40 +15,24 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from machine import cpu_model  # noqa: E402 (bench/machine.py, beside this script)
+from stage_a_launch import launch  # noqa: E402
 
-from vlqc.jsonl import read_jsonl  # noqa: E402
 from vlqc.stage_a.discover import discover, sample_groups  # noqa: E402
 from vlqc.stage_a.jobs import write_selection  # noqa: E402
 
 
 def run_once(work: Path, args, ranks: int, mode: str) -> dict:
-    threads = os.cpu_count() or 1
-    out = work / f"{mode}.{ranks}"
-    shutil.rmtree(out, ignore_errors=True)
     settings = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "max_pixels": args.max_pixels}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-        "--max-restarts=0", str(REPO / "scripts/stage_a_infer.py"), "--selection", str(work / "selection.jsonl"),
-        "--mission", args.mission, "--missions", str(REPO / "config/missions.yaml"),
-        "--checkpoint", str(args.checkpoint), "--mode", mode, "--out", str(out / "rank{rank}.jsonl"),
-        "--resume-dir", str(out / "resume"), "--settings", json.dumps(settings),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // ranks)), "PYTHONPATH": str(REPO / "src")}
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = time.perf_counter() - started
-    rows = [row for path in sorted(out.glob("rank*.jsonl")) for row in read_jsonl(path, schema="stage_a_image_row")]
+    seconds, rows = launch(work / "selection.jsonl", work / f"{mode}.{ranks}", mission=args.mission,
+                           checkpoint=args.checkpoint, mode=mode, ranks=ranks, settings=settings)
     return {"ranks": ranks, "mode": mode, "images": len(rows), "ok": sum(r["ok"] for r in rows),
             "seconds": round(seconds, 1), "images_per_s": round(len(rows) / seconds, 3)}
 

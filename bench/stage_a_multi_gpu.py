@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from stage_a_gpu import PROMPT_FILE, build_model_folder, gpu_info, numbers, photos  # noqa: E402 (beside this script)
+from stage_a_launch import launch, log_of  # noqa: E402
 
-from vlqc.jsonl import read_jsonl  # noqa: E402
 from vlqc.stage_a.discover import Group  # noqa: E402
 from vlqc.stage_a.jobs import SHARDING_MODES, write_selection  # noqa: E402
 
@@ -81,33 +77,14 @@ def forced_tokens_model(skeleton: Path, work: Path, new_tokens: int) -> Path:
 
 def run_once(work: Path, args: argparse.Namespace, checkpoint: Path, ranks: int, mode: str) -> dict[str, Any]:
     out = work / f"{mode}.{ranks}"
-    shutil.rmtree(out, ignore_errors=True)  # no resume entries from an earlier run
     settings = {"engine": args.engine, "batch_size": args.batch_size, "max_new_tokens": args.new_tokens,
                 "max_pixels": args.max_pixels, **args.settings}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-        "--max-restarts=0", str(REPO / "scripts/stage_a_infer.py"), "--selection", str(work / "selection.jsonl"),
-        "--mission", args.mission, "--missions", str(REPO / "config/missions.yaml"),
-        "--checkpoint", str(checkpoint), "--mode", mode, "--out", str(out / "rank{rank}.jsonl"),
-        "--resume-dir", str(out / "resume"), "--settings", json.dumps(settings),
-        "--gpus", str(ranks if args.device == "cuda" else 0),
-    ]
-    threads = max(1, (os.cpu_count() or 1) // ranks)
-    # Keep the caller's PYTHONPATH: on the GPU machines some packages (jsonschema) come from an extra folder.
-    python_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": python_path}
-    log = work / f"{mode}.{ranks}.log"
-    started = time.perf_counter()
-    with log.open("w", encoding="utf-8") as sink:
-        done = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{mode} on {ranks} rank(s) failed (exit {done.returncode}); its log: {log}\n"
-                         + log.read_text(encoding="utf-8")[-3000:])
+    wall, rows = launch(work / "selection.jsonl", out, mission=args.mission, checkpoint=checkpoint, mode=mode,
+                        ranks=ranks, settings=settings, gpus=ranks if args.device == "cuda" else 0)
+    log = log_of(out)
     counts = {int(rank): json.loads(text) for rank, text in RANK_COUNTS.findall(log.read_text(encoding="utf-8"))}
     if sorted(counts) != list(range(ranks)):
         raise SystemExit(f"{log}: expected the counts of ranks 0..{ranks - 1}, found ranks {sorted(counts)}")
-    rows = [row for path in sorted(out.glob("rank*.jsonl")) for row in read_jsonl(path, schema="stage_a_image_row")]
     slowest = max(c["generate_s"] for c in counts.values())
     return {
         "ranks": ranks, "mode": mode, "images": len(rows), "generated": sum(c["generated"] for c in counts.values()),
