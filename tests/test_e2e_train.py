@@ -1,4 +1,4 @@
-"""End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation."""
+"""End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation, the eval rule."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import torch
 from PIL import Image
 
 from vlqc.generation import Generator, Request, Sampling
+from vlqc.jsonl import read_jsonl
+from vlqc.train.evaluate import TARGETS, prior_baselines
 from vlqc.train.merge import load_with_adapter
-from workflow_env import trained_workflow
+from vlqc.train.sft_data import group_tickets
+from workflow_env import snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
 OVERLAY = """
-demo: {tickets_per_mission: 2, seed: 5}
+demo: {tickets_per_mission: 4, seed: 5}  # two tickets per mission and label: one goes to val
 train:
   run: lora
   runs: {lora: config/train/e2e_lora.yaml, full: config/train/e2e_full.yaml}
@@ -67,3 +70,15 @@ def test_merged_logits_equal_base_plus_adapter(trained):
     reference_ids = reference.generate(**batch, max_new_tokens=12, do_sample=False)
     adapter_text = merged.processor.batch_decode(reference_ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert merged_text == adapter_text
+
+
+def test_eval_rule_scores_the_merged_model_on_val(trained):
+    snakemake(trained, "--configfile", "e2e.yaml", "--", "results/models/sft/lora/eval.json")
+    report = json.loads((trained / "results/models/sft/lora/eval.json").read_text())  # schema-checked when written
+    train, val = (list(read_jsonl(trained / f"results/data/demo/{split}.jsonl")) for split in ("train", "val"))
+    assert report["val_photos"] == len(val) and report["val_tickets"] == len(group_tickets(val))
+    assert [e["truth"] for e in report["examples"]] == [r["summary"] for r in val[:5]]
+    assert report["prior_baselines"] == prior_baselines(train, val)
+    for name, goal in TARGETS.items():
+        assert report["target_met"][name] == (report[name] >= goal)
+    assert "eval verdicts" in (trained / "results/logs/eval_sft/lora.log").read_text()  # progress reaches the log
