@@ -22,3 +22,4 @@ rule all:
         ),
         serving_model(),
         f"results/models/sft/{config['train']['run']}/eval.json",
+        demo_stage_targets(),

@@ -183,3 +183,18 @@ def stage_b_eval_guidance(wildcards):
 def stage_b_settings():
     """The stage_b section, defaults filled, for scripts/stage_b.py."""
     return json.dumps(STAGE_B, ensure_ascii=False)
+
+
+# --- the demo ----------------------------------------------------------------------------
+
+
+def demo_stage_targets():
+    """Stage-A summaries and Stage-B eval verdicts of every demo mission, so that the default
+    target runs the product end to end: only while Stage-A reads the demo tickets (with other
+    tickets, name the missions' targets yourself)."""
+    if os.path.normpath(STAGE_A["input_root"]) != os.path.normpath(config["demo"]["out"]):
+        return []
+    missions = config["demo"]["missions"]
+    return expand("results/{mission}_stage_a.jsonl", mission=missions) + expand(
+        "results/stage_b/{mission}/demo/verdicts.jsonl", mission=missions
+    )

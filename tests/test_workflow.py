@@ -97,3 +97,19 @@ def test_a_mission_not_in_the_missions_file_is_no_target():
     result = run(str(BIN / "snakemake"), "-n", "results/不存在的任务_stage_a.jsonl")
     assert result.returncode != 0
     assert "MissingRuleException" in result.stdout + result.stderr or "No rule to produce" in result.stdout + result.stderr
+
+
+def planned_jobs(*args: str) -> dict[str, int]:
+    """Job counts by rule of a dry run of everything the targets need."""
+    result = run(str(BIN / "snakemake"), "-n", "--forceall", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M)}
+
+
+def test_default_target_runs_stage_a_and_stage_b_of_every_demo_mission():
+    missions = len(yaml.safe_load((REPO / "config/config.yaml").read_text(encoding="utf-8"))["demo"]["missions"])
+    jobs = planned_jobs()
+    assert jobs["stage_a_merge"] == jobs["stage_b_eval"] == missions and jobs["eval_sft"] == 1
+    # With other tickets the demo missions' names mean nothing: the default target stops at the model.
+    jobs = planned_jobs("--config", 'stage_a={"input_root": "/data/tickets"}')
+    assert "stage_a_merge" not in jobs and "stage_b_eval" not in jobs and jobs["eval_sft"] == 1
