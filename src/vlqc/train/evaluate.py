@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from vlqc.generation import Generator, Request, Sampling
 from vlqc.prompts import category_count, summary_entries, summary_messages, strip_summary_header, verdict_messages
-from vlqc.train.sft_data import group_tickets
+from vlqc.train.sft_data import Ticket, group_tickets
 from vlqc.verdict import parse_verdict
 
 TARGETS = {"summary_exact_match": 0.4, "category_count_accuracy": 0.8, "verdict_accuracy_gt_summaries": 0.85}
@@ -52,6 +52,17 @@ def summary_scores(truths: list[str], predictions: list[str]) -> tuple[int, int,
     return exact, matched, total
 
 
+def bar_scores(val: list[dict], tickets: list[Ticket], predictions: list[str], verdicts: list[str | None]) -> dict:
+    """The three metrics of the bar: a predicted summary per val photo, a verdict per ticket of `tickets`."""
+    exact, matched, total = summary_scores([r["summary"] for r in val], predictions)
+    right = sum(verdict == ticket.label for verdict, ticket in zip(verdicts, tickets, strict=True))
+    return {
+        "summary_exact_match": round(exact / len(val), 4),
+        "category_count_accuracy": round(matched / max(total, 1), 4),
+        "verdict_accuracy_gt_summaries": round(right / max(len(tickets), 1), 4),
+    }
+
+
 def targets_met(scores: dict[str, float], baseline: float) -> dict[str, bool]:
     """Per target, whether `scores` reach it; `baseline` is the most-frequent-summary exact match."""
     met = {name: scores[name] >= goal for name, goal in TARGETS.items()}
@@ -74,21 +85,18 @@ def prior_baselines(train: list[dict], val: list[dict]) -> dict[str, float]:
     by_mission: dict[str | None, Counter] = {}
     for record in train:
         by_mission.setdefault(_mission(record), Counter())[record["summary"]] += 1
-    guesses = [
-        by_mission[_mission(r)].most_common(1)[0][0] if _mission(r) in by_mission else overall for r in val
-    ]
-    exact, matched, total = summary_scores([r["summary"] for r in val], guesses)
+    summary_prior = {mission: counts.most_common(1)[0][0] for mission, counts in by_mission.items()}
     labels: dict[str, Counter] = {}
     for ticket in group_tickets(train).values():
         labels.setdefault(ticket.mission, Counter())[ticket.label] += 1
-    val_tickets = list(group_tickets(val).values())
-    majority = {m: max(("fail", "pass"), key=lambda label: c[label]) for m, c in labels.items()}
-    right = sum(majority.get(t.mission, "fail") == t.label for t in val_tickets)
-    return {
-        "summary_exact_match": round(exact / len(val), 4),
-        "category_count_accuracy": round(matched / max(total, 1), 4),
-        "verdict_accuracy_gt_summaries": round(right / max(len(val_tickets), 1), 4),
-    }
+    label_prior = {mission: max(("fail", "pass"), key=lambda label: c[label]) for mission, c in labels.items()}
+    tickets = list(group_tickets(val).values())
+    return bar_scores(
+        val,
+        tickets,
+        [summary_prior.get(_mission(r), overall) for r in val],
+        [label_prior.get(t.mission, "fail") for t in tickets],
+    )
 
 
 def batched(items: list, size: int):
@@ -110,7 +118,6 @@ def evaluate(model_dir: Path, train: list[dict], val: list[dict], data_root: Pat
             image = ImageOps.exif_transpose(Image.open(data_root / record["images"][0])).convert("RGB")
             requests.append(Request(system, user, [image]))
         predictions += [strip_summary_header(text).strip() for text in generator.generate(requests, greedy)]
-    exact, matched, total = summary_scores([r["summary"] for r in val], predictions)
     examples = [
         {"sample_id": r["sample_id"], "truth": r["summary"], "predicted": p} for r, p in zip(val[:5], predictions)
     ]
@@ -120,30 +127,22 @@ def evaluate(model_dir: Path, train: list[dict], val: list[dict], data_root: Pat
 
     # Photos in the order training prompts used (natural order of file names).
     tickets = list(group_tickets(val).values())
-    correct = invalid = 0
+    verdicts = []
     for chunk in tqdm(list(batched(tickets, batch_size)), desc="eval verdicts", mininterval=5):
         requests = [
             Request(*verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions))
             for t in chunk
         ]
-        for ticket, text in zip(chunk, generator.generate(requests, greedy)):
-            parsed = parse_verdict(text)
-            invalid += parsed.verdict is None
-            correct += parsed.verdict == ticket.label
+        verdicts += [parse_verdict(text).verdict for text in generator.generate(requests, greedy)]
 
-    n_val = len(val)
-    scores = {
-        "summary_exact_match": round(exact / n_val, 4),
-        "category_count_accuracy": round(matched / max(total, 1), 4),
-        "verdict_accuracy_gt_summaries": round(correct / max(len(tickets), 1), 4),
-    }
+    scores = bar_scores(val, tickets, predictions, verdicts)
     return {
         "model": str(model_dir),
-        "val_photos": n_val,
+        "val_photos": len(val),
         "val_tickets": len(tickets),
         **scores,
         "most_frequent_summary_baseline": round(baseline, 4),
-        "verdict_invalid": invalid,
+        "verdict_invalid": verdicts.count(None),
         "targets": {**TARGETS, "summary_vs_baseline": SUMMARY_VS_BASELINE},
         "target_met": targets_met(scores, baseline),
         "prior_baselines": prior_baselines(train, val),
