@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # Rules call `python`: make it this venv's, as in an activated environment.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test lint fmt bench clean-results
+.PHONY: venv demo test test-fast lint fmt bench clean-results
 
 venv: $(STAMP)
 	@# Point the venv at this checkout's src/ (cheap, so redone every time: a cached
@@ -27,12 +27,20 @@ demo: venv
 test: venv
 	$(PY) -m pytest
 
+# Unit tests only (no Snakemake runs on the tiny model).
+test-fast: venv
+	$(PY) -m pytest -m "not e2e"
+
 lint: venv
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 fmt: venv
 	$(VENV)/bin/snakefmt Snakefile rules
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The benchmarks that need nothing built first; the others (bench/train.py, stage_a_cpu.py,
 # stage_a_gpu.py, stage_b.py) say in their docstrings what they need.

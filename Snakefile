@@ -7,7 +7,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
-include: "rules/model.smk"
+include: "rules/train.smk"
 include: "rules/stage_a.smk"
 include: "rules/stage_b.smk"
 
@@ -21,5 +21,5 @@ rule all:
             split=["train", "val", "train_tiny", "val_tiny"],
         ),
         serving_model(),
-        f"results/models/sft/{config['train']['run']}/eval.json",
+        f"results/train/sft/{config['train']['run']}/eval.json",
         demo_stage_targets(),

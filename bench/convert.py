@@ -60,16 +60,24 @@ def main() -> None:
             best = seconds if best is None else min(best, seconds)
         records = [json.loads(line) for line in (out_dir / "all_samples.jsonl").open(encoding="utf-8")]
         megapixels = sum(r["width"] * r["height"] for r in records) / 1e6
-        rows.append({
-            "workers": workers,
-            "images": summary["samples"],
-            "seconds": round(best, 3),
-            "images_per_s": round(summary["samples"] / best, 1),
-            "input_megapixels_per_image": round(input_mp, 3),
-            "output_megapixels_per_image": round(megapixels / len(records), 3),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-        })
-    report = {"benchmark": "convert", "cpu": cpu_model(), "cores": os.cpu_count(), "target_images_per_s": 40, "rows": rows}
+        rows.append(
+            {
+                "workers": workers,
+                "images": summary["samples"],
+                "seconds": round(best, 3),
+                "images_per_s": round(summary["samples"] / best, 1),
+                "input_megapixels_per_image": round(input_mp, 3),
+                "output_megapixels_per_image": round(megapixels / len(records), 3),
+                "peak_rss_mib": round(peak_rss_mib(), 1),
+            }
+        )
+    report = {
+        "benchmark": "convert",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "target_images_per_s": 40,
+        "rows": rows,
+    }
     print(f"{'workers':>7} {'images':>6} {'seconds':>8} {'img/s':>7} {'MP in':>6} {'MP out':>6} {'peak MiB':>9}")
     for row in rows:
         print(

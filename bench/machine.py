@@ -6,7 +6,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 

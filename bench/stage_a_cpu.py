@@ -4,7 +4,7 @@ Runs the same command the `stage_a_infer` rule runs (torchrun + scripts/stage_a_
 mission's selection, with the threads of the machine split over the ranks, and times it end to
 end (model loading included, as a user sees it). Every run starts without resume entries.
 
-    python bench/stage_a_cpu.py --checkpoint results/models/sft/demo/merged --mission 挡风板安装检查
+    python bench/stage_a_cpu.py --checkpoint results/train/sft/demo/merged --mission 挡风板安装检查
 
 Prints a table and writes bench/results/stage_a_cpu.json.
 """
@@ -31,15 +31,28 @@ from vlqc.stage_a.jobs import write_selection  # noqa: E402
 
 def run_once(work: Path, args, ranks: int, mode: str) -> dict:
     settings = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "max_pixels": args.max_pixels}
-    seconds, rows = launch(work / "selection.jsonl", work / f"{mode}.{ranks}", mission=args.mission,
-                           checkpoint=args.checkpoint, mode=mode, ranks=ranks, settings=settings)
-    return {"ranks": ranks, "mode": mode, "images": len(rows), "ok": sum(r["ok"] for r in rows),
-            "seconds": round(seconds, 1), "images_per_s": round(len(rows) / seconds, 3)}
+    seconds, rows = launch(
+        work / "selection.jsonl",
+        work / f"{mode}.{ranks}",
+        mission=args.mission,
+        checkpoint=args.checkpoint,
+        mode=mode,
+        ranks=ranks,
+        settings=settings,
+    )
+    return {
+        "ranks": ranks,
+        "mode": mode,
+        "images": len(rows),
+        "ok": sum(r["ok"] for r in rows),
+        "seconds": round(seconds, 1),
+        "images_per_s": round(len(rows) / seconds, 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "results/models/sft/demo/merged")
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "results/train/sft/demo/merged")
     parser.add_argument("--root", type=Path, default=REPO / "resources/demo/tickets")
     parser.add_argument("--mission", default="挡风板安装检查")
     parser.add_argument("--groups", type=int, default=8, help="pass and fail groups each")
@@ -57,10 +70,19 @@ def main() -> None:
     for r in runs:
         print(f"{r['mode']:<10} {r['ranks']:>5} {r['images']:>6} {r['ok']:>4} {r['seconds']:>8} {r['images_per_s']:>9}")
     report = {
-        "benchmark": "stage_a_cpu", "cpu": cpu_model(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "checkpoint": str(args.checkpoint), "mission": args.mission,
-        "groups": len(groups), "settings": {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                                            "max_pixels": args.max_pixels}, "runs": runs,
+        "benchmark": "stage_a_cpu",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "checkpoint": str(args.checkpoint),
+        "mission": args.mission,
+        "groups": len(groups),
+        "settings": {
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "max_pixels": args.max_pixels,
+        },
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

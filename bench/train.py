@@ -1,7 +1,7 @@
 """Training speed through the same ms-swift path as train_sft.
 
 CPU (default): the tiny model with the demo run's config on the demo SFT data; needs
-`snakemake results/sft/demo/data results/models/base/tiny` first; writes train_cpu.json.
+`snakemake results/train/sft/demo/data results/train/base/tiny` first; writes train_cpu.json.
 
 GPU (`--gpus 1`): LoRA on a Qwen3-VL-2B-shaped random-weight model in bf16, batch 4 of
 ~800-token samples (bench/configs/train_gpu_2b.yaml); build the model with
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=REPO / "config/train/demo.yaml")
-    parser.add_argument("--base", type=Path, default=REPO / "results/models/base/tiny")
-    parser.add_argument("--data", type=Path, default=REPO / "results/sft/demo/data")
+    parser.add_argument("--base", type=Path, default=REPO / "results/train/base/tiny")
+    parser.add_argument("--data", type=Path, default=REPO / "results/train/sft/demo/data")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--gpus", type=int, default=0, help="0: CPU (gloo, one process)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/train_{cpu,gpu}.json")
@@ -44,7 +44,8 @@ def main() -> None:
         scratch = Path(scratch)
         overlay = scratch / "bench.yaml"
         overlay.write_text(
-            f"extends: {args.config.resolve()}\ntraining: {{max_steps: {args.steps}, save_steps: {args.steps}, logging_steps: 1}}\n",
+            f"extends: {args.config.resolve()}\n"
+            f"training: {{max_steps: {args.steps}, save_steps: {args.steps}, logging_steps: 1}}\n",
             encoding="utf-8",
         )
         started = time.perf_counter()
@@ -73,8 +74,10 @@ def main() -> None:
         report["peak_gpu_memory_gib"] = max(r.get("memory(GiB)", 0) for r in rows)
         report["gpu"] = nvidia_smi()
     print(f"{'steps':>5} {'batch':>5} {'s/step':>7} {'samples/s':>9} {'wall s':>7} {'peak MiB':>9}")
-    print(f"{report['steps']:>5} {batch:>5} {report['seconds_per_step']:>7} {report['samples_per_second']:>9} "
-          f"{report['wall_with_startup_s']:>7} {report['peak_rss_children_mib']:>9}")
+    print(
+        f"{report['steps']:>5} {batch:>5} {report['seconds_per_step']:>7} {report['samples_per_second']:>9} "
+        f"{report['wall_with_startup_s']:>7} {report['peak_rss_children_mib']:>9}"
+    )
     if args.gpus:
         print(f"GPU {report['gpu']}: {report['steps_per_second']} steps/s, peak {report['peak_gpu_memory_gib']} GiB")
     write_json(out, report)

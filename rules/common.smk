@@ -55,7 +55,7 @@ TRAIN_CONFIGS = {run: load_train_config(path) for run, path in config["train"]["
 
 
 def base_model_dir(wildcards=None):
-    return f"results/models/base/{config['base_model']['name']}"
+    return f"results/train/base/{config['base_model']['name']}"
 
 
 def base_model_args():
@@ -79,7 +79,7 @@ def canonical_images(run):
 
 def serving_model():
     """The merged checkpoint that Stage-A and Stage-B load."""
-    return f"results/models/sft/{config['train']['run']}/merged"
+    return f"results/train/sft/{config['train']['run']}/merged"
 
 
 # --- Stage-A -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from vlqc.train.base_model import build_tiny_base, link_real_checkpoint
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="output folder results/models/base/<name>")
+    parser.add_argument("--out", type=Path, required=True, help="output folder results/train/base/<name>")
     parser.add_argument("--sizes", type=json.loads, default=None, help="JSON object of tiny-model sizes")
     parser.add_argument("--seed", type=int, default=None, help="seed of the tiny model's initialisation (default 0)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a real local Qwen3-VL folder to link instead")

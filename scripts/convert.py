@@ -36,7 +36,11 @@ def main() -> int:
     except VlqcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({k: summary[k] for k in ("exports", "samples", "invalid_samples", "invalid_objects")}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("exports", "samples", "invalid_samples", "invalid_objects")}, ensure_ascii=False
+        )
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--irrelevant-fraction", type=float, default=0.05, help="share of tickets with one irrelevant photo"
     )
-    parser.add_argument("--manifest", type=Path, help="where to write the ticket list (default: <out>.json beside the tree)")
+    parser.add_argument(
+        "--manifest", type=Path, help="where to write the ticket list (default: <out>.json beside the tree)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 

@@ -2,7 +2,7 @@
 
 Example:
     python scripts/sft_dataset.py --train results/data/demo/train.jsonl --val results/data/demo/val.jsonl \
-        --config config/train/demo.yaml --missions config/missions.yaml --out results/sft/demo/data
+        --config config/train/demo.yaml --missions config/missions.yaml --out results/train/sft/demo/data
 """
 
 from __future__ import annotations

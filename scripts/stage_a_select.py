@@ -33,8 +33,17 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     labels = Counter(g.label for g in selected)
-    print(json.dumps({"discovered": len(groups), "selected": len(selected), "pass": labels["pass"],
-                      "fail": labels["fail"], "images": sum(len(g.images) for g in selected)}))
+    print(
+        json.dumps(
+            {
+                "discovered": len(groups),
+                "selected": len(selected),
+                "pass": labels["pass"],
+                "fail": labels["fail"],
+                "images": sum(len(g.images) for g in selected),
+            }
+        )
+    )
     return 0
 
 

@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from vlqc.errors import VlqcError
+from vlqc.inference.generation import load_processor
 from vlqc.jsonl import write_jsonl
 from vlqc.stage_a.jobs import read_selection
-from vlqc.generation import load_processor
 from vlqc.stage_a.verify import verify
 
 
@@ -35,8 +35,11 @@ def main() -> int:
     mismatched = [f"{r['group_id']}/{r['image_name']}" for r in rows if r["ok"] and not r["match"]]
     for name in mismatched:
         print(f"warning: image-token count differs from the vision grid: {name}", file=sys.stderr)
-    print(json.dumps({"images": len(rows), "failed": dict(failed), "token_mismatches": len(mismatched)},
-                     ensure_ascii=False))
+    print(
+        json.dumps(
+            {"images": len(rows), "failed": dict(failed), "token_mismatches": len(mismatched)}, ensure_ascii=False
+        )
+    )
     return 0
 
 

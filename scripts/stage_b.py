@@ -11,7 +11,7 @@ splits each batch of prompts over all of them (vlqc.stage_b.sharded).
 
 Example:
     python scripts/stage_b.py --mode eval --mission 挡风板安装检查 --stage-a results/挡风板安装检查_stage_a.jsonl \
-        --guidance config/stage_b/挡风板安装检查.json --checkpoint results/models/sft/demo/merged \
+        --guidance config/stage_b/挡风板安装检查.json --checkpoint results/train/sft/demo/merged \
         --run-dir results/stage_b/挡风板安装检查/demo --settings '{"eval_grid": [{"temperature": 0.1}]}'
 """
 

@@ -13,7 +13,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True, help="training config YAML (extends allowed)")
     parser.add_argument("--base", type=Path, required=True, help="base model folder")
     parser.add_argument("--data", type=Path, required=True, help="folder with the ms-swift train.jsonl / val.jsonl")
-    parser.add_argument("--out", type=Path, required=True, help="run folder results/models/sft/<run>")
+    parser.add_argument("--out", type=Path, required=True, help="run folder results/train/sft/<run>")
     parser.add_argument("--nproc", type=int, default=1, help="torchrun processes on CPU (gloo)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs; one process each, overrides --nproc")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads shared by the processes")

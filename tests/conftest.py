@@ -19,7 +19,10 @@ EXAMPLE_EXPORT = {
         "features": [
             {
                 "type": "Feature",
-                "geometry": {"type": "Quad", "coordinates": [[[210, 180], [980, 200], [975, 560], [205, 540], [210, 180]]]},
+                "geometry": {
+                    "type": "Quad",
+                    "coordinates": [[[210, 180], [980, 200], [975, 560], [205, 540], [210, 180]]],
+                },
                 "properties": {
                     "objectId": 1,
                     "area": 276000.0,
@@ -36,7 +39,10 @@ EXAMPLE_EXPORT = {
             },
             {
                 "type": "Feature",
-                "geometry": {"type": "ExtentPolygon", "coordinates": [[300, 600], [360, 600], [360, 650], [300, 650], [300, 600]]},
+                "geometry": {
+                    "type": "ExtentPolygon",
+                    "coordinates": [[300, 600], [360, 600], [360, 650], [300, 650], [300, 600]],
+                },
                 "properties": {
                     "objectId": 2,
                     "area": 3000.0,
@@ -98,3 +104,13 @@ def export_root(tmp_path: Path) -> Path:
     root = tmp_path / "exports"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A freshly built tiny Qwen3-VL (seed 3) for the tests of one module."""
+    from vlqc.train.base_model import build_tiny_base  # torch: imported only where a test needs a model
+
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    build_tiny_base(folder, sizes=None, seed=3)
+    return folder

@@ -10,15 +10,15 @@ import random
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image, ImageDraw, ImageOps
 
-from conftest import REPO
 from vlqc.data.geometry import canonical_polygon, sort_key
 from vlqc.data.summary import IRRELEVANT, build_summary
 from vlqc.errors import SampleError, SchemaError
 from vlqc.schemas import validate
-from vlqc.train.augment import clip_line, clip_polygon, load_config, mark_partial, warp
 from vlqc.train.augment import augment as run_augment
+from vlqc.train.augment import clip_line, clip_polygon, load_config, mark_partial, warp
 
 GOLDEN = REPO / "tests" / "golden" / "augment"
 W, H = 320, 256
@@ -50,8 +50,14 @@ def scene() -> tuple[Image.Image, dict]:
     ]
     objects.sort(key=lambda o: sort_key(*next((k, v) for k, v in o.items() if k != "desc")))
     record = {
-        "sample_id": "scene", "images": ["images/scene.jpg"], "width": W, "height": H, "domain": "BBU",
-        "objects": objects, "summary": build_summary([o["desc"] for o in objects], "BBU"), "source": "scene.json",
+        "sample_id": "scene",
+        "images": ["images/scene.jpg"],
+        "width": W,
+        "height": H,
+        "domain": "BBU",
+        "objects": objects,
+        "summary": build_summary([o["desc"] for o in objects], "BBU"),
+        "source": "scene.json",
     }
     validate(record, "sample")
     return image, record
@@ -104,7 +110,7 @@ def near_colour(image: Image.Image, x: float, y: float, colour: tuple[int, int, 
     """Some pixel of the 3x3 block around (x, y) has `colour`."""
     mask = colour_mask(image, colour)
     i, j = int(x), int(y)
-    return bool(mask[max(j - 1, 0):j + 2, max(i - 1, 0):i + 2].any())
+    return bool(mask[max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].any())
 
 
 def assert_geometry_matches_pixels(image: Image.Image, record: dict, centre_check: bool = True) -> None:
@@ -209,9 +215,12 @@ def test_roi_crop(seed):
 
 
 def test_composed_chain_matches_pixels_and_golden_record():
-    config = cfg(hflip={"prob": 1.0}, rotate={"prob": 1.0, "degrees": [25, 25]},
-                 scale={"prob": 1.0, "range": [0.8, 0.8]},
-                 crop={"prob": 1.0, "size": [0.75, 0.75], "min_coverage": 0.3})
+    config = cfg(
+        hflip={"prob": 1.0},
+        rotate={"prob": 1.0, "degrees": [25, 25]},
+        scale={"prob": 1.0, "range": [0.8, 0.8]},
+        crop={"prob": 1.0, "size": [0.75, 0.75], "min_coverage": 0.3},
+    )
     out, record = augment(config, seed=3)
     assert_geometry_matches_pixels(out, record, centre_check=False)
     golden = GOLDEN / "composed_chain.json"
@@ -288,14 +297,17 @@ def test_legacy_summary_is_kept_when_nothing_changes_and_refused_otherwise():
         warp(image, record, matrix, (224, 256), max_pixels=W * H, min_coverage=0.55)
 
 
-@pytest.mark.parametrize("desc, expected", [
-    ("类别=BBU设备,品牌=华为,可见性=完整", "类别=BBU设备,品牌=华为,可见性=部分"),
-    ("类别=BBU设备,品牌=华为,挡风板需求=免装", "类别=BBU设备,品牌=华为,可见性=部分,挡风板需求=免装"),
-    ("类别=BBU设备", "类别=BBU设备,可见性=部分"),
-    ("类别=ODF端光纤插头,符合性=符合", "类别=ODF端光纤插头,可见性=部分,符合性=符合"),
-    ("类别=光纤,保护措施=无保护", "类别=光纤,保护措施=无保护"),
-    ("类别=标签,文本=A1,组=1", "类别=标签,文本=A1,组=1"),
-])
+@pytest.mark.parametrize(
+    "desc, expected",
+    [
+        ("类别=BBU设备,品牌=华为,可见性=完整", "类别=BBU设备,品牌=华为,可见性=部分"),
+        ("类别=BBU设备,品牌=华为,挡风板需求=免装", "类别=BBU设备,品牌=华为,可见性=部分,挡风板需求=免装"),
+        ("类别=BBU设备", "类别=BBU设备,可见性=部分"),
+        ("类别=ODF端光纤插头,符合性=符合", "类别=ODF端光纤插头,可见性=部分,符合性=符合"),
+        ("类别=光纤,保护措施=无保护", "类别=光纤,保护措施=无保护"),
+        ("类别=标签,文本=A1,组=1", "类别=标签,文本=A1,组=1"),
+    ],
+)
 def test_mark_partial(desc, expected):
     assert mark_partial(desc) == expected
 
@@ -327,9 +339,16 @@ def test_photometric_ops_change_pixels_not_geometry():
 
 # --- bypass, cap, determinism --------------------------------------------------------------
 
-ALL_ON = dict(hflip={"prob": 1.0}, vflip={"prob": 0.5}, rotate={"prob": 1.0, "degrees": [-30, 30]},
-              scale={"prob": 1.0, "range": [0.7, 1.3]}, crop={"prob": 1.0, "size": [0.5, 0.9]},
-              color_jitter={"prob": 1.0}, gamma={"prob": 1.0}, hsv={"prob": 1.0})
+ALL_ON = dict(
+    hflip={"prob": 1.0},
+    vflip={"prob": 0.5},
+    rotate={"prob": 1.0, "degrees": [-30, 30]},
+    scale={"prob": 1.0, "range": [0.7, 1.3]},
+    crop={"prob": 1.0, "size": [0.5, 0.9]},
+    color_jitter={"prob": 1.0},
+    gamma={"prob": 1.0},
+    hsv={"prob": 1.0},
+)
 
 
 def test_bypass_probability_one_returns_the_input():

@@ -48,8 +48,10 @@ DOMAIN_STRINGS = [
 
 # Word-like pieces (space-separated here) plus whitespace and symbol runs the pre-tokenizer treats specially.
 PIECES = (
-    "机柜 螺丝 光纤 接地线 华为 中兴 的 是 不 。 ， 、 ： ； （ ） 「 」 《 》 ！ ？ hello World BBU RRU don't WE'LL I'm "
-    "x86_64 0 7 42 2024-11-11 3.14159 1,000,000 １２３ ＡＢＣ !! ... --- ==== **** ~~ ### $ % && || 😀 🚀 👍🏽 👨‍👩‍👧 🇨🇳 "
+    "机柜 螺丝 光纤 接地线 华为 中兴 的 是 不 。 ， 、 ： ； （ ） 「 」 《 》 ！ ？ "
+    "hello World BBU RRU don't WE'LL I'm "
+    "x86_64 0 7 42 2024-11-11 3.14159 1,000,000 １２３ ＡＢＣ !! ... --- ==== **** ~~ ### $ % && || "
+    "😀 🚀 👍🏽 👨‍👩‍👧 🇨🇳 "
     "❤️ Å ß ñ Привет こんにちは 안녕 مرحبا © °C ± → < > { } [ ] \" ' \\ /"
 ).split() + [" the", " quick", " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "e\u0301", "\u200b", "\u3000"]
 ALPHABET = "abcXYZ0189 \t\n.,;:!?-_=+*/'\"()[]{}<>|@#%^&~`中文字符通过不设备华为了挡风板😀🎉€£¥§©®°±×÷ｱ한"

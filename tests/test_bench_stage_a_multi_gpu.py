@@ -17,9 +17,26 @@ def test_runs_both_modes_on_one_and_two_ranks_and_compares_them(tmp_path):
     build_tiny_base(checkpoint, sizes=None, seed=3)
     out = tmp_path / "report.json"
     command = [
-        sys.executable, str(REPO / "bench/stage_a_multi_gpu.py"), "--checkpoint", str(checkpoint), "--device", "cpu",
-        "--images", "9", "--group-sizes", "1,4", "--new-tokens", "2", "--batch-size", "4", "--max-pixels", "16384",
-        "--work", str(tmp_path / "work"), "--out", str(out),
+        sys.executable,
+        str(REPO / "bench/stage_a_multi_gpu.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--images",
+        "9",
+        "--group-sizes",
+        "1,4",
+        "--new-tokens",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-pixels",
+        "16384",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
     ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -29,5 +46,8 @@ def test_runs_both_modes_on_one_and_two_ranks_and_compares_them(tmp_path):
     assert all(r["images"] == r["generated"] == 9 and r["images_per_s"] > 0 for r in runs.values())
     assert sum(runs["per_image", 2]["rank_images"]) == 9 and len(runs["per_image", 2]["rank_generate_s"]) == 2
     assert max(runs["per_image", 2]["rank_images"]) == 5  # dealt out one by one
-    assert set(report["comparisons"]) == {"per_group_speedup_2_over_1", "per_image_speedup_2_over_1",
-                                          "per_image_over_per_group_at_2"}
+    assert set(report["comparisons"]) == {
+        "per_group_speedup_2_over_1",
+        "per_image_speedup_2_over_1",
+        "per_image_over_per_group_at_2",
+    }

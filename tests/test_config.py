@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.utils import validate as snakemake_validate
 
-from conftest import REPO
 from vlqc.errors import SchemaError
 from vlqc.schemas import check, problems, schema_path
 

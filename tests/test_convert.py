@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_SUMMARY, example_export, write_sample
 from PIL import Image
 
-from conftest import EXAMPLE_SUMMARY, example_export, write_sample
 from vlqc.data.convert import ConvertSettings, convert_sample
 from vlqc.data.dataset import convert_dataset
 from vlqc.errors import VlqcError
@@ -77,7 +77,13 @@ def test_exif_rotated_photo_maps_coordinates_into_the_displayed_frame(export_roo
     export["info"].update(width=1600, height=1200)
     export["markResult"]["features"] = [export["markResult"]["features"][1]]
     # A box at raw (100..160, 300..350) ends up, after a 90° clockwise turn, at x=1200-350..1200-300.
-    export["markResult"]["features"][0]["geometry"]["coordinates"] = [[100, 300], [160, 300], [160, 350], [100, 350], [100, 300]]
+    export["markResult"]["features"][0]["geometry"]["coordinates"] = [
+        [100, 300],
+        [160, 300],
+        [160, 350],
+        [100, 350],
+        [100, 300],
+    ]
     path = export_root / "photo.json"
     path.write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
     image = Image.new("RGB", (1600, 1200))
@@ -96,8 +102,14 @@ def test_datalist_variant(export_root, tmp_path):
     export = {
         "info": {"width": 1200, "height": 1600, "depth": 3},
         "dataList": [
-            {"coordinates": [[210, 180], [980, 560]], "properties": {"contentZh": {"标签": "BBU设备/华为", "如果有特殊情况，请具体描述": "无法判断品牌"}}},
-            {"coordinates": [[360, 650], [300, 600]], "properties": {"contentZh": {"标签": "螺丝、光纤插头/BBU安装螺丝"}}},
+            {
+                "coordinates": [[210, 180], [980, 560]],
+                "properties": {"contentZh": {"标签": "BBU设备/华为", "如果有特殊情况，请具体描述": "无法判断品牌"}},
+            },
+            {
+                "coordinates": [[360, 650], [300, 600]],
+                "properties": {"contentZh": {"标签": "螺丝、光纤插头/BBU安装螺丝"}},
+            },
         ],
     }
     record = convert_one(export_root, tmp_path, write_sample(export_root, "photo", export)).record
@@ -166,13 +178,25 @@ def test_export_size_that_cannot_be_a_rescale(export_root, tmp_path):
 def test_singleton_group_rejects_the_photo(export_root, tmp_path):
     export = {
         "info": {"width": 1200, "height": 1600},
-        "markResult": {"type": "FeatureCollection", "features": [
-            {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[400, 900], [420, 1100], [450, 1300]]},
-             "properties": {"groups": [{"id": 1, "name": "组1"}], "content": {"label": "fiber"},
-                            "contentZh": {"尾纤是否标签": "标签", "尾纤是否进行套管保护": "套管保护"}}},
-            {"type": "Feature", "geometry": {"type": "Quad", "coordinates": [[[100, 100], [300, 100], [300, 300], [100, 300]]]},
-             "properties": {"area": 40000, "groups": [], "content": {"label": "rru"}, "contentZh": {}}},
-        ]},
+        "markResult": {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "LineString", "coordinates": [[400, 900], [420, 1100], [450, 1300]]},
+                    "properties": {
+                        "groups": [{"id": 1, "name": "组1"}],
+                        "content": {"label": "fiber"},
+                        "contentZh": {"尾纤是否标签": "标签", "尾纤是否进行套管保护": "套管保护"},
+                    },
+                },
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Quad", "coordinates": [[[100, 100], [300, 100], [300, 300], [100, 300]]]},
+                    "properties": {"area": 40000, "groups": [], "content": {"label": "rru"}, "contentZh": {}},
+                },
+            ],
+        },
     }
     error = sample_error(export_root, tmp_path, write_sample(export_root, "rru", export))
     assert error.code == "group_singleton" and "1" in error.message

@@ -11,11 +11,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from vlqc.demo import MISSIONS, generate, judge
-from vlqc.demo.tickets import PLANNERS
-from vlqc.tickets import group_id_from
 from vlqc.demo.render import EXIF_ORIENTATION_TAG, render, stored_transpose, transpose_points
 from vlqc.demo.scene import PhotoPlan, Strip, Unit, bbu, build_scene, label, point, shield
 from vlqc.demo.tickets import (
+    PLANNERS,
     Options,
     check_bbu_install,
     check_cable_routing,
@@ -23,6 +22,7 @@ from vlqc.demo.tickets import (
     check_wind_shield,
     write_photo,
 )
+from vlqc.tickets import group_id_from
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP_RE = re.compile(r"^QC-[A-Z]+-[0-9]{8}-[0-9]{7}$")
@@ -88,8 +88,8 @@ def _answers(zh: dict[str, str]) -> dict[str, str]:
                 out[key] = values[raw]
         elif q == "这个BBU设备是否需要安装挡风板，结合图片中机柜空间状态判断":
             need = {"无需安装": {"挡风板需求": "免装"},
-                    "机柜空间充足，需要安装/这个BBU设备按要求配备了挡风板": {"挡风板需求": "空间充足需安装", "挡风板符合性": "按要求配备"},
-                    "机柜空间充足，需要安装/这个BBU设备未按要求配备挡风板": {"挡风板需求": "空间充足需安装", "挡风板符合性": "未按要求配备"}}  # fmt: skip
+                    "机柜空间充足，需要安装/这个BBU设备按要求配备了挡风板": {"挡风板需求": "空间充足需安装", "挡风板符合性": "按要求配备"},  # noqa: E501
+                    "机柜空间充足，需要安装/这个BBU设备未按要求配备挡风板": {"挡风板需求": "空间充足需安装", "挡风板符合性": "未按要求配备"}}  # fmt: skip  # noqa: E501
             assert raw in need, raw
             out |= need[raw]
         elif q == "这个螺丝/插头是什么种类":

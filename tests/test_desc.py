@@ -24,12 +24,28 @@ REMARK_Q = "如果有特殊情况，请具体描述"
 
 # The three features of the §1b BBU example: (content.label, contentZh).
 EXAMPLE1_FEATURES = [
-    ("bbu", {"标签": "BBU设备", "这个BBU设备是什么品牌": "华为", "这个BBU设备是否显示完整": "只显示部分",
-             SHIELD_Q: "无需安装", REMARK_Q: "无法判断品牌"}),
-    ("connect_point", {"这个螺丝/插头是什么种类": "BBU安装螺丝", "螺丝/插头是否显示完整": "显示完整",
-                       CHECK_Q: "符合要求"}),
-    ("fiber", {"这条光纤是否被遮挡": "无遮挡", "这条光纤是否采用保护措施": "有保护措施，保护措施为/蛇形管",
-               "这条光纤弯曲半径是否合理": "弯曲半径合理"}),
+    (
+        "bbu",
+        {
+            "标签": "BBU设备",
+            "这个BBU设备是什么品牌": "华为",
+            "这个BBU设备是否显示完整": "只显示部分",
+            SHIELD_Q: "无需安装",
+            REMARK_Q: "无法判断品牌",
+        },
+    ),
+    (
+        "connect_point",
+        {"这个螺丝/插头是什么种类": "BBU安装螺丝", "螺丝/插头是否显示完整": "显示完整", CHECK_Q: "符合要求"},
+    ),
+    (
+        "fiber",
+        {
+            "这条光纤是否被遮挡": "无遮挡",
+            "这条光纤是否采用保护措施": "有保护措施，保护措施为/蛇形管",
+            "这条光纤弯曲半径是否合理": "弯曲半径合理",
+        },
+    ),
 ]
 # The §1b RRU image: (content.label, contentZh, group ids).
 EXAMPLE2_FEATURES = [
@@ -108,33 +124,51 @@ def test_example2_legacy_descs():
 # --- type resolution and lookups -------------------------------------------------------
 
 
-@pytest.mark.parametrize(("label", "content_zh", "expected"), [
-    ("fiber", {"尾纤是否标签": "标签"}, "fiber_rru"),
-    ("fiber", {"这条光纤是否采用保护措施": "无保护措施"}, "fiber"),
-    ("wire", {"接地线是否标签": "标签"}, "wire_rru"),
-    ("wire", {"这条电线是否捆扎整齐": "捆扎整齐"}, "wire"),
-    ("lable", {}, "lable"),
-    ("ground_screw", {}, "ground_screw"),
-    (None, {"标签": "BBU设备"}, "bbu"),
-    ("", {"标签": "基带处理单元"}, "bbu"),
-    ("unknown", {"标签": "光纤插头"}, "connect_point"),
-    (None, {"标签": "标签"}, "label"),
-    (None, {"标签": "标签文本"}, "lable"),
-    (None, {"标签": "站点"}, "station"),
-    (None, {"标签": "地线"}, "wire_rru"),
-    (None, {"标签": "火箭"}, None),
-    ("fiber_rru", {}, None),
-    (None, {}, None),
-])
+@pytest.mark.parametrize(
+    ("label", "content_zh", "expected"),
+    [
+        ("fiber", {"尾纤是否标签": "标签"}, "fiber_rru"),
+        ("fiber", {"这条光纤是否采用保护措施": "无保护措施"}, "fiber"),
+        ("wire", {"接地线是否标签": "标签"}, "wire_rru"),
+        ("wire", {"这条电线是否捆扎整齐": "捆扎整齐"}, "wire"),
+        ("lable", {}, "lable"),
+        ("ground_screw", {}, "ground_screw"),
+        (None, {"标签": "BBU设备"}, "bbu"),
+        ("", {"标签": "基带处理单元"}, "bbu"),
+        ("unknown", {"标签": "光纤插头"}, "connect_point"),
+        (None, {"标签": "标签"}, "label"),
+        (None, {"标签": "标签文本"}, "lable"),
+        (None, {"标签": "站点"}, "station"),
+        (None, {"标签": "地线"}, "wire_rru"),
+        (None, {"标签": "火箭"}, None),
+        ("fiber_rru", {}, None),
+        (None, {}, None),
+    ],
+)
 def test_resolve_type(label, content_zh, expected):
     assert resolve_type(label, content_zh) == expected
 
 
 def test_domains_and_group_types():
     assert [domain_of(k) for k in ("bbu", "connect_point", "label", "station", "lable", "wire_rru")] == [
-        "BBU", "BBU", "BBU", "RRU", "RRU", "RRU"]
+        "BBU",
+        "BBU",
+        "BBU",
+        "RRU",
+        "RRU",
+        "RRU",
+    ]
     assert {k for k in TYPES if keeps_groups(k)} == {
-        "rru", "fastener", "rru_screw", "ground_screw", "fiber_rru", "wire_rru", "label", "lable", "station"}
+        "rru",
+        "fastener",
+        "rru_screw",
+        "ground_screw",
+        "fiber_rru",
+        "wire_rru",
+        "label",
+        "lable",
+        "station",
+    }
 
 
 def test_taxonomy_attributes_follow_key_order():
@@ -184,12 +218,15 @@ def test_datalist_label_needs_empty_property():
     assert error_code(build_desc, datalist("标签/5G-RRU1")) == "unknown_property"
 
 
-@pytest.mark.parametrize(("label", "code"), [
-    ("火箭/华为", "unknown_category"),
-    ("BBU设备/诺基亚", "unknown_property"),
-    ("BBU设备", "unknown_property"),
-    ("光纤/有保护措施", "unknown_property"),
-])
+@pytest.mark.parametrize(
+    ("label", "code"),
+    [
+        ("火箭/华为", "unknown_category"),
+        ("BBU设备/诺基亚", "unknown_property"),
+        ("BBU设备", "unknown_property"),
+        ("光纤/有保护措施", "unknown_property"),
+    ],
+)
 def test_datalist_filter(label, code):
     assert error_code(build_desc, datalist(label)) == code
     assert error_code(build_legacy_desc, datalist(label)) == code
@@ -202,27 +239,37 @@ def test_object_without_type_or_label_is_unknown_category():
 # --- conditional children --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("answer", "current", "legacy"), [
-    ("无需安装", "挡风板需求=免装", "无需安装"),
-    ("机柜空间充足，需要安装/这个BBU设备按要求配备了挡风板",
-     "挡风板需求=空间充足需安装,挡风板符合性=按要求配备",
-     "机柜空间充足需要安装/这个BBU设备按要求配备了挡风板"),
-    ("机柜空间充足，需要安装/这个BBU设备未按要求配备挡风板",
-     "挡风板需求=空间充足需安装,挡风板符合性=未按要求配备",
-     "机柜空间充足需要安装/这个BBU设备未按要求配备挡风板"),
-    ("机柜空间充足，需要安装", "挡风板需求=空间充足需安装", "机柜空间充足需要安装"),
-])
+@pytest.mark.parametrize(
+    ("answer", "current", "legacy"),
+    [
+        ("无需安装", "挡风板需求=免装", "无需安装"),
+        (
+            "机柜空间充足，需要安装/这个BBU设备按要求配备了挡风板",
+            "挡风板需求=空间充足需安装,挡风板符合性=按要求配备",
+            "机柜空间充足需要安装/这个BBU设备按要求配备了挡风板",
+        ),
+        (
+            "机柜空间充足，需要安装/这个BBU设备未按要求配备挡风板",
+            "挡风板需求=空间充足需安装,挡风板符合性=未按要求配备",
+            "机柜空间充足需要安装/这个BBU设备未按要求配备挡风板",
+        ),
+        ("机柜空间充足，需要安装", "挡风板需求=空间充足需安装", "机柜空间充足需要安装"),
+    ],
+)
 def test_shield_conformity_only_when_needed(answer, current, legacy):
     o = obj("bbu", {"这个BBU设备是什么品牌": "华为", SHIELD_Q: answer})
     assert build_desc(o) == f"类别=BBU设备,品牌=华为,{current}"
     assert build_legacy_desc(o) == f"BBU设备/华为,{legacy}"
 
 
-@pytest.mark.parametrize(("answer", "current"), [
-    ("无保护措施", "保护措施=无保护"),
-    ("有保护措施，保护措施为/铠装", "保护措施=有保护,保护细节=铠装"),
-    ("有保护措施，保护措施为/同时有蛇形管和铠装", "保护措施=有保护,保护细节=蛇形管+铠装"),
-])
+@pytest.mark.parametrize(
+    ("answer", "current"),
+    [
+        ("无保护措施", "保护措施=无保护"),
+        ("有保护措施，保护措施为/铠装", "保护措施=有保护,保护细节=铠装"),
+        ("有保护措施，保护措施为/同时有蛇形管和铠装", "保护措施=有保护,保护细节=蛇形管+铠装"),
+    ],
+)
 def test_protection_detail_only_when_protected(answer, current):
     o = obj("fiber", {"这条光纤是否采用保护措施": answer})
     assert build_desc(o) == f"类别=光纤,{current}"
@@ -242,8 +289,10 @@ def test_non_conforming_answer_with_issue_is_not_conforming():
 
 
 def test_no_label_is_not_has_label():
-    assert build_desc(obj("fiber_rru", {"尾纤是否标签": "没有标签", "尾纤是否进行套管保护": "没有保护"})) == \
-        "类别=尾纤,标签=无标签,套管保护=无套管"
+    assert (
+        build_desc(obj("fiber_rru", {"尾纤是否标签": "没有标签", "尾纤是否进行套管保护": "没有保护"}))
+        == "类别=尾纤,标签=无标签,套管保护=无套管"
+    )
     assert build_desc(obj("wire_rru", {"是否带有标签": "没有标签"})) == "类别=接地线,标签=无标签"
     assert build_legacy_desc(obj("wire_rru", {"接地线是否标签": "没有标签"})) == "接地线/没有标签"
 
@@ -278,15 +327,18 @@ def test_content_mapping_alternate_is_read():
     assert build_desc(obj("wire", {"wire_organization": "分布散乱"})) == "类别=电线,捆扎=散乱"
 
 
-@pytest.mark.parametrize(("type_key", "content_zh", "named"), [
-    ("bbu", {"这个BBU设备是什么品牌": "诺基亚"}, "品牌"),
-    ("connect_point", {CHECK_Q: "符合要求/露铜"}, "符合性"),
-    ("connect_point", {CHECK_Q: "不符合要求/掉漆"}, "问题"),
-    ("connect_point", {"这个螺丝/插头是什么种类": "膨胀螺丝"}, "类别"),
-    ("fiber_rru", {"尾纤是否标签": "无标签"}, "标签"),
-    ("bbu", {SHIELD_Q: "无需安装/这个BBU设备按要求配备了挡风板"}, "挡风板需求"),
-    ("label", {"能否阅读标签上的文字内容": "也许"}, "可读性"),
-])
+@pytest.mark.parametrize(
+    ("type_key", "content_zh", "named"),
+    [
+        ("bbu", {"这个BBU设备是什么品牌": "诺基亚"}, "品牌"),
+        ("connect_point", {CHECK_Q: "符合要求/露铜"}, "符合性"),
+        ("connect_point", {CHECK_Q: "不符合要求/掉漆"}, "问题"),
+        ("connect_point", {"这个螺丝/插头是什么种类": "膨胀螺丝"}, "类别"),
+        ("fiber_rru", {"尾纤是否标签": "无标签"}, "标签"),
+        ("bbu", {SHIELD_Q: "无需安装/这个BBU设备按要求配备了挡风板"}, "挡风板需求"),
+        ("label", {"能否阅读标签上的文字内容": "也许"}, "可读性"),
+    ],
+)
 def test_unknown_answer_raises(type_key, content_zh, named):
     with pytest.raises(SampleError) as info:
         build_desc(obj(type_key, content_zh))
@@ -324,8 +376,10 @@ def test_remark_made_only_of_notes_is_left_out():
 
 def test_occlusion_questions_never_reach_the_desc():
     content = {q: "有遮挡" for q in DROPPED_QUESTIONS}
-    assert build_desc(obj("bbu_shield", {**content, "这个挡风板安装方向是否正确": "安装方向错误"})) == \
-        "类别=挡风板,安装方向=方向错误"
+    assert (
+        build_desc(obj("bbu_shield", {**content, "这个挡风板安装方向是否正确": "安装方向错误"}))
+        == "类别=挡风板,安装方向=方向错误"
+    )
     assert build_desc(obj("wire", content)) == "类别=电线"
 
 
@@ -334,14 +388,17 @@ def test_remark_is_bbu_only():
     assert build_desc(obj("label", {"请输入标签上的文字内容": "ODF-1", REMARK_Q: "门未关"})) == "类别=标签,文本=ODF-1"
 
 
-@pytest.mark.parametrize(("content_zh", "current", "legacy"), [
-    ({"请输入标签上的文字内容": " 机柜 A-01 / 光纤 "}, "文本=机柜A-01/光纤", "机柜A-01/光纤"),
-    ({"能否阅读标签上的文字内容": "能", "请输入标签上的文字内容": "ODF-1"}, "文本=ODF-1", "ODF-1"),
-    ({"能否阅读标签上的文字内容": "不能", "请输入标签上的文字内容": "ODF-1"}, "可读性=不可读", "不能"),
-    ({"能否阅读标签上的文字内容": "能"}, "可读性=不可读", "无法识别"),
-    ({"请输入标签上的文字内容": "看不清"}, "可读性=不可读", "无法识别"),
-    ({"label_text": "A,B=C"}, "文本=A,B＝C", "A,B=C"),
-])
+@pytest.mark.parametrize(
+    ("content_zh", "current", "legacy"),
+    [
+        ({"请输入标签上的文字内容": " 机柜 A-01 / 光纤 "}, "文本=机柜A-01/光纤", "机柜A-01/光纤"),
+        ({"能否阅读标签上的文字内容": "能", "请输入标签上的文字内容": "ODF-1"}, "文本=ODF-1", "ODF-1"),
+        ({"能否阅读标签上的文字内容": "不能", "请输入标签上的文字内容": "ODF-1"}, "可读性=不可读", "不能"),
+        ({"能否阅读标签上的文字内容": "能"}, "可读性=不可读", "无法识别"),
+        ({"请输入标签上的文字内容": "看不清"}, "可读性=不可读", "无法识别"),
+        ({"label_text": "A,B=C"}, "文本=A,B＝C", "A,B=C"),
+    ],
+)
 def test_label_text_or_unreadable(content_zh, current, legacy):
     assert build_desc(obj("label", content_zh)) == f"类别=标签,{current}"
     assert build_legacy_desc(obj("label", content_zh)) == f"标签/{legacy}"
@@ -372,9 +429,15 @@ def test_structured_value_escapes_separators():
 
 def test_parse_desc_splits_values_and_folds_stray_tokens():
     assert parse_desc("类别=BBU安装螺丝,符合性=不符合,问题=未拧紧|露铜") == {
-        "类别": ["BBU安装螺丝"], "符合性": ["不符合"], "问题": ["未拧紧", "露铜"]}
+        "类别": ["BBU安装螺丝"],
+        "符合性": ["不符合"],
+        "问题": ["未拧紧", "露铜"],
+    }
     assert parse_desc("类别=BBU设备,品牌=华为,门未关,备注=a,b") == {
-        "类别": ["BBU设备"], "品牌": ["华为"], "备注": ["a,b,门未关"]}
+        "类别": ["BBU设备"],
+        "品牌": ["华为"],
+        "备注": ["a,b,门未关"],
+    }
     assert parse_desc("类别=电线,捆扎=整齐,走线长") == {"类别": ["电线"], "捆扎": ["整齐"], "备注": ["走线长"]}
     assert parse_desc("类别=标签,文本=A,B,组=1|2") == {"类别": ["标签"], "文本": ["A,B"], "组": ["1", "2"]}
 

@@ -1,8 +1,8 @@
 """README's config reference is the one generated from the schema."""
 
 import pytest
-
 from conftest import REPO
+
 from vlqc.config_reference import BEGIN, END, render, spliced
 from vlqc.errors import VlqcError
 

@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
+from workflow_env import copy_workflow, snakemake
 
 from vlqc.jsonl import read_jsonl
-from workflow_env import copy_workflow, snakemake
 
 pytestmark = pytest.mark.e2e
 

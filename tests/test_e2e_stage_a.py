@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from workflow_env import BIN, snakemake, trained_workflow
 
 from vlqc.jsonl import read_jsonl
-from workflow_env import BIN, snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +99,7 @@ def test_records_follow_the_contract(both_modes):
 
 def test_a_corrupt_photo_fails_only_its_group(both_modes):
     _, corrupt, results = both_modes
-    for mode, (records, failures) in results.items():
+    for mode, (_, failures) in results.items():
         broken = [f for f in failures.values() if corrupt.name in f["details"]]
         assert len(broken) == 1 and broken[0]["reason"] == "decode_error", mode
         assert broken[0]["rank"] in (0, 1)
@@ -130,8 +130,9 @@ def test_a_killed_run_resumes_where_it_stopped(both_modes):
     shutil.rmtree(workdir / f"results/stage_a/{MISSION}")  # start inference over, with no resume entries
     args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "e2e.yaml", overlay, "--", TARGET]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.Popen(args, cwd=workdir, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        args, cwd=workdir, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     resume = workdir / f"results/stage_a/{MISSION}/resume"
     # Kill as soon as the first batch is on disk, however long the machine takes to get there.
     while not any(p.stat().st_size for p in resume.glob("rank*.jsonl")) and run.poll() is None:

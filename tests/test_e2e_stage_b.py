@@ -20,13 +20,13 @@ import re
 from pathlib import Path
 
 import pytest
+from test_stage_b_swift_deploy import completed_requests
+from workflow_env import snakemake, trained_workflow
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
 from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
-from test_stage_b_swift_deploy import completed_requests
-from workflow_env import snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -66,13 +66,21 @@ def workflow(tmp_path_factory):
     targets = [f"{RUN}/verdicts.jsonl", f"{TRAIN_RUN}/verdicts.jsonl"]
     snakemake(workdir, "--configfile", "e2e.yaml", "--allowed-rules", "stage_b_eval", "stage_b_train", "--", *targets)
     # The same eval through the openai backend, against swift deploy serving the same checkpoint.
-    with swift_deploy(workdir / "results/models/sft/stageb/merged", workdir, SERVED_NAME) as server:
+    with swift_deploy(workdir / "results/train/sft/stageb/merged", workdir, SERVED_NAME) as server:
         (workdir / "openai.yaml").write_text(
             f"stage_b: {{backend: openai, openai: {{base_url: '{server.base_url}', model: {SERVED_NAME}}}}}\n",
             encoding="utf-8",
         )
-        snakemake(workdir, "--configfile", "e2e.yaml", "openai.yaml", "--allowed-rules", "stage_b_eval", "--",
-                  f"{OPENAI_RUN}/verdicts.jsonl")
+        snakemake(
+            workdir,
+            "--configfile",
+            "e2e.yaml",
+            "openai.yaml",
+            "--allowed-rules",
+            "stage_b_eval",
+            "--",
+            f"{OPENAI_RUN}/verdicts.jsonl",
+        )
         served = completed_requests(server)
     return workdir, {f"{r['group_id']}::{r['label']}" for r in records}, served
 
@@ -126,8 +134,11 @@ def test_both_cpu_ranks_answer_prompts(workflow, run):
 
 def test_openai_eval_sends_every_prompt_to_the_server(workflow):
     workdir, tickets, served = workflow
-    too_long = {row["ticket_key"] for row in rows(workdir, OPENAI_RUN, "failure_malformed.jsonl")
-                if row["code"] == "prompt_too_long"}
+    too_long = {
+        row["ticket_key"]
+        for row in rows(workdir, OPENAI_RUN, "failure_malformed.jsonl")
+        if row["code"] == "prompt_too_long"
+    }
     assert served == len(tickets - too_long) > 0
     assert not [row for row in rows(workdir, OPENAI_RUN, "trajectories.jsonl") if "detail" in row]  # no BackendError
 
@@ -135,8 +146,9 @@ def test_openai_eval_sends_every_prompt_to_the_server(workflow):
 def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):
     workdir, tickets, _ = workflow
     trajectories = rows(workdir, RUN, "trajectories.jsonl")
-    too_long = {row["ticket_key"] for row in rows(workdir, RUN, "failure_malformed.jsonl")
-                if row["code"] == "prompt_too_long"}
+    too_long = {
+        row["ticket_key"] for row in rows(workdir, RUN, "failure_malformed.jsonl") if row["code"] == "prompt_too_long"
+    }
     assert {row["sampler"]["temperature"] for row in trajectories} == {0.1}
     assert len(trajectories) == len(tickets - too_long)  # one candidate per ticket sent
     assert not rows(workdir, RUN, "reflection.jsonl")
@@ -148,13 +160,13 @@ def test_train_reflects_exactly_when_a_ticket_asks_for_it(workflow):
     workdir, _, _ = workflow
     selections = rows(workdir, TRAIN_RUN, "selections.jsonl")
     assert {row["sampler"]["temperature"] for row in rows(workdir, TRAIN_RUN, "trajectories.jsonl")} == {0.3, 0.7}
-    wanting = [s for s in selections
-               if s["failure"] is None and (s["verdict"] != s["label"] or s["low_agreement"])]
+    wanting = [s for s in selections if s["failure"] is None and (s["verdict"] != s["label"] or s["low_agreement"])]
     cycles = [row for row in rows(workdir, TRAIN_RUN, "reflection.jsonl") if row["event"] == "cycle"]
     assert bool(cycles) == bool(wanting)
     # The tiny model was never taught the reflection format: a pass it could not answer is on record.
-    failures = [row for row in rows(workdir, TRAIN_RUN, "failure_malformed.jsonl")
-                if row["code"].startswith("reflection")]
+    failures = [
+        row for row in rows(workdir, TRAIN_RUN, "failure_malformed.jsonl") if row["code"].startswith("reflection")
+    ]
     for cycle in cycles:
         if cycle["status"] in ("decision_failed", "ops_failed"):
             assert any(f["reflection_id"] == cycle["reflection_id"] for f in failures)

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from PIL import Image
+from workflow_env import snakemake, trained_workflow
 
-from vlqc.generation import Generator, Request, Sampling
+from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.jsonl import read_jsonl
 from vlqc.train.evaluate import TARGETS, prior_baselines
 from vlqc.train.merge import load_with_adapter
 from vlqc.train.sft_data import group_tickets
-from workflow_env import snakemake, trained_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
 
 def test_training_outputs_and_run_manifest(trained):
     for run in ("lora", "full"):
-        out = trained / "results/models/sft" / run
+        out = trained / "results/train/sft" / run
         rows = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
         assert any("loss" in row for row in rows), f"{run}: no loss logged"
         resolved = json.loads((out / "resolved_config.json").read_text())
@@ -45,15 +45,15 @@ def test_training_outputs_and_run_manifest(trained):
         assert metadata["packages"]["ms-swift"] == "4.6.0" and "git" in metadata
         assert json.loads((out / "runtime_env.json").read_text())["HF_HUB_OFFLINE"] == "1"
         assert not (out / "swift").exists(), "the ms-swift work folder is temporary"
-    assert (trained / "results/models/sft/lora/checkpoint/adapter_config.json").is_file()
-    assert (trained / "results/models/sft/full/checkpoint/model.safetensors").is_file()
+    assert (trained / "results/train/sft/lora/checkpoint/adapter_config.json").is_file()
+    assert (trained / "results/train/sft/full/checkpoint/model.safetensors").is_file()
     assert "Train:" in (trained / "results/logs/train_sft/lora.log").read_text()  # progress reaches the log
 
 
 def test_merged_logits_equal_base_plus_adapter(trained):
-    base = trained / "results/models/base/tiny"
-    checkpoint = trained / "results/models/sft/lora/checkpoint"
-    merged = Generator(trained / "results/models/sft/lora/merged")
+    base = trained / "results/train/base/tiny"
+    checkpoint = trained / "results/train/sft/lora/checkpoint"
+    merged = Generator(trained / "results/train/sft/lora/merged")
     reference = load_with_adapter(base, checkpoint)
     request = Request("你是质检助手。", "<image>描述这张图片。", [Image.new("RGB", (96, 64), (180, 40, 40))])
     batch = merged.encode([request])
@@ -68,13 +68,15 @@ def test_merged_logits_equal_base_plus_adapter(trained):
     tokens = Sampling(max_new_tokens=12)
     merged_text = merged.generate([request], tokens)
     reference_ids = reference.generate(**batch, max_new_tokens=12, do_sample=False)
-    adapter_text = merged.processor.batch_decode(reference_ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    adapter_text = merged.processor.batch_decode(
+        reference_ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     assert merged_text == adapter_text
 
 
 def test_eval_rule_scores_the_merged_model_on_val(trained):
-    snakemake(trained, "--configfile", "e2e.yaml", "--", "results/models/sft/lora/eval.json")
-    report = json.loads((trained / "results/models/sft/lora/eval.json").read_text())  # schema-checked when written
+    snakemake(trained, "--configfile", "e2e.yaml", "--", "results/train/sft/lora/eval.json")
+    report = json.loads((trained / "results/train/sft/lora/eval.json").read_text())  # schema-checked when written
     train, val = (list(read_jsonl(trained / f"results/data/demo/{split}.jsonl")) for split in ("train", "val"))
     assert report["val_photos"] == len(val) and report["val_tickets"] == len(group_tickets(val))
     assert [e["truth"] for e in report["examples"]] == [r["summary"] for r in val[:5]]

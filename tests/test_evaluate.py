@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+
 from vlqc.train.evaluate import count_agreement, prior_baselines, summary_scores, targets_met
 
 
@@ -69,7 +70,9 @@ def test_targets_met_needs_every_bar_and_a_real_win_over_the_baseline():
     assert targets_met(scores, baseline=0.21)["summary_vs_baseline"] is False
     low = {**scores, "category_count_accuracy": 0.79}
     assert targets_met(low, 0.1) == {
-        "summary_exact_match": True, "category_count_accuracy": False, "verdict_accuracy_gt_summaries": True,
+        "summary_exact_match": True,
+        "category_count_accuracy": False,
+        "verdict_accuracy_gt_summaries": True,
         "summary_vs_baseline": True,
     }
     assert targets_met({**scores, "summary_exact_match": 0.0}, baseline=0.0)["summary_vs_baseline"] is False
@@ -79,10 +82,25 @@ def test_eval_script_names_an_empty_val_split(tmp_path):
     val = tmp_path / "val.jsonl"
     val.write_text("")
     result = subprocess.run(
-        [sys.executable, "scripts/eval_sft.py", "--model", str(tmp_path / "no-model"), "--config",
-         "config/train/demo.yaml", "--train", str(val), "--val", str(val), "--missions", "config/missions.yaml",
-         "--out", str(tmp_path / "eval.json")],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "scripts/eval_sft.py",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--config",
+            "config/train/demo.yaml",
+            "--train",
+            str(val),
+            "--val",
+            str(val),
+            "--missions",
+            "config/missions.yaml",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert f"error: {val}: no photos to evaluate on" in result.stderr

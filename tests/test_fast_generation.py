@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from test_stage_a_infer import make_groups
+from test_stage_a_infer import run as run_stage_a
 from torch._dynamo.utils import counters
 from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3_vl
 
-from vlqc.fast_generation import FUSED_FUNCTIONS, FastGenerator, cut_at_stop, plan_waves
-from vlqc.generation import Generator, Request, Sampling
+from vlqc.inference.fast_generation import FUSED_FUNCTIONS, FastGenerator, cut_at_stop, plan_waves
+from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.stage_a.infer import Settings
 from vlqc.train.base_model import build_tiny_base
-from test_stage_a_infer import make_groups, run as run_stage_a
 
 MAX_PIXELS = 147456
 SAMPLING = Sampling(max_new_tokens=12)
@@ -48,7 +49,9 @@ def requests():
     """Different image sizes and prompt lengths, one text-only; input order is not length order."""
     return [
         Request("你是质检助手。", "<image>总结这张图片。", [Image.new("RGB", (96, 64), (200, 30, 30))]),
-        Request("你是质检助手。", "<image>这张图片里有什么？请仔细回答。", [Image.new("RGB", (320, 256), (30, 200, 30))]),
+        Request(
+            "你是质检助手。", "<image>这张图片里有什么？请仔细回答。", [Image.new("RGB", (320, 256), (30, 200, 30))]
+        ),
         Request("你是质检助手。", "只有文字的问题。", []),
         Request("系统", "<image>数一数。", [Image.new("RGB", (200, 480), (10, 20, 230))]),
         Request("你是通信安装质检助手。", "<image>描述", [Image.new("RGB", (640, 400), (120, 120, 20))]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from vlqc.generation import Generator, Request, Sampling
+from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.train.base_model import build_tiny_base
 
 
@@ -23,7 +23,9 @@ def test_padding_side_is_left_even_after_reload(generator):
 def test_batch_of_different_image_sizes_equals_one_by_one(generator):
     requests = [
         Request("你是质检助手。", "<image>总结这张图片。", [Image.new("RGB", (96, 64), (200, 30, 30))]),
-        Request("你是质检助手。", "<image>这张图片里有什么？请仔细回答。", [Image.new("RGB", (320, 256), (30, 200, 30))]),
+        Request(
+            "你是质检助手。", "<image>这张图片里有什么？请仔细回答。", [Image.new("RGB", (320, 256), (30, 200, 30))]
+        ),
         Request("你是质检助手。", "只有文字的问题。", []),
     ]
     sampling = Sampling(max_new_tokens=10)

@@ -7,14 +7,26 @@ from vlqc.train.manifest import runtime_env, write_manifest
 
 def test_runtime_env_keeps_launcher_variables_and_drops_secrets():
     env = {
-        "CUDA_VISIBLE_DEVICES": "0,1", "WORLD_SIZE": "2", "MASTER_PORT": "29500", "SLURM_JOB_ID": "7",
-        "IMAGE_MAX_TOKEN_NUM": "144", "HF_HOME": "/cache",
-        "HF_TOKEN": "hf_secret", "SLURM_JOB_TOKEN": "x", "CUDA_API_KEY": "k", "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/root",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "WORLD_SIZE": "2",
+        "MASTER_PORT": "29500",
+        "SLURM_JOB_ID": "7",
+        "IMAGE_MAX_TOKEN_NUM": "144",
+        "HF_HOME": "/cache",
+        "HF_TOKEN": "hf_secret",
+        "SLURM_JOB_TOKEN": "x",
+        "CUDA_API_KEY": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "HOME": "/root",
     }
     kept = runtime_env(env)
     assert kept == {
-        "CUDA_VISIBLE_DEVICES": "0,1", "HF_HOME": "/cache", "IMAGE_MAX_TOKEN_NUM": "144", "MASTER_PORT": "29500",
-        "SLURM_JOB_ID": "7", "WORLD_SIZE": "2",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "HF_HOME": "/cache",
+        "IMAGE_MAX_TOKEN_NUM": "144",
+        "MASTER_PORT": "29500",
+        "SLURM_JOB_ID": "7",
+        "WORLD_SIZE": "2",
     }
 
 

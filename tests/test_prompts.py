@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vlqc.errors import VlqcError
-from vlqc.prompts import (
+from vlqc.inference.prompts import (
     REASON_MAX_CHARS,
     VERDICT_SYSTEM,
     dense_messages,
@@ -26,7 +26,10 @@ MISSIONS = {
     "RRU线缆": {"domain": "rru", "focus": "尾纤须有套管。", "fail_conditions": ["尾纤无套管"]},
 }
 BBU_SUMMARY = '{"统计": [{"类别": "BBU设备", "可见性": {"完整": 2}, "品牌": {"华为": 2}}]}'
-SCREWS = '{"统计": [{"类别": "BBU安装螺丝", "可见性": {"完整": 2}, "符合性": {"不符合": 2}, "问题": {"未拧紧": 2, "生锈": 1}}]}'
+SCREWS = (
+    '{"统计": [{"类别": "BBU安装螺丝", "可见性": {"完整": 2}, "符合性": {"不符合": 2}, '
+    '"问题": {"未拧紧": 2, "生锈": 1}}]}'
+)
 
 
 # --- summary -------------------------------------------------------------------------------------

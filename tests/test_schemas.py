@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, example_export
 from jsonschema import Draft202012Validator
 
-from conftest import REPO, example_export
 from vlqc.__main__ import main as vlqc_main
 from vlqc.errors import SchemaError
 from vlqc.jsonl import read_jsonl, write_jsonl
@@ -28,15 +28,27 @@ def test_schema_is_valid_draft_2020_12(name):
 
 
 def test_expected_schemas_exist():
-    assert {"config", "missions", "export_markresult", "export_datalist", "sample", "invalid_sample",
-            "invalid_object", "validation_summary", "label_vocabulary"} <= set(available())
+    assert {
+        "config",
+        "missions",
+        "export_markresult",
+        "export_datalist",
+        "sample",
+        "invalid_sample",
+        "invalid_object",
+        "validation_summary",
+        "label_vocabulary",
+    } <= set(available())
 
 
 def test_writer_refuses_invalid_records_and_leaves_no_file(tmp_path):
     path = tmp_path / "bad.jsonl"
     with pytest.raises(SchemaError, match=r"record 2: reason:"):
-        write_jsonl(path, [{"source": "a", "reason": "x", "message": ""}, {"source": "b", "reason": "Bad Code", "message": ""}],
-                    schema="invalid_sample")
+        write_jsonl(
+            path,
+            [{"source": "a", "reason": "x", "message": ""}, {"source": "b", "reason": "Bad Code", "message": ""}],
+            schema="invalid_sample",
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -65,17 +77,26 @@ def test_check_jsonschema_cli_accepts_our_schemas(tmp_path):
     assert tool, "check-jsonschema is part of the lock"
     export = tmp_path / "export.json"
     export.write_text(json.dumps(example_export(), ensure_ascii=False), encoding="utf-8")
-    ok = subprocess.run([tool, "--schemafile", str(SCHEMA_DIR / "export_markresult.schema.json"), str(export)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [tool, "--schemafile", str(SCHEMA_DIR / "export_markresult.schema.json"), str(export)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    config = subprocess.run([tool, "--schemafile", str(SCHEMA_DIR / "config.schema.json"), str(REPO / "config" / "config.yaml")],
-                            capture_output=True, text=True)
+    config = subprocess.run(
+        [tool, "--schemafile", str(SCHEMA_DIR / "config.schema.json"), str(REPO / "config" / "config.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert config.returncode == 0, config.stdout + config.stderr
     bad = example_export()
     del bad["info"]
     export.write_text(json.dumps(bad), encoding="utf-8")
-    failed = subprocess.run([tool, "--schemafile", str(SCHEMA_DIR / "export_markresult.schema.json"), str(export)],
-                            capture_output=True, text=True)
+    failed = subprocess.run(
+        [tool, "--schemafile", str(SCHEMA_DIR / "export_markresult.schema.json"), str(export)],
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 1 and "info" in failed.stdout + failed.stderr
 
 
@@ -85,6 +106,11 @@ def test_validate_helper_names_the_location():
 
 
 def test_problems_names_keys_that_match_no_property_pattern():
-    record = {"group_id": "g", "mission": "m", "label": "pass", "images": ["a.jpg"],
-              "per_image": {"image_1": "无关图片", "photo_2": "无关图片"}}
+    record = {
+        "group_id": "g",
+        "mission": "m",
+        "label": "pass",
+        "images": ["a.jpg"],
+        "per_image": {"image_1": "无关图片", "photo_2": "无关图片"},
+    }
     assert problems(record, "stage_a_group") == ["per_image.photo_2: unknown key"]

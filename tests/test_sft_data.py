@@ -10,13 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from PIL import Image, ImageDraw
 
-from conftest import REPO
 from vlqc.data.summary import build_summary
 from vlqc.errors import SchemaError, VlqcError
+from vlqc.inference.prompts import VERDICT_SYSTEM, hf_messages
 from vlqc.jsonl import read_jsonl, write_jsonl
-from vlqc.prompts import VERDICT_SYSTEM, hf_messages
 from vlqc.schemas import validate
 from vlqc.train.augment import load_config as load_augmentation
 from vlqc.train.config import load_train_config
@@ -140,7 +140,8 @@ def test_dense_rows(dataset, tmp_path):
     assert row["messages"][1] == {"role": "user", "content": "<image>检测图中对象。"}
     assert row["messages"][2]["content"] == (
         "<DOMAIN=BBU>, <TASK=DETECTION>\n"
-        f'[{{"bbox_2d": [0, 0, 500, 500], "desc": "{BBU}"}}, {{"bbox_2d": [500, 500, 1000, 1000], "desc": "{SCREW_OK}"}}]'
+        f'[{{"bbox_2d": [0, 0, 500, 500], "desc": "{BBU}"}}, '
+        f'{{"bbox_2d": [500, 500, 1000, 1000], "desc": "{SCREW_OK}"}}]'
     )
     assert row["meta"] == {
         "mode": "dense",

@@ -13,7 +13,9 @@ def records(n_tickets=20, photos=3):
         mission = "挡风板安装检查" if t % 2 else "BBU接地线检查"
         label = "fail" if t % 3 == 0 else "pass"
         for k in range(photos):
-            out.append({"sample_id": f"{mission}/{t}/{k}", "ticket": {"mission": mission, "label": label, "group_id": f"G{t}"}})
+            out.append(
+                {"sample_id": f"{mission}/{t}/{k}", "ticket": {"mission": mission, "label": label, "group_id": f"G{t}"}}
+            )
     return out
 
 
@@ -34,7 +36,7 @@ def test_no_image_and_no_ticket_on_both_sides():
 def test_every_mission_and_label_is_in_val():
     _, val = split_records(records(), 0.2, seed=5)
     strata = Counter(split_key(r)[0] for r in val)
-    assert set(strata) == {f"{m}/{l}" for m in ("挡风板安装检查", "BBU接地线检查") for l in ("pass", "fail")}
+    assert set(strata) == {f"{m}/{label}" for m in ("挡风板安装检查", "BBU接地线检查") for label in ("pass", "fail")}
 
 
 def test_photos_outside_tickets_split_one_by_one():

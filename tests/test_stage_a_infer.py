@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from vlqc.errors import SampleError, VlqcError
@@ -17,7 +18,6 @@ from vlqc.missions import load_missions
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.infer import ResumeLog, Settings, clean_summary, fingerprint, run_rank
 from vlqc.stage_a.jobs import image_jobs, rank_batches, read_selection, write_selection
-from conftest import REPO
 
 MISSION = "挡风板安装检查"
 SUMMARY = '{"统计": [{"类别": "BBU设备", "可见性": {"完整": 1}}]}'
@@ -66,11 +66,22 @@ def checkpoint(tmp_path: Path) -> Path:
     return folder
 
 
-def run(groups, tmp_path, checkpoint, backend, mode="per_group", rank=0, world=1, settings=Settings(batch_size=3)):
+def run(groups, tmp_path, checkpoint, backend, mode="per_group", rank=0, world=1, settings=None):
+    settings = settings or Settings(batch_size=3)
     out = tmp_path / f"out.rank{rank}.jsonl"
-    counts = run_rank(groups, mission=MISSION, missions=MISSIONS, checkpoint=checkpoint, settings=settings,
-                      mode=mode, rank=rank, world=world, out=out, resume_dir=tmp_path / "resume",
-                      load_generator=backend)
+    counts = run_rank(
+        groups,
+        mission=MISSION,
+        missions=MISSIONS,
+        checkpoint=checkpoint,
+        settings=settings,
+        mode=mode,
+        rank=rank,
+        world=world,
+        out=out,
+        resume_dir=tmp_path / "resume",
+        load_generator=backend,
+    )
     return list(read_jsonl(out, schema="stage_a_image_row")), counts
 
 

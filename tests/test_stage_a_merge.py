@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.schemas import fast_check, validate, validator

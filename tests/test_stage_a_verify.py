@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 from test_stage_a_infer import make_groups
 
-from vlqc.generation import load_processor
+from vlqc.inference.generation import load_processor
 from vlqc.schemas import validate
 from vlqc.stage_a.verify import verify
 from vlqc.train.base_model import build_tiny_base

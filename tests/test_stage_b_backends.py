@@ -15,12 +15,11 @@ import pytest
 import torch
 
 from vlqc.errors import VlqcError
-from vlqc.generation import Request, Sampling
-from vlqc.prompts import VERDICT_SYSTEM
+from vlqc.inference.generation import Request, Sampling
+from vlqc.inference.prompts import VERDICT_SYSTEM
 from vlqc.stage_b import backends
 from vlqc.stage_b.backends import HFBackend, OpenAIBackend, make_backend
 from vlqc.stage_b.rollout import BackendError
-from vlqc.train.base_model import build_tiny_base
 
 Reply = tuple[int, bytes, float]  # HTTP status, body, seconds to wait before answering
 Script = Callable[[dict[str, Any]], Reply]
@@ -291,13 +290,6 @@ def test_make_backend_names_what_is_wrong(config, problem):
 
 
 # --- HFBackend on the tiny model ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("base") / "tiny"
-    build_tiny_base(folder, sizes=None, seed=3)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from workflow_env import BIN, copy_workflow
 
 from vlqc.errors import VlqcError
+from vlqc.inference.prompts import VERDICT_SYSTEM
 from vlqc.jsonl import read_json, read_jsonl
 from vlqc.missions import load_missions
-from vlqc.prompts import VERDICT_SYSTEM
 from vlqc.stage_b.engine import (
     JSONL_SCHEMAS,
     OUTPUT_FILES,
@@ -33,7 +34,6 @@ from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.reflect_loop import ReflectionSettings
 from vlqc.stage_b.reflection import DECISION_SYSTEM
 from vlqc.stage_b.rollout import SamplerConfig
-from workflow_env import BIN, copy_workflow
 
 MISSIONS = load_missions(REPO / "config" / "missions.yaml")
 MISSION = "挡风板安装检查"
@@ -62,8 +62,13 @@ def summary(n: int) -> str:
 
 
 def record(n: int, label: str | None = None, mission: str = MISSION) -> dict:
-    return {"group_id": f"QC-{n:02d}", "mission": mission, "label": label or LABELS[n], "images": ["a.jpg"],
-            "per_image": {"image_1": summary(n)}}
+    return {
+        "group_id": f"QC-{n:02d}",
+        "mission": mission,
+        "label": label or LABELS[n],
+        "images": ["a.jpg"],
+        "per_image": {"image_1": summary(n)},
+    }
 
 
 def write_stage_a(path: Path, records: Sequence[dict] | None = None, extra_lines: Sequence[str] = ()) -> Path:
@@ -75,8 +80,12 @@ def write_stage_a(path: Path, records: Sequence[dict] | None = None, extra_lines
 
 def write_seed(path: Path, rules: dict[str, str] | None = None, metadata: dict | None = None) -> Path:
     experiences = {"G0": G0, "G1": G1, "S1": S1, **(rules or {})}
-    section = {"step": 0, "updated_at": "2026-01-01T00:00:00+00:00", "experiences": experiences,
-               "metadata": metadata or {}}
+    section = {
+        "step": 0,
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "experiences": experiences,
+        "metadata": metadata or {},
+    }
     path.write_text(json.dumps({MISSION: section}, ensure_ascii=False), encoding="utf-8")
     return path
 
@@ -98,8 +107,13 @@ class ScriptedBackend:
     prompts: the next item of their script, a text or a function of the prompt's ticket keys; an empty
     script answers "no evidence for none" and "nothing to change" respectively."""
 
-    def __init__(self, policy=default_policy, decisions: Sequence[Script] = (), ops: Sequence[Script] = (),
-                 tokens: dict[int, int] | None = None):
+    def __init__(
+        self,
+        policy=default_policy,
+        decisions: Sequence[Script] = (),
+        ops: Sequence[Script] = (),
+        tokens: dict[int, int] | None = None,
+    ):
         self.policy = policy
         self.scripts = {"decision": list(decisions), "ops": list(ops)}
         self.tokens = tokens or {}
@@ -135,8 +149,15 @@ def decision(no_evidence: Sequence[str] = (), analysis: str = "") -> str:
 
 
 def ops(operations: Sequence[dict] = (), hypotheses: Sequence[dict] = ()) -> str:
-    return json.dumps({"has_evidence": bool(operations or hypotheses), "evidence_analysis": "",
-                       "operations": list(operations), "hypotheses": list(hypotheses)}, ensure_ascii=False)
+    return json.dumps(
+        {
+            "has_evidence": bool(operations or hypotheses),
+            "evidence_analysis": "",
+            "operations": list(operations),
+            "hypotheses": list(hypotheses),
+        },
+        ensure_ascii=False,
+    )
 
 
 def citing(**op) -> Callable[[list[str]], str]:
@@ -146,7 +167,10 @@ def citing(**op) -> Callable[[list[str]], str]:
 
 def settings(epochs: int = 1, retention: int = 10, gate: Thresholds = GATE, **reflection) -> Settings:
     return Settings(
-        grid=(SamplerConfig(0.3),), logging_steps=4, epochs=epochs, snapshot_retention=retention,
+        grid=(SamplerConfig(0.3),),
+        logging_steps=4,
+        epochs=epochs,
+        snapshot_retention=retention,
         reflection=ReflectionSettings(**{"patience": 100, "gate": gate, **reflection}),
     )
 
@@ -160,8 +184,9 @@ class Run:
         self.stage_a = stage_a or write_stage_a(tmp_path / "stage_a.jsonl")
 
     def __call__(self, backend: ScriptedBackend, mode: str = "train", reset: bool = False, **kwargs) -> dict:
-        return run_stage_b(self.stage_a, MISSION, MISSIONS, self.seed, self.dir, backend, settings(**kwargs), mode,
-                           reset)
+        return run_stage_b(
+            self.stage_a, MISSION, MISSIONS, self.seed, self.dir, backend, settings(**kwargs), mode, reset
+        )
 
     def rows(self, name: str) -> list[dict]:
         return list(read_jsonl(self.dir / name, schema=JSONL_SCHEMAS.get(name)))
@@ -225,8 +250,10 @@ def test_a_delete_of_a_harmful_rule_passes_the_gate(tmp_path):
 def test_a_merge_folds_the_merged_rules_into_its_target(tmp_path):
     run = Run(tmp_path, seed=write_seed(tmp_path / "seed.json", {"G2": HARM}))
     # It fixes 4 tickets at once, so the gate must allow 4 changed verdicts in 10.
-    run(ScriptedBackend(ops=[citing(op="merge", key="G1", text=FIX, merged_from=["G2"])]),
-        gate=Thresholds(max_changed_fraction=0.4))
+    run(
+        ScriptedBackend(ops=[citing(op="merge", key="G1", text=FIX, merged_from=["G2"])]),
+        gate=Thresholds(max_changed_fraction=0.4),
+    )
     experiences = run.guidance()["experiences"]
     assert experiences["G1"] == FIX and "G2" not in experiences
     assert run.changes()[0]["action"] == "merge" and run.changes()[0]["outcome"] == "accepted"
@@ -246,17 +273,21 @@ def test_an_add_similar_to_an_existing_rule_updates_it(run):
 
 
 def test_structural_rules_and_g0_cannot_be_touched(run):
-    answer = lambda keys: ops([  # noqa: E731
-        {"op": "update", "key": "S1", "text": FIX, "rationale": "", "evidence": keys},
-        {"op": "delete", "key": "G0", "rationale": "", "evidence": keys},
-        {"op": "merge", "key": "G1", "text": FIX, "rationale": "", "merged_from": ["G0"], "evidence": keys},
-        {"op": "add", "text": "出现需复核的情况就判不通过。", "rationale": "", "evidence": keys},
-    ])
+    answer = lambda keys: ops(  # noqa: E731
+        [
+            {"op": "update", "key": "S1", "text": FIX, "rationale": "", "evidence": keys},
+            {"op": "delete", "key": "G0", "rationale": "", "evidence": keys},
+            {"op": "merge", "key": "G1", "text": FIX, "rationale": "", "merged_from": ["G0"], "evidence": keys},
+            {"op": "add", "text": "出现需复核的情况就判不通过。", "rationale": "", "evidence": keys},
+        ]
+    )
     run(ScriptedBackend(ops=[answer]))
     guidance = run.guidance()
     assert guidance["experiences"] == {"G0": G0, "G1": G1, "S1": S1} and guidance["step"] == 0
     assert [(c["outcome"], c["reason"]) for c in run.changes()] == [
-        ("refused", "g0_protected"), ("refused", "g0_protected"), ("refused", "forbidden_phrase"),
+        ("refused", "g0_protected"),
+        ("refused", "g0_protected"),
+        ("refused", "forbidden_phrase"),
     ]
     # The S1 update never became an operation: the parser drops keys that are not G<n>.
     cycle = run.cycles()[0]
@@ -283,10 +314,12 @@ def test_the_gate_rejects_a_change_of_too_many_verdicts(run):
 
 
 def test_the_change_cap_stops_accepting_within_an_epoch(run):
-    answer = lambda keys: ops([  # noqa: E731
-        {"op": "add", "text": FIX, "rationale": "", "evidence": keys},
-        {"op": "update", "key": "G1", "text": "BBU免装且方向正确时判通过。", "rationale": "", "evidence": keys},
-    ])
+    answer = lambda keys: ops(  # noqa: E731
+        [
+            {"op": "add", "text": FIX, "rationale": "", "evidence": keys},
+            {"op": "update", "key": "G1", "text": "BBU免装且方向正确时判通过。", "rationale": "", "evidence": keys},
+        ]
+    )
     run(ScriptedBackend(ops=[answer]), change_cap_per_epoch=1)
     assert [c["outcome"] for c in run.changes()] == ["accepted", "capped"]
     assert run.changes()[1]["reason"] == "change_cap_per_epoch=1 reached"
@@ -301,7 +334,10 @@ def test_tickets_without_evidence_go_to_the_review_queue_and_are_not_reflected_o
     queue = {item["ticket_key"]: item for item in run.rows("need_review_queue.jsonl")}
     item = queue[key(0)]
     assert (item["reason_code"], item["reflection_id"], item["uncertainty_note"]) == (
-        "reflection_no_evidence_after_gt", "epoch1-cycle1", "标签可疑")
+        "reflection_no_evidence_after_gt",
+        "epoch1-cycle1",
+        "标签可疑",
+    )
     assert (item["gt_label"], item["pred_verdict"], item["epoch"]) == ("fail", "pass", 1)
     # Stop-gradient: epoch 2 reflects on ticket 1 alone.
     epoch2 = [c for c in run.cycles() if c["epoch"] == 2]
@@ -309,8 +345,12 @@ def test_tickets_without_evidence_go_to_the_review_queue_and_are_not_reflected_o
     need_review = read_json(run.dir / "need_review.json", schema="stage_b_need_review")
     # Ticket 1 stays uncovered in epoch 2 and runs out of retries.
     assert queue[key(1)]["reason_code"] == "budget_exhausted" and queue[key(1)]["epoch"] == 2
-    assert need_review == {"mission": MISSION, "n": 2, "items": list(queue.values()),
-                           "by_reason_code": {"reflection_no_evidence_after_gt": 1, "budget_exhausted": 1}}
+    assert need_review == {
+        "mission": MISSION,
+        "n": 2,
+        "items": list(queue.values()),
+        "by_reason_code": {"reflection_no_evidence_after_gt": 1, "budget_exhausted": 1},
+    }
     # Epoch 2 metrics leave the queued ticket out of the exclude block.
     epoch_end = [row for row in run.rows("metrics.jsonl") if row["event"] == "epoch_end"]
     assert [row["exclude_manual_review"]["n"] for row in epoch_end] == [10, 9]
@@ -358,8 +398,11 @@ def test_a_malformed_answer_is_retried_a_bounded_number_of_times_then_recorded(r
     run(backend, format_retries=2, retry_budget_per_group_per_epoch=0)
     assert len(backend.calls["decision"]) == 3 and not backend.calls["ops"]
     (failure,) = [row for row in run.rows("failure_malformed.jsonl") if row["code"].startswith("reflection")]
-    assert (failure["code"], failure["pass"], failure["ticket_keys"]) == ("reflection_format_error", "decision",
-                                                                         [key(0), key(1)])
+    assert (failure["code"], failure["pass"], failure["ticket_keys"]) == (
+        "reflection_format_error",
+        "decision",
+        [key(0), key(1)],
+    )
     assert failure["raw"] == ["不是JSON", '{"no_evidence_group_ids": []}', "```json\n[1]\n```"]
     assert "[not_json]" in failure["message"] and "[missing_fields]" in failure["message"]
     assert run.cycles()[0]["status"] == "decision_failed"
@@ -402,8 +445,10 @@ def hypothesis_answer(text: str) -> Callable[[list[str]], str]:
 
 def test_a_hypothesis_supported_in_enough_cycles_is_promoted_through_the_gate(run):
     text = FIX.removesuffix("。")  # a hypothesis ends in its verdict
-    backend = ScriptedBackend(policy=lambda n, user: LABELS[n] if text in user else default_policy(n, user),
-                              ops=[hypothesis_answer(text), hypothesis_answer(text)])
+    backend = ScriptedBackend(
+        policy=lambda n, user: LABELS[n] if text in user else default_policy(n, user),
+        ops=[hypothesis_answer(text), hypothesis_answer(text)],
+    )
     run(backend, epochs=2, promote_min_cycles=2, promote_min_tickets=2)
     assert run.guidance()["experiences"]["G2"] == text
     (change,) = run.changes()
@@ -427,8 +472,7 @@ def test_a_hypothesis_the_gate_rejects_is_marked_rejected(run):
 
 
 def test_a_hypothesis_without_enough_support_stays_open(run):
-    run(ScriptedBackend(ops=[hypothesis_answer("挡风板缺螺丝则不通过")]), promote_min_cycles=2,
-        promote_min_tickets=2)
+    run(ScriptedBackend(ops=[hypothesis_answer("挡风板缺螺丝则不通过")]), promote_min_cycles=2, promote_min_tickets=2)
     (entry,) = read_json(run.dir / "hypotheses.json")["hypotheses"]
     assert entry["status"] == "open" and not run.changes()
 
@@ -437,8 +481,16 @@ def test_a_hypothesis_without_enough_support_stays_open(run):
 
 
 def failing_rule_metadata(misses: int) -> dict:
-    return {"G2": {"updated_at": "2026-01-01T00:00:00+00:00", "reflection_id": "epoch1-cycle1",
-                   "sources": [key(0), key(1), "QC-00"], "hit_count": 1, "miss_count": misses, "confidence": 0.5}}
+    return {
+        "G2": {
+            "updated_at": "2026-01-01T00:00:00+00:00",
+            "reflection_id": "epoch1-cycle1",
+            "sources": [key(0), key(1), "QC-00"],
+            "hit_count": 1,
+            "miss_count": misses,
+            "confidence": 0.5,
+        }
+    }
 
 
 def test_rules_get_a_hit_or_miss_per_source_ticket_and_failing_ones_are_pruned(tmp_path):
@@ -562,8 +614,11 @@ def test_every_output_is_written_and_matches_its_schema(run):
 def test_metrics_rows_per_window_and_epoch_with_the_false_pass_rate(run):
     run(ScriptedBackend(), mode="eval")
     rows = run.rows("metrics.jsonl")
-    assert [(r["event"], r["global_step"]) for r in rows] == [("logging_steps", 4), ("logging_steps", 8),
-                                                              ("epoch_end", 10)]
+    assert [(r["event"], r["global_step"]) for r in rows] == [
+        ("logging_steps", 4),
+        ("logging_steps", 8),
+        ("epoch_end", 10),
+    ]
     end = rows[-1]
     assert end["false_pass_rate"] == 0.4 and end["include_manual_review"]["fp"] == 2
     assert rows[0]["include_manual_review"]["n"] == 4
@@ -579,8 +634,11 @@ def test_group_reports_show_the_tickets_their_epochs_reflections_and_review(run)
     assert list(report) == [key(n) for n in range(10)]
     first = report[key(0)]
     assert first["epochs"] == [{"epoch": 1, "verdict": "pass"}, {"epoch": 2, "verdict": "pass"}]
-    assert first["review"] == {"reason_code": "reflection_no_evidence_after_gt", "epoch": 1,
-                               "reflection_id": "epoch1-cycle1"}
+    assert first["review"] == {
+        "reason_code": "reflection_no_evidence_after_gt",
+        "epoch": 1,
+        "reflection_id": "epoch1-cycle1",
+    }
     assert first["reflections"] == ["epoch1-cycle1"]
     assert report[key(1)]["reflections"] == ["epoch1-cycle1", "epoch2-cycle2"]
     assert report[key(5)]["review"] is None and report[key(5)]["candidates"][0]["verdict"] == "pass"
@@ -643,8 +701,12 @@ def test_the_train_target_and_an_eval_with_trained_guidance(workflow_copy):
     plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/demo_train/verdicts.jsonl")
     assert plan.returncode == 0 and "rule stage_b_train:" in plan.stdout and "stage_b_eval" not in plan.stdout
     guidance = "results/stage_b/{mission}/demo_train/guidance.json"
-    plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/new/verdicts.jsonl", "--config",
-                   f'stage_b={{"eval_guidance": "{guidance}"}}')
+    plan = dry_run(
+        workflow_copy,
+        f"results/stage_b/{MISSION}/new/verdicts.jsonl",
+        "--config",
+        f'stage_b={{"eval_guidance": "{guidance}"}}',
+    )
     # That guidance is state a train run leaves, not a rule's output: the plan names it as missing.
     assert plan.returncode != 0
     assert f"results/stage_b/{MISSION}/demo_train/guidance.json" in plan.stdout + plan.stderr

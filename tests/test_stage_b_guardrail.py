@@ -8,8 +8,9 @@ import pytest
 from conftest import REPO
 
 from vlqc.data.summary import IRRELEVANT, build_legacy_summary, build_summary
+from vlqc.inference.prompts import REASON_MAX_CHARS
+from vlqc.inference.verdict import parse_verdict
 from vlqc.missions import load_missions
-from vlqc.prompts import REASON_MAX_CHARS
 from vlqc.stage_b.guardrail import (
     CONCLUSION,
     GUARDRAIL,
@@ -28,7 +29,6 @@ from vlqc.stage_b.guardrail import (
     scan,
     split_clauses,
 )
-from vlqc.verdict import parse_verdict
 
 MISSIONS = load_missions(REPO / "config" / "missions.yaml")
 SCREW_G0 = MISSIONS["BBU安装方式检查（正装）"]["focus"]
@@ -51,12 +51,21 @@ def kinds(per_image, g0):
 
 def test_json_summary_gives_one_clause_per_attribute_value_with_the_category_as_subject():
     summary = build_summary(
-        ["类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=未拧紧|生锈", "类别=BBU设备,品牌=华为,可见性=部分,备注=螺丝松动"], "BBU"
+        [
+            "类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=未拧紧|生锈",
+            "类别=BBU设备,品牌=华为,可见性=部分,备注=螺丝松动",
+        ],
+        "BBU",
     )
     clauses = split_clauses(summary)
     assert [c.text for c in clauses] == [
-        "BBU安装螺丝可见性=完整", "BBU安装螺丝符合性=不符合", "BBU安装螺丝问题=未拧紧", "BBU安装螺丝问题=生锈",
-        "BBU设备可见性=部分", "BBU设备品牌=华为", "备注:螺丝松动",
+        "BBU安装螺丝可见性=完整",
+        "BBU安装螺丝符合性=不符合",
+        "BBU安装螺丝问题=未拧紧",
+        "BBU安装螺丝问题=生锈",
+        "BBU设备可见性=部分",
+        "BBU设备品牌=华为",
+        "备注:螺丝松动",
     ]
     assert [c.subject for c in clauses] == ["BBU安装螺丝"] * 4 + ["BBU设备"] * 2 + [None]
 
@@ -76,7 +85,11 @@ def test_legacy_summary_splits_on_semicolons_newlines_and_full_width_commas():
     legacy = build_legacy_summary(["BBU设备/需复核,备注:无法判断品牌", "组1:尾纤/有标签,有套管保护"], "RRU")
     clauses = split_clauses(legacy + "；紧固件/紧固合格;RRU设备×1\n站点距离/35")
     assert [c.text for c in clauses] == [
-        "组1:尾纤/有标签,有套管保护×1", "BBU设备/需复核,备注:无法判断品牌×1", "紧固件/紧固合格", "RRU设备×1", "站点距离/35",
+        "组1:尾纤/有标签,有套管保护×1",
+        "BBU设备/需复核,备注:无法判断品牌×1",
+        "紧固件/紧固合格",
+        "RRU设备×1",
+        "站点距离/35",
     ]
     assert [c.subject for c in clauses] == ["尾纤", "BBU设备", "紧固件", "RRU设备", "站点距离"]
 
@@ -134,13 +147,22 @@ def test_review_marker_in_a_summary_is_a_soft_signal_never_a_fail():
 
 def test_keywords_are_cut_at_connectors_with_short_pieces_dropped_and_install_prefix_expanded():
     assert relevance_keywords("至少需要检测到BBU设备和螺丝，并判断安装方向是否正确") == [
-        "BBU设备", "螺丝", "安装方向", "方向", "正确",
+        "BBU设备",
+        "螺丝",
+        "安装方向",
+        "方向",
+        "正确",
     ]
     assert relevance_keywords("若需要安装挡风板，则判断是否按要求配备") == ["挡风板", "配备"]
 
 
 def test_mission_focus_texts_give_their_object_names_as_keywords():
-    assert relevance_keywords(MISSIONS["BBU接地线检查"]["focus"]) == ["机柜处接地螺丝", "地排处接地螺丝", "电线", "捆扎整齐"]
+    assert relevance_keywords(MISSIONS["BBU接地线检查"]["focus"]) == [
+        "机柜处接地螺丝",
+        "地排处接地螺丝",
+        "电线",
+        "捆扎整齐",
+    ]
 
 
 def test_a_relevant_hit_is_hard_and_the_same_hit_is_irrelevant_for_another_mission():

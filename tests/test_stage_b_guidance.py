@@ -9,9 +9,9 @@ import pytest
 from conftest import REPO
 
 from vlqc.errors import VlqcError
+from vlqc.inference.prompts import verdict_messages
 from vlqc.jsonl import read_json
 from vlqc.missions import load_missions
-from vlqc.prompts import verdict_messages
 from vlqc.stage_b.guidance import (
     FORBIDDEN_PHRASES,
     GUIDANCE_FILE,
@@ -98,7 +98,10 @@ def test_delete_removes_the_rule_and_its_metadata():
 
 def test_merge_rewrites_the_target_and_removes_the_merged_rules():
     g = guidance(G2="华为挡风板与黄色箭头一一对应。", G3="爱立信BBU不装挡风板。")
-    result = g.apply(Operation("merge", key="G1", text="爱立信BBU免装；华为挡风板与黄色箭头一一对应。", merged_from=("G2", "G3")), "r1")
+    result = g.apply(
+        Operation("merge", key="G1", text="爱立信BBU免装；华为挡风板与黄色箭头一一对应。", merged_from=("G2", "G3")),
+        "r1",
+    )
     assert (result.accepted, result.action) == (True, "merge")
     assert sorted(g.experiences) == ["G0", "G1", "S1"]
     assert g.experiences["G1"] == "爱立信BBU免装；华为挡风板与黄色箭头一一对应。"
@@ -181,7 +184,9 @@ def test_forbidden_phrases_match_regardless_of_case():
     assert rule_text_problem("Needs Review when unclear") == "forbidden_phrase"
 
 
-@pytest.mark.parametrize("text", ["不应判定为通过。", "不建议判断为不通过。", "不要把单台BBU判为不通过。", "不得判为通过。"])
+@pytest.mark.parametrize(
+    "text", ["不应判定为通过。", "不建议判断为不通过。", "不要把单台BBU判为不通过。", "不得判为通过。"]
+)
 def test_ambiguous_negations_are_rejected(text):
     assert rule_text_problem(text) == "ambiguous_negation"
 

@@ -9,7 +9,7 @@ from conftest import REPO
 
 from vlqc.data.summary import build_summary
 from vlqc.errors import VlqcError
-from vlqc.sampling import Sampling
+from vlqc.inference.sampling import Sampling
 from vlqc.missions import load_missions
 from vlqc.schemas import validate
 from vlqc.stage_b.guardrail import scan
@@ -109,12 +109,22 @@ def test_each_grid_entry_runs_samples_per_decode_times_with_distinct_seeds_in_ti
     results, backend = run(tickets, [[PASS] * 6] * 3, grid, samples=2, batch_size=2)
     assert [len(r.candidates) for r in results] == [6, 6, 6]
     assert [(c.grid_index, c.sample_index, c.seed) for c in results[0].candidates] == [
-        (0, 0, 10), (0, 1, 11), (1, 0, 20), (1, 1, 21), (2, 0, 30), (2, 1, 31),
+        (0, 0, 10),
+        (0, 1, 11),
+        (1, 0, 20),
+        (1, 1, 21),
+        (2, 0, 30),
+        (2, 1, 31),
     ]
     # Per (sampler, sample): one batch of two tickets, then one of the third.
     assert [len(users) for users, _ in backend.calls] == [2, 1] * 6
     assert [(s.temperature, s.seed) for _, s in backend.calls[::2]] == [
-        (0.3, 10), (0.3, 11), (0.5, 20), (0.5, 21), (0.7, 30), (0.7, 31),
+        (0.3, 10),
+        (0.3, 11),
+        (0.5, 20),
+        (0.5, 21),
+        (0.7, 30),
+        (0.7, 31),
     ]
 
 
@@ -168,11 +178,14 @@ def test_equal_temperatures_keep_grid_order():
     assert result.selection.reason == "first"
 
 
-@pytest.mark.parametrize(("answers", "strength", "low"), [
-    ([PASS] * 4 + [FAIL], 0.8, False),
-    ([PASS] * 3 + [FAIL], 0.75, True),
-    ([PASS] * 4, 1.0, False),
-])
+@pytest.mark.parametrize(
+    ("answers", "strength", "low"),
+    [
+        ([PASS] * 4 + [FAIL], 0.8, False),
+        ([PASS] * 3 + [FAIL], 0.75, True),
+        ([PASS] * 4, 1.0, False),
+    ],
+)
 def test_vote_strength_and_low_agreement_under_min_agreement(answers, strength, low):
     result = one(answers, grid_of(*(0.1 * (n + 1) for n in range(len(answers)))))
     assert result.selection.vote_strength == pytest.approx(strength)
@@ -291,7 +304,8 @@ def test_every_ticket_ends_in_verdicts_or_failures_and_rows_match_their_schemas(
     verdicts, failures = outcome_rows(results)
     assert [row["ticket_key"] for row in verdicts] == [tickets[0].ticket_key, tickets[3].ticket_key]
     assert [(row["ticket_key"], row["code"]) for row in failures] == [
-        (tickets[1].ticket_key, "format_error"), (tickets[2].ticket_key, "backend_error"),
+        (tickets[1].ticket_key, "format_error"),
+        (tickets[2].ticket_key, "backend_error"),
         (tickets[4].ticket_key, "prompt_too_long"),
     ]
     for row in verdicts:
@@ -331,14 +345,17 @@ def test_sampler_grid_from_config_entries():
     assert grid[0].sampling(2) == Sampling(max_new_tokens=256, temperature=0.3, top_p=1.0, seed=9)
 
 
-@pytest.mark.parametrize(("entries", "match"), [
-    ([{"temperature": 0.3, "stop": ["\n"]}], "unknown keys"),
-    ([{"top_p": 0.9}], "no temperature"),
-    ([{"temperature": 0.3}, {"temperature": 0.3}], "repeats"),
-    ([], "at least one"),
-    ([{"temperature": -1}], "temperature must be >= 0"),
-    ([{"temperature": 0.3, "top_p": 0}], "top_p"),
-])
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ([{"temperature": 0.3, "stop": ["\n"]}], "unknown keys"),
+        ([{"top_p": 0.9}], "no temperature"),
+        ([{"temperature": 0.3}, {"temperature": 0.3}], "repeats"),
+        ([], "at least one"),
+        ([{"temperature": -1}], "temperature must be >= 0"),
+        ([{"temperature": 0.3, "top_p": 0}], "top_p"),
+    ],
+)
 def test_bad_sampler_grids_are_refused(entries, match):
     with pytest.raises(VlqcError, match=match):
         sampler_grid(entries)

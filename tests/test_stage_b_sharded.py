@@ -10,7 +10,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from vlqc.errors import VlqcError
-from vlqc.sampling import Sampling
+from vlqc.inference.sampling import Sampling
 from vlqc.stage_b.rollout import BackendError
 from vlqc.stage_b.sharded import ShardedBackend, init_group, leave_group
 
@@ -27,8 +27,9 @@ class RankEcho:
     def chat(self, prompts, sampling):
         self.calls.append(len(prompts))
         return [
-            BackendError("bad_prompt", f"rank {self.rank} refused {user}") if user.startswith("bad") else
-            f"{self.rank}:{user}:{sampling.max_new_tokens}"
+            BackendError("bad_prompt", f"rank {self.rank} refused {user}")
+            if user.startswith("bad")
+            else f"{self.rank}:{user}:{sampling.max_new_tokens}"
             for _, user in prompts
         ]
 

@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_stage_b_backends import tiny_dir  # noqa: F401 (a fixture; a shared one belongs in conftest)
 
-from vlqc.generation import Sampling
-from vlqc.prompts import VERDICT_SYSTEM
+from vlqc.inference.generation import Sampling
+from vlqc.inference.prompts import VERDICT_SYSTEM
 from vlqc.stage_b.backends import HFBackend, OpenAIBackend
 from vlqc.stage_b.deploy import Server, swift_deploy
 from vlqc.stage_b.rollout import BackendError

@@ -21,7 +21,9 @@ MISSION = "挡风板安装检查"
 
 def record(group_id="QC-A-20240101-1", label="fail", n=1, mission=MISSION, **overrides):
     doc = {
-        "group_id": group_id, "mission": mission, "label": label,
+        "group_id": group_id,
+        "mission": mission,
+        "label": label,
         "images": [f"{group_id}-{i}.jpg" for i in range(1, n + 1)],
         "per_image": {f"image_{i}": f"BBU设备×{i}" for i in range(1, n + 1)},
     }

@@ -20,7 +20,11 @@ EXAMPLE1_SUMMARY = (
     '{"类别": "光纤", "保护措施": {"有保护": 1}, "保护细节": {"蛇形管": 1}, "弯曲半径": {"半径合理": 1}}], '
     '"备注": ["无法判断品牌"]}'
 )
-EXAMPLE1_LEGACY = ["BBU设备/需复核,备注:无法判断品牌", "螺丝、光纤插头/BBU安装螺丝,符合要求", "光纤/有保护措施,弯曲半径合理/蛇形管"]
+EXAMPLE1_LEGACY = [
+    "BBU设备/需复核,备注:无法判断品牌",
+    "螺丝、光纤插头/BBU安装螺丝,符合要求",
+    "光纤/有保护措施,弯曲半径合理/蛇形管",
+]
 
 EXAMPLE2_DESCS = [
     "类别=站点距离,站点距离=35",
@@ -58,12 +62,14 @@ def test_example2_summary():
 def test_example1_legacy_summary():
     assert build_legacy_summary(EXAMPLE1_LEGACY, "BBU") == (
         "BBU设备/需复核,备注:无法判断品牌×1，光纤/有保护措施,弯曲半径合理/蛇形管×1，"
-        "螺丝、光纤插头/BBU安装螺丝,符合要求×1")
+        "螺丝、光纤插头/BBU安装螺丝,符合要求×1"
+    )
 
 
 def test_example2_legacy_summary():
     assert build_legacy_summary(EXAMPLE2_LEGACY, "RRU") == (
-        "RRU设备×1，站点距离/35，紧固件/紧固合格×1，组1:尾纤/有标签,有套管保护×1，组1:标签/5G-RRU1-尾纤×1")
+        "RRU设备×1，站点距离/35，紧固件/紧固合格×1，组1:尾纤/有标签,有套管保护×1，组1:标签/5G-RRU1-尾纤×1"
+    )
 
 
 # --- current summary -------------------------------------------------------------------
@@ -87,8 +93,9 @@ def test_counts_split_values_and_keep_first_seen_order():
         "类别=机柜处接地螺丝,符合性=不符合,问题=未拧紧",
     ]
     summary = json.loads(build_summary(descs, "BBU"))
-    assert summary == {"统计": [{"类别": "机柜处接地螺丝", "符合性": {"不符合": 2, "符合": 1},
-                                 "问题": {"露铜": 1, "未拧紧": 2}}]}
+    assert summary == {
+        "统计": [{"类别": "机柜处接地螺丝", "符合性": {"不符合": 2, "符合": 1}, "问题": {"露铜": 1, "未拧紧": 2}}]
+    }
     assert list(summary["统计"][0]["符合性"]) == ["不符合", "符合"]
 
 
@@ -138,7 +145,8 @@ def test_datalist_categories_are_valid_bbu_categories():
     descs = ["类别=螺丝、光纤插头,属性=BBU安装螺丝", "类别=BBU设备,属性=华为,备注=无法判断品牌", "类别=标签"]
     assert build_summary(descs, "BBU") == (
         '{"统计": [{"类别": "BBU设备", "属性": {"华为": 1}}, {"类别": "标签"}, '
-        '{"类别": "螺丝、光纤插头", "属性": {"BBU安装螺丝": 1}}], "备注": ["无法判断品牌"]}')
+        '{"类别": "螺丝、光纤插头", "属性": {"BBU安装螺丝": 1}}], "备注": ["无法判断品牌"]}'
+    )
 
 
 def test_conflict_is_per_desc_not_per_image():
@@ -146,18 +154,21 @@ def test_conflict_is_per_desc_not_per_image():
     assert json.loads(build_summary(descs, "BBU"))["统计"][0]["符合性"] == {"符合": 1, "不符合": 1}
 
 
-@pytest.mark.parametrize(("descs", "domain", "code"), [
-    (["类别=BBU设备,品牌="], "BBU", "empty_value"),
-    (["类别=BBU设备,=华为"], "BBU", "empty_value"),
-    (["类别=电线,捆扎=整齐", "品牌=华为"], "BBU", "missing_category"),
-    ([""], "BBU", "missing_category"),
-    (["类别=RRU设备"], "BBU", "unknown_category"),
-    (["类别=BBU设备"], "RRU", "unknown_category"),
-    (["类别=火箭"], "BBU", "unknown_category"),
-    (["类别=BBU设备|光纤"], "BBU", "unknown_category"),
-    (["类别=BBU安装螺丝,符合性=符合|不符合"], "BBU", "summary_conflict"),
-    (["类别=紧固件,安装状态=合格|不合格"], "RRU", "summary_conflict"),
-])
+@pytest.mark.parametrize(
+    ("descs", "domain", "code"),
+    [
+        (["类别=BBU设备,品牌="], "BBU", "empty_value"),
+        (["类别=BBU设备,=华为"], "BBU", "empty_value"),
+        (["类别=电线,捆扎=整齐", "品牌=华为"], "BBU", "missing_category"),
+        ([""], "BBU", "missing_category"),
+        (["类别=RRU设备"], "BBU", "unknown_category"),
+        (["类别=BBU设备"], "RRU", "unknown_category"),
+        (["类别=火箭"], "BBU", "unknown_category"),
+        (["类别=BBU设备|光纤"], "BBU", "unknown_category"),
+        (["类别=BBU安装螺丝,符合性=符合|不符合"], "BBU", "summary_conflict"),
+        (["类别=紧固件,安装状态=合格|不合格"], "RRU", "summary_conflict"),
+    ],
+)
 def test_summary_errors(descs, domain, code):
     assert error_code(build_summary, descs, domain) == code
 
@@ -182,7 +193,10 @@ def test_legacy_summary_counts_identical_descs_and_orders_by_length():
 
 def test_legacy_station_drops_only_a_single_count():
     assert build_legacy_summary(["站点距离/35", "站点距离/35", "RRU设备"], "RRU") == "RRU设备×1，站点距离/35×2"
-    assert build_legacy_summary(["组1:站点距离/35", "组1:紧固件/紧固合格"], "RRU") == "组1:站点距离/35，组1:紧固件/紧固合格×1"
+    assert (
+        build_legacy_summary(["组1:站点距离/35", "组1:紧固件/紧固合格"], "RRU")
+        == "组1:站点距离/35，组1:紧固件/紧固合格×1"
+    )
     assert build_legacy_summary(["站点距离/35"], "BBU") == "站点距离/35×1"
 
 

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.train.config import config_problems, config_sources, load_train_config, swift_invocation
 
@@ -248,7 +248,12 @@ def test_empty_config_takes_schema_defaults_and_resolves_to_a_valid_document(tmp
     cfg = load_train_config(write(tmp_path, "plain.yaml", ""))
     assert config_problems(json.loads(json.dumps(cfg))) == []  # as resolved_config.json
     assert cfg["model"] == {"torch_dtype": "float32", "attn_impl": "sdpa", "max_length": 4096}
-    assert cfg["template"] == {"truncation_strategy": "raise", "padding_side": "left", "max_pixels": 147456, "max_length": 4096}
+    assert cfg["template"] == {
+        "truncation_strategy": "raise",
+        "padding_side": "left",
+        "max_pixels": 147456,
+        "max_length": 4096,
+    }
     assert cfg["tuner"]["train_type"] == "lora" and cfg["tuner"]["target_modules"] == ["all-linear"]
     assert cfg["data"]["augmentation"]["max_pixels"] == 147456  # follows the training cap
     assert cfg["data"]["augmentation"]["crop"]["min_coverage"] == 0.3  # augment schema defaults
@@ -320,9 +325,8 @@ def test_lora_and_dora_mapping(train_type, tuner_type, dora, model_dir, tmp_path
         write(
             tmp_path,
             "t.yaml",
-            f"""
-        tuner: {{train_type: {train_type}, lora_rank: 16, lora_alpha: 8, lora_dropout: 0.1, target_modules: [q_proj, v_proj]}}
-    """,
+            f"tuner: {{train_type: {train_type}, lora_rank: 16, lora_alpha: 8, lora_dropout: 0.1,"
+            " target_modules: [q_proj, v_proj]}\n",
         )
     )
     parsed = parse_with_ms_swift(invocation(cfg, model_dir, tmp_path)[0], monkeypatch)

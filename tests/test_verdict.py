@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlqc.verdict import parse_verdict
+from vlqc.inference.verdict import parse_verdict
 
 CASES = [
     ("Verdict: 通过\nReason: Image1: BBU安装螺丝符合; 总结: 任务要求均满足", "pass", None),
@@ -62,4 +62,6 @@ def test_table_is_large_enough():
 
 
 def test_reason_is_kept_without_its_label():
-    assert parse_verdict("Verdict: 不通过\nReason: Image1: 露铜; 总结: 存在问题").reason == "Image1: 露铜; 总结: 存在问题"
+    assert (
+        parse_verdict("Verdict: 不通过\nReason: Image1: 露铜; 总结: 存在问题").reason == "Image1: 露铜; 总结: 存在问题"
+    )

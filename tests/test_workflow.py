@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -81,12 +80,20 @@ def test_unknown_config_key_fails_the_run_naming_its_dotted_path():
 def test_stage_a_target_of_a_chinese_mission_plans_the_whole_chain(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("stage_a: {sharding_mode: per_image, cpu_ranks: 2}\n", encoding="utf-8")
-    result = run(str(BIN / "snakemake"), "-n", "--forceall", "results/挡风板安装检查_stage_a.jsonl",
-                 "--configfile", str(overlay))
+    result = run(
+        str(BIN / "snakemake"), "-n", "--forceall", "results/挡风板安装检查_stage_a.jsonl", "--configfile", str(overlay)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     plan = result.stdout
-    for rule in ("demo_tickets", "train_sft", "merge_adapter", "stage_a_select", "stage_a_verify", "stage_a_infer",
-                 "stage_a_merge"):
+    for rule in (
+        "demo_tickets",
+        "train_sft",
+        "merge_adapter",
+        "stage_a_select",
+        "stage_a_verify",
+        "stage_a_infer",
+        "stage_a_merge",
+    ):
         assert re.search(rf"^rule {rule}:", plan, flags=re.M), rule
     for rank in (0, 1):
         assert f"results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank{rank}.jsonl" in plan
@@ -96,7 +103,9 @@ def test_stage_a_target_of_a_chinese_mission_plans_the_whole_chain(tmp_path):
 def test_a_mission_not_in_the_missions_file_is_no_target():
     result = run(str(BIN / "snakemake"), "-n", "results/不存在的任务_stage_a.jsonl")
     assert result.returncode != 0
-    assert "MissingRuleException" in result.stdout + result.stderr or "No rule to produce" in result.stdout + result.stderr
+    assert (
+        "MissingRuleException" in result.stdout + result.stderr or "No rule to produce" in result.stdout + result.stderr
+    )
 
 
 def planned_jobs(*args: str) -> dict[str, int]:

@@ -31,7 +31,7 @@ def trained_workflow(dest: Path, overlay: str, train_configs: dict[str, str]) ->
     (workdir / "e2e.yaml").write_text(overlay, encoding="utf-8")
     for run, text in train_configs.items():
         (workdir / f"config/train/e2e_{run}.yaml").write_text(text, encoding="utf-8")
-    targets = [f"results/models/sft/{run}/merged" for run in train_configs]
+    targets = [f"results/train/sft/{run}/merged" for run in train_configs]
     snakemake(workdir, "--configfile", "e2e.yaml", "--", *targets)
     return workdir
 

@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def available() -> list[str]:
     return sorted(p.name.removesuffix(".schema.json") for p in SCHEMA_DIR.glob("*.schema.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def registry() -> Registry:
     """Every schema by its `$id`, so one schema can `$ref` another by file name."""
     resources = []
@@ -42,7 +42,7 @@ def registry() -> Registry:
     return Registry().with_resources(resources)
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(name: str) -> Draft202012Validator:
     path = schema_path(name)
     if not path.is_file():
@@ -134,7 +134,7 @@ class _Compiler:
         return check
 
 
-@lru_cache(maxsize=None)
+@cache
 def fast_check(name: str) -> Check | None:
     """A compiled acceptance check for schema `name`, or None where only jsonschema can judge it."""
     root = validator(name).schema

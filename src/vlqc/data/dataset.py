@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vlqc.data.convert import ConvertSettings, convert_all, find_exports
-from vlqc.data.split import split_records, tiny_subset
 from vlqc.data.desc import parse_desc
+from vlqc.data.split import split_records, tiny_subset
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 
@@ -93,7 +93,9 @@ def label_vocabulary(records: list[dict]) -> dict:
     }
 
 
-def write_splits(all_samples: Path, out_dir: Path, val_fraction: float, seed: int, tiny_train: int, tiny_val: int) -> dict:
+def write_splits(
+    all_samples: Path, out_dir: Path, val_fraction: float, seed: int, tiny_train: int, tiny_val: int
+) -> dict:
     records = list(read_jsonl(all_samples, schema="sample"))
     train, val = split_records(records, val_fraction, seed)
     outputs = {

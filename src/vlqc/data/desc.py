@@ -40,11 +40,46 @@ DROPPED_MARKERS = ("遮挡", "框选范围")
 UNREADABLE_TEXTS = ("", "空格", "看不清", "、")
 # Legacy review flagger: a remark with one of these makes the slash desc `<type>/需复核,备注:…`.
 REVIEW_TOKENS = (
-    "无法判断", "不确定", "疑似", "无法框选", "无法框全", "无法框", "无法辨别", "无法看", "范围过小",
-    "角度问题", "拍摄角度", "未拍", "未显示", "无品牌", "品牌不完整", "未体现品牌", "无显示品牌",
-    "显示小部分", "只显示部分", "不完整", "空间有限", "位置错误", "应该", "推测", "判断",
-    "缺少", "缺失", "不全", "损坏", "部分未", "部分无", "部分没有", "未套", "不是常见",
-    "建议", "背面", "不能确认", "不能判断", "不能确定", "无法确定",
+    "无法判断",
+    "不确定",
+    "疑似",
+    "无法框选",
+    "无法框全",
+    "无法框",
+    "无法辨别",
+    "无法看",
+    "范围过小",
+    "角度问题",
+    "拍摄角度",
+    "未拍",
+    "未显示",
+    "无品牌",
+    "品牌不完整",
+    "未体现品牌",
+    "无显示品牌",
+    "显示小部分",
+    "只显示部分",
+    "不完整",
+    "空间有限",
+    "位置错误",
+    "应该",
+    "推测",
+    "判断",
+    "缺少",
+    "缺失",
+    "不全",
+    "损坏",
+    "部分未",
+    "部分无",
+    "部分没有",
+    "未套",
+    "不是常见",
+    "建议",
+    "背面",
+    "不能确认",
+    "不能判断",
+    "不能确定",
+    "无法确定",
 )
 
 _WHITESPACE = re.compile(r"\s+")
@@ -111,7 +146,7 @@ def _match(spec: TypeSpec, attr: Attribute, answer: str) -> tuple[Choice, str]:
         head = normalize(choice.raw)
         if answer == head:
             return choice, ""
-        rest = answer[len(head):]
+        rest = answer[len(head) :]
         if answer.startswith(head) and rest[0] in "/," and choice.value in parents:
             if best is None or len(head) > len(normalize(best[0].raw)):
                 best = (choice, rest.lstrip("/,"))
@@ -232,8 +267,7 @@ def build_desc(obj: RawObject) -> str:
     spec = TYPES[obj.type_key]
     content = obj.content_zh
     subtype = _subtype(spec, content)
-    fields = {key: "|".join(structured_value(c.value) for c in chosen)
-              for key, chosen in _pick(spec, content).items()}
+    fields = {key: "|".join(structured_value(c.value) for c in chosen) for key, chosen in _pick(spec, content).items()}
     if spec.remark:
         fields["备注"] = _free_text(content, REMARK_QUESTIONS).translate(_ESCAPE_FREE)
     if spec.ocr:

@@ -55,104 +55,230 @@ def _choices(*rows: tuple[str, str, str]) -> tuple[Choice, ...]:
 
 
 REMARK_QUESTIONS = ("如果有特殊情况，请具体描述", "special_situation")
-LABEL_TEXT_QUESTIONS = ("请输入标签上的文字内容", "标签内容", "label_text_content", "label_text", "label_text_content_zh")
-LABEL_READABLE = Attribute("可读性", ("能否阅读标签上的文字内容",), _choices(
-    ("能", "可读", "能"),
-    ("不能", "不可读", "不能")))
+LABEL_TEXT_QUESTIONS = (
+    "请输入标签上的文字内容",
+    "标签内容",
+    "label_text_content",
+    "label_text",
+    "label_text_content_zh",
+)
+LABEL_READABLE = Attribute(
+    "可读性", ("能否阅读标签上的文字内容",), _choices(("能", "可读", "能"), ("不能", "不可读", "不能"))
+)
 DISTANCE_QUESTIONS = ("距离", "distance")
 
 # Occlusion questions are asked by the tool but never reach a desc.
 DROPPED_QUESTIONS = ("这个挡风板是否被杂物遮挡", "这条光纤是否被遮挡", "这条电线是否被遮挡")
 
 #                     raw answer           value        legacy value
-VISIBILITY = _choices(("显示完整", "完整", "显示完整"),
-                      ("只显示部分", "部分", "只显示部分"))
+VISIBILITY = _choices(("显示完整", "完整", "显示完整"), ("只显示部分", "部分", "只显示部分"))
 BRANDS = _choices(("华为", "华为", "华为"), ("中兴", "中兴", "中兴"), ("爱立信", "爱立信", "爱立信"))
-SCREW_STATE = _choices(("紧固合格", "合格", "紧固合格"),
-                       ("不合格", "不合格", "不合格"))
-HAS_LABEL = _choices(("标签", "有标签", "有标签"),
-                     ("没有标签", "无标签", "没有标签"))
-CONNECT_SUBTYPES = _choices(*((name, name, name) for name in (
-    "BBU安装螺丝", "机柜处接地螺丝", "地排处接地螺丝", "ODF端光纤插头", "BBU端光纤插头")))
+SCREW_STATE = _choices(("紧固合格", "合格", "紧固合格"), ("不合格", "不合格", "不合格"))
+HAS_LABEL = _choices(("标签", "有标签", "有标签"), ("没有标签", "无标签", "没有标签"))
+CONNECT_SUBTYPES = _choices(
+    *(
+        (name, name, name)
+        for name in ("BBU安装螺丝", "机柜处接地螺丝", "地排处接地螺丝", "ODF端光纤插头", "BBU端光纤插头")
+    )
+)
 
-TYPES: dict[str, TypeSpec] = {spec.key: spec for spec in (
-    TypeSpec(
-        "bbu", "BBU设备", BBU, aliases=("BBU", "基带处理单元"), remark=True, attributes=(
-            Attribute("品牌", ("这个BBU设备是什么品牌", "bbu_brand"), BRANDS),
-            Attribute("可见性", ("这个BBU设备是否显示完整", "bbu_stituation"), VISIBILITY),
-            Attribute("挡风板需求", ("这个BBU设备是否需要安装挡风板，结合图片中机柜空间状态判断", "bbu_equipment"), _choices(
-                ("无需安装", "免装", "无需安装"),
-                ("机柜空间充足，需要安装", "空间充足需安装", "机柜空间充足需要安装"))),
-            Attribute("挡风板符合性", (), _choices(
-                ("这个BBU设备按要求配备了挡风板", "按要求配备", "这个BBU设备按要求配备了挡风板"),
-                ("这个BBU设备未按要求配备挡风板", "未按要求配备", "这个BBU设备未按要求配备挡风板")),
-                level=2, parent=("挡风板需求", "空间充足需安装")),
-        )),
-    TypeSpec(
-        "bbu_shield", "挡风板", BBU, aliases=("防护板", "BBU挡风板"), remark=True, attributes=(
-            Attribute("品牌", ("这个挡风板是什么牌子", "bbu_shield_brand"), BRANDS[:2]),
-            Attribute("可见性", ("这个挡风板是否显示完整", "bbu_shield_situation"), VISIBILITY),
-            Attribute("安装方向", ("这个挡风板安装方向是否正确", "bbu_shield_install_direction"), _choices(
-                ("安装方向正确", "方向正确", "安装方向正确"),
-                ("安装方向错误", "方向错误", "安装方向错误"))),
-        )),
-    TypeSpec(
-        "connect_point", "螺丝、光纤插头", BBU, aliases=("连接点", "螺丝", "光纤插头"), remark=True,
-        legacy_skip=("可见性",),
-        subtype=Attribute("类别", ("这个螺丝/插头是什么种类", "connect_point_type"), CONNECT_SUBTYPES),
-        attributes=(
-            Attribute("可见性", ("螺丝/插头是否显示完整", "connect_point_situation"), VISIBILITY),
-            Attribute("符合性", ("这个螺丝/插头连接是否符合要求", "connect_point_check"), _choices(
-                ("符合要求", "符合", "符合要求"),
-                ("不符合要求", "不符合", "不符合要求"))),
-            Attribute("问题", (), _choices(
-                ("未拧紧", "未拧紧", "未拧紧"), ("露铜", "露铜", "露铜"),
-                ("复接", "复接", "复接"), ("生锈", "生锈", "生锈")),
-                level=2, parent=("符合性", "不符合"), multi=True),
-        )),
-    TypeSpec("label", "标签", BBU, aliases=("标签贴纸", "文字标签"), ocr=True),
-    TypeSpec(
-        "fiber", "光纤", BBU, aliases=("光缆", "光纤线"), remark=True, attributes=(
-            Attribute("保护措施", ("这条光纤是否采用保护措施", "fiber_protection"), _choices(
-                ("无保护措施", "无保护", "无保护措施"),
-                ("有保护措施，保护措施为", "有保护", "有保护措施"))),
-            Attribute("保护细节", (), _choices(
-                ("蛇形管", "蛇形管", "蛇形管"), ("铠装", "铠装", "铠装"),
-                ("同时有蛇形管和铠装", "蛇形管+铠装", "同时有蛇形管和铠装")),
-                level=2, parent=("保护措施", "有保护")),
-            Attribute("弯曲半径", ("这条光纤弯曲半径是否合理", "fiber_bend_radius"), _choices(
-                ("弯曲半径合理", "半径合理", "弯曲半径合理"),
-                ("弯曲半径不合理（弯曲半径<4cm或者成环）", "半径不合理<4cm或成环",
-                 "弯曲半径不合理（弯曲半径<4cm或者成环）"))),
-        )),
-    TypeSpec(
-        "wire", "电线", BBU, aliases=("线缆", "电缆"), remark=True, attributes=(
-            Attribute("捆扎", ("这条电线是否捆扎整齐", "wire_organization"), _choices(
-                ("捆扎整齐", "整齐", "捆扎整齐"),
-                ("分布散乱", "散乱", "分布散乱"))),
-        )),
-    TypeSpec("station", "站点距离", RRU, aliases=("站点位置",), zh_label="站点", distance=True),
-    TypeSpec("rru", "RRU设备", RRU),
-    TypeSpec("rru_screw", "RRU接地端", RRU, aliases=("RRU接地端螺丝",), attributes=(
-        Attribute("安装状态", ("RRU接地端螺丝", "rru_screw_tightness"), SCREW_STATE),)),
-    TypeSpec("ground_screw", "地排接地端螺丝", RRU, aliases=("地排接地端",), attributes=(
-        Attribute("安装状态", ("地排接地端螺丝", "ground_screw_tightness"), SCREW_STATE),)),
-    TypeSpec("fastener", "紧固件", RRU, aliases=("螺栓", "螺钉"), attributes=(
-        Attribute("安装状态", ("安装状态", "fastener_tightness"), SCREW_STATE),)),
-    TypeSpec("lable", "标签", RRU, aliases=("标签文本",), ocr=True),
-    TypeSpec("fiber_rru", "尾纤", RRU, aliases=("光纤尾缆", "尾纤线"), attributes=(
-        Attribute("标签", ("是否带有标签", "尾纤是否标签", "fiber_label"), HAS_LABEL),
-        Attribute("套管保护", ("尾纤是否进行套管保护", "fiber_protection"), _choices(
-            ("套管保护", "有套管", "有套管保护"),
-            ("没有保护", "无套管", "无套管保护"))),
-    )),
-    TypeSpec("wire_rru", "接地线", RRU, aliases=("地线",), attributes=(
-        Attribute("标签", ("是否带有标签", "接地线是否标签", "wire_label"), HAS_LABEL),)),
-)}
+TYPES: dict[str, TypeSpec] = {
+    spec.key: spec
+    for spec in (
+        TypeSpec(
+            "bbu",
+            "BBU设备",
+            BBU,
+            aliases=("BBU", "基带处理单元"),
+            remark=True,
+            attributes=(
+                Attribute("品牌", ("这个BBU设备是什么品牌", "bbu_brand"), BRANDS),
+                Attribute("可见性", ("这个BBU设备是否显示完整", "bbu_stituation"), VISIBILITY),
+                Attribute(
+                    "挡风板需求",
+                    ("这个BBU设备是否需要安装挡风板，结合图片中机柜空间状态判断", "bbu_equipment"),
+                    _choices(
+                        ("无需安装", "免装", "无需安装"),
+                        ("机柜空间充足，需要安装", "空间充足需安装", "机柜空间充足需要安装"),
+                    ),
+                ),
+                Attribute(
+                    "挡风板符合性",
+                    (),
+                    _choices(
+                        ("这个BBU设备按要求配备了挡风板", "按要求配备", "这个BBU设备按要求配备了挡风板"),
+                        ("这个BBU设备未按要求配备挡风板", "未按要求配备", "这个BBU设备未按要求配备挡风板"),
+                    ),
+                    level=2,
+                    parent=("挡风板需求", "空间充足需安装"),
+                ),
+            ),
+        ),
+        TypeSpec(
+            "bbu_shield",
+            "挡风板",
+            BBU,
+            aliases=("防护板", "BBU挡风板"),
+            remark=True,
+            attributes=(
+                Attribute("品牌", ("这个挡风板是什么牌子", "bbu_shield_brand"), BRANDS[:2]),
+                Attribute("可见性", ("这个挡风板是否显示完整", "bbu_shield_situation"), VISIBILITY),
+                Attribute(
+                    "安装方向",
+                    ("这个挡风板安装方向是否正确", "bbu_shield_install_direction"),
+                    _choices(
+                        ("安装方向正确", "方向正确", "安装方向正确"), ("安装方向错误", "方向错误", "安装方向错误")
+                    ),
+                ),
+            ),
+        ),
+        TypeSpec(
+            "connect_point",
+            "螺丝、光纤插头",
+            BBU,
+            aliases=("连接点", "螺丝", "光纤插头"),
+            remark=True,
+            legacy_skip=("可见性",),
+            subtype=Attribute("类别", ("这个螺丝/插头是什么种类", "connect_point_type"), CONNECT_SUBTYPES),
+            attributes=(
+                Attribute("可见性", ("螺丝/插头是否显示完整", "connect_point_situation"), VISIBILITY),
+                Attribute(
+                    "符合性",
+                    ("这个螺丝/插头连接是否符合要求", "connect_point_check"),
+                    _choices(("符合要求", "符合", "符合要求"), ("不符合要求", "不符合", "不符合要求")),
+                ),
+                Attribute(
+                    "问题",
+                    (),
+                    _choices(
+                        ("未拧紧", "未拧紧", "未拧紧"),
+                        ("露铜", "露铜", "露铜"),
+                        ("复接", "复接", "复接"),
+                        ("生锈", "生锈", "生锈"),
+                    ),
+                    level=2,
+                    parent=("符合性", "不符合"),
+                    multi=True,
+                ),
+            ),
+        ),
+        TypeSpec("label", "标签", BBU, aliases=("标签贴纸", "文字标签"), ocr=True),
+        TypeSpec(
+            "fiber",
+            "光纤",
+            BBU,
+            aliases=("光缆", "光纤线"),
+            remark=True,
+            attributes=(
+                Attribute(
+                    "保护措施",
+                    ("这条光纤是否采用保护措施", "fiber_protection"),
+                    _choices(
+                        ("无保护措施", "无保护", "无保护措施"), ("有保护措施，保护措施为", "有保护", "有保护措施")
+                    ),
+                ),
+                Attribute(
+                    "保护细节",
+                    (),
+                    _choices(
+                        ("蛇形管", "蛇形管", "蛇形管"),
+                        ("铠装", "铠装", "铠装"),
+                        ("同时有蛇形管和铠装", "蛇形管+铠装", "同时有蛇形管和铠装"),
+                    ),
+                    level=2,
+                    parent=("保护措施", "有保护"),
+                ),
+                Attribute(
+                    "弯曲半径",
+                    ("这条光纤弯曲半径是否合理", "fiber_bend_radius"),
+                    _choices(
+                        ("弯曲半径合理", "半径合理", "弯曲半径合理"),
+                        (
+                            "弯曲半径不合理（弯曲半径<4cm或者成环）",
+                            "半径不合理<4cm或成环",
+                            "弯曲半径不合理（弯曲半径<4cm或者成环）",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        TypeSpec(
+            "wire",
+            "电线",
+            BBU,
+            aliases=("线缆", "电缆"),
+            remark=True,
+            attributes=(
+                Attribute(
+                    "捆扎",
+                    ("这条电线是否捆扎整齐", "wire_organization"),
+                    _choices(("捆扎整齐", "整齐", "捆扎整齐"), ("分布散乱", "散乱", "分布散乱")),
+                ),
+            ),
+        ),
+        TypeSpec("station", "站点距离", RRU, aliases=("站点位置",), zh_label="站点", distance=True),
+        TypeSpec("rru", "RRU设备", RRU),
+        TypeSpec(
+            "rru_screw",
+            "RRU接地端",
+            RRU,
+            aliases=("RRU接地端螺丝",),
+            attributes=(Attribute("安装状态", ("RRU接地端螺丝", "rru_screw_tightness"), SCREW_STATE),),
+        ),
+        TypeSpec(
+            "ground_screw",
+            "地排接地端螺丝",
+            RRU,
+            aliases=("地排接地端",),
+            attributes=(Attribute("安装状态", ("地排接地端螺丝", "ground_screw_tightness"), SCREW_STATE),),
+        ),
+        TypeSpec(
+            "fastener",
+            "紧固件",
+            RRU,
+            aliases=("螺栓", "螺钉"),
+            attributes=(Attribute("安装状态", ("安装状态", "fastener_tightness"), SCREW_STATE),),
+        ),
+        TypeSpec("lable", "标签", RRU, aliases=("标签文本",), ocr=True),
+        TypeSpec(
+            "fiber_rru",
+            "尾纤",
+            RRU,
+            aliases=("光纤尾缆", "尾纤线"),
+            attributes=(
+                Attribute("标签", ("是否带有标签", "尾纤是否标签", "fiber_label"), HAS_LABEL),
+                Attribute(
+                    "套管保护",
+                    ("尾纤是否进行套管保护", "fiber_protection"),
+                    _choices(("套管保护", "有套管", "有套管保护"), ("没有保护", "无套管", "无套管保护")),
+                ),
+            ),
+        ),
+        TypeSpec(
+            "wire_rru",
+            "接地线",
+            RRU,
+            aliases=("地线",),
+            attributes=(Attribute("标签", ("是否带有标签", "接地线是否标签", "wire_label"), HAS_LABEL),),
+        ),
+    )
+}
 
 # `content.label` values the annotation tool writes; fiber_rru / wire_rru come from fiber / wire.
-CONTENT_KEYS = ("bbu", "bbu_shield", "connect_point", "label", "fiber", "wire",
-                "station", "rru", "rru_screw", "ground_screw", "fastener", "lable")
+CONTENT_KEYS = (
+    "bbu",
+    "bbu_shield",
+    "connect_point",
+    "label",
+    "fiber",
+    "wire",
+    "station",
+    "rru",
+    "rru_screw",
+    "ground_screw",
+    "fastener",
+    "lable",
+)
 
 KEY_ORDER: dict[str, tuple[str, ...]] = {
     "bbu": ("品牌", "可见性", "挡风板需求", "挡风板符合性", "备注"),
@@ -172,8 +298,9 @@ KEY_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 # Types whose group ids survive into the desc (`组=`); other types drop them.
-GROUP_TYPES = frozenset({"rru", "fastener", "rru_screw", "ground_screw", "fiber_rru", "wire_rru",
-                         "label", "lable", "station"})
+GROUP_TYPES = frozenset(
+    {"rru", "fastener", "rru_screw", "ground_screw", "fiber_rru", "wire_rru", "label", "lable", "station"}
+)
 
 NEGATIVE_MARKERS = ("不符合", "不合规", "不合格", "不合理", "错误", "不能")
 

@@ -411,7 +411,7 @@ class Options:
 def write_photo(
     plan: PhotoPlan, stem: Path, rng: np.random.Generator, opts: Options
 ) -> tuple[list[SceneObject], dict[str, Any]]:
-    """Render one photo to `<stem>.jpg` and its export to `<stem>.json`; returns the objects and facts about the file."""
+    """Render one photo to `<stem>.jpg` and its export to `<stem>.json`; returns its objects and file facts."""
     w, h = image_size(rng)
     scene = build_scene(plan, w, h, rng)
     img = render(scene, rng)

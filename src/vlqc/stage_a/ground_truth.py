@@ -25,9 +25,13 @@ def ground_truth_records(samples: Iterable[Mapping[str, Any]], mission: str) -> 
     records = []
     for (group_id, label), of_ticket in sorted(tickets.items()):
         ordered = sorted(of_ticket, key=lambda s: natural_key(s["sample_id"]))
-        records.append({
-            "group_id": group_id, "mission": mission, "label": label,
-            "images": [Path(s["images"][0]).name for s in ordered],
-            "per_image": {f"image_{n}": s["summary"] for n, s in enumerate(ordered, start=1)},
-        })
+        records.append(
+            {
+                "group_id": group_id,
+                "mission": mission,
+                "label": label,
+                "images": [Path(s["images"][0]).name for s in ordered],
+                "per_image": {f"image_{n}": s["summary"] for n, s in enumerate(ordered, start=1)},
+            }
+        )
     return records

@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from vlqc.errors import SampleError, VlqcError
-from vlqc.fast_generation import COMPILE_CHOICES, FastGenerator
-from vlqc.generation import Generator, Request, Sampling
+from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
+from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
-from vlqc.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.images import load_image
 from vlqc.stage_a.jobs import ImageJob, rank_batches
@@ -69,8 +69,10 @@ class Settings:
         if self.compile not in COMPILE_CHOICES:
             raise VlqcError(f"stage_a compile must be one of {list(COMPILE_CHOICES)}, not {self.compile!r}")
         if self.wave_rows < 1 or not 0 < self.wave_memory_fraction <= 1:
-            raise VlqcError(f"stage_a wave_rows must be >= 1 and wave_memory_fraction in (0, 1], "
-                            f"not {self.wave_rows} and {self.wave_memory_fraction}")
+            raise VlqcError(
+                f"stage_a wave_rows must be >= 1 and wave_memory_fraction in (0, 1], "
+                f"not {self.wave_rows} and {self.wave_memory_fraction}"
+            )
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed)

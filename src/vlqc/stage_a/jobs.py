@@ -58,8 +58,14 @@ def write_selection(path: Path, groups: Sequence[Group]) -> int:
 
 def read_selection(path: Path) -> list[Group]:
     groups = [
-        Group(r["group_seq"], r["mission"], r["label"], r["group_id"], Path(r["folder"]),
-              tuple(Path(r["folder"]) / name for name in r["images"]))
+        Group(
+            r["group_seq"],
+            r["mission"],
+            r["label"],
+            r["group_id"],
+            Path(r["folder"]),
+            tuple(Path(r["folder"]) / name for name in r["images"]),
+        )
         for r in read_jsonl(path, schema="stage_a_group_selection")
     ]
     if [g.seq for g in groups] != list(range(len(groups))):
@@ -73,7 +79,7 @@ def image_jobs(group: Group) -> list[ImageJob]:
 
 def _chunks(jobs: Sequence[ImageJob], size: int) -> Iterator[list[ImageJob]]:
     for start in range(0, len(jobs), size):
-        yield list(jobs[start:start + size])
+        yield list(jobs[start : start + size])
 
 
 def rank_batches(groups: Sequence[Group], mode: str, rank: int, world: int, batch_size: int) -> list[list[ImageJob]]:

@@ -10,9 +10,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tqdm import tqdm
+
 from vlqc.errors import SampleError
-from vlqc.generation import check_image
-from vlqc.prompts import hf_messages
+from vlqc.inference.generation import check_image
+from vlqc.inference.prompts import hf_messages
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.images import image_info, load_image
 from vlqc.stage_a.jobs import image_jobs
@@ -32,8 +33,12 @@ def image_tokens(processor, image) -> dict[str, Any]:
 def verify(groups: Sequence[Group], processor) -> Iterator[dict[str, Any]]:
     jobs = [job for g in groups for job in image_jobs(g)]
     for job in tqdm(jobs, desc="verify", unit="img", mininterval=5):
-        row = {"group_seq": job.group_seq, "group_id": job.group_id, "image_index": job.image_index,
-               "image_name": job.path.name}
+        row = {
+            "group_seq": job.group_seq,
+            "group_id": job.group_id,
+            "image_index": job.image_index,
+            "image_name": job.path.name,
+        }
         try:
             info = image_info(job.path)
             image = load_image(job.path)

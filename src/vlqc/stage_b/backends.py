@@ -7,7 +7,7 @@ slot, so the caller records the failure for that ticket alone.
 `OpenAIBackend` speaks `POST <base_url>/chat/completions` (`base_url` ends in `/v1`, as with the
 OpenAI client) to vLLM, SGLang, `swift deploy` and the like. Such a server cannot count prompt tokens
 for us, so it is given the checkpoint's tokenizer folder and counts locally, with the chat template
-rendered the way `vlqc.generation.Generator.encode` renders it (thinking off).
+rendered the way `vlqc.inference.generation.Generator.encode` renders it (thinking off).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vlqc.errors import VlqcError
-from vlqc.generation import Generator, Request, Sampling
-from vlqc.prompts import hf_messages
+from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.prompts import hf_messages
 from vlqc.stage_b.rollout import BackendError, ChatBackend
 
 BACKEND_UNAVAILABLE = "backend_unavailable"
@@ -44,7 +44,7 @@ ERROR_BODY_CHARS = 300
 
 
 class HFBackend:
-    """`vlqc.generation.Generator` on text-only prompts, `batch_size` prompts per generate call."""
+    """`vlqc.inference.generation.Generator` on text-only prompts, `batch_size` prompts per generate call."""
 
     def __init__(
         self, checkpoint: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32", batch_size: int = 8

@@ -62,12 +62,21 @@ class Server:
 
 
 @contextmanager
-def swift_deploy(checkpoint: Path, workdir: Path, served_name: str = "vlqc", max_batch_size: int | None = None,
-                 deadline_s: float = STARTUP_DEADLINE_S) -> Iterator[Server]:
+def swift_deploy(
+    checkpoint: Path,
+    workdir: Path,
+    served_name: str = "vlqc",
+    max_batch_size: int | None = None,
+    deadline_s: float = STARTUP_DEADLINE_S,
+) -> Iterator[Server]:
     """A started server (VlqcError with its log tail if it exits or does not serve within the deadline)."""
     options = {
-        "--model": str(checkpoint), "--model_type": "qwen3_vl", "--infer_backend": "transformers",
-        "--host": "127.0.0.1", "--port": str(free_port()), "--served_model_name": served_name,
+        "--model": str(checkpoint),
+        "--model_type": "qwen3_vl",
+        "--infer_backend": "transformers",
+        "--host": "127.0.0.1",
+        "--port": str(free_port()),
+        "--served_model_name": served_name,
     }
     if max_batch_size is not None:
         options["--max_batch_size"] = str(max_batch_size)
@@ -75,8 +84,14 @@ def swift_deploy(checkpoint: Path, workdir: Path, served_name: str = "vlqc", max
     log = workdir / "swift_deploy.log"
     started = time.perf_counter()
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     server = Server(process, f"http://127.0.0.1:{options['--port']}/v1", served_name, log)
     try:
         _wait_until_serving(server, deadline_s)

@@ -126,8 +126,11 @@ class Settings:
         gate = dict(section["gate"])
         patience = gate.pop("patience")
         reflection = ReflectionSettings(
-            **section["reflection"], max_prompt_tokens=section["max_prompt_tokens"], seed=section["seed"],
-            gate=Thresholds(**gate), patience=patience,
+            **section["reflection"],
+            max_prompt_tokens=section["max_prompt_tokens"],
+            seed=section["seed"],
+            gate=Thresholds(**gate),
+            patience=patience,
         )
         return cls(
             grid=sampler_grid(section[f"{mode}_grid"]),
@@ -158,8 +161,11 @@ def backend_config(section: Mapping[str, Any], checkpoint: str | Path, local_ran
         return {"backend": "openai", **section["openai"], "tokenizer_dir": str(checkpoint)}
     on_gpu = section["gpus"] > 0
     return {
-        "backend": "hf", "checkpoint": str(checkpoint), "device": f"cuda:{local_rank}" if on_gpu else "cpu",
-        "dtype": "bfloat16" if on_gpu else "float32", "batch_size": section["batch_size"],
+        "backend": "hf",
+        "checkpoint": str(checkpoint),
+        "device": f"cuda:{local_rank}" if on_gpu else "cpu",
+        "dtype": "bfloat16" if on_gpu else "float32",
+        "batch_size": section["batch_size"],
     }
 
 
@@ -205,8 +211,15 @@ class RunFiles:
 class _Rollouts:
     """Rollouts of the ticket pool: logged epochs, and unlogged ones for the gate."""
 
-    def __init__(self, tickets: Sequence[Ticket], missions: Mapping[str, Mapping[str, Any]], backend: ChatBackend,
-                 settings: Settings, files: RunFiles, epochs: int):
+    def __init__(
+        self,
+        tickets: Sequence[Ticket],
+        missions: Mapping[str, Mapping[str, Any]],
+        backend: ChatBackend,
+        settings: Settings,
+        files: RunFiles,
+        epochs: int,
+    ):
         self.tickets = list(tickets)
         self.missions = missions
         self.backend = backend
@@ -222,8 +235,17 @@ class _Rollouts:
 
     def _rollout(self, tickets: Sequence[Ticket], experiences: Mapping[str, str]) -> list[TicketRollout]:
         s = self.settings
-        return rollout(tickets, experiences, self.missions, self.backend, s.grid, s.samples_per_decode,
-                       s.max_prompt_tokens, batch_size=s.batch_size, min_agreement=s.min_verdict_agreement)
+        return rollout(
+            tickets,
+            experiences,
+            self.missions,
+            self.backend,
+            s.grid,
+            s.samples_per_decode,
+            s.max_prompt_tokens,
+            batch_size=s.batch_size,
+            min_agreement=s.min_verdict_agreement,
+        )
 
     def epoch(self, epoch: int, guidance: Guidance, queued: Mapping[str, Any]) -> dict[str, TicketRollout]:
         """One logged rollout of the pool, window by window."""
@@ -241,8 +263,9 @@ class _Rollouts:
         _log_metrics(f"epoch {epoch}", end)
         return results
 
-    def _log_window(self, epoch: int, window: Sequence[TicketRollout], guidance_step: int,
-                    queued: Mapping[str, Any]) -> None:
+    def _log_window(
+        self, epoch: int, window: Sequence[TicketRollout], guidance_step: int, queued: Mapping[str, Any]
+    ) -> None:
         for result in window:
             key = result.ticket.ticket_key
             self.files.add(TRAJECTORIES_FILE, trajectory_rows(result, epoch))
@@ -252,11 +275,19 @@ class _Rollouts:
             judgement = Judgement(result.ticket.label, result.selection.verdict, flagged)
             if (row := self.metrics.add(epoch, judgement)) is not None:
                 self.files.add(METRICS_FILE, [row])
-        self.files.replace(DELTA_FILE, [
-            {"epoch": epoch, "global_step": self.metrics.global_step, "guidance_step": guidance_step,
-             "in_review_queue": result.ticket.ticket_key in queued, **ticket_state(result)}
-            for result in window
-        ])
+        self.files.replace(
+            DELTA_FILE,
+            [
+                {
+                    "epoch": epoch,
+                    "global_step": self.metrics.global_step,
+                    "guidance_step": guidance_step,
+                    "in_review_queue": result.ticket.ticket_key in queued,
+                    **ticket_state(result),
+                }
+                for result in window
+            ],
+        )
         self.files.flush()
 
 
@@ -274,8 +305,13 @@ def ticket_state(result: TicketRollout) -> dict[str, Any]:
         "failure": None if result.failure is None else result.failure.code,
         "in_manual_review": result.in_manual_review,
         "candidates": [
-            {"grid_index": c.grid_index, "sample_index": c.sample_index, "temperature": c.sampler.temperature,
-             "verdict": c.parsed.verdict, "error": c.parsed.error}
+            {
+                "grid_index": c.grid_index,
+                "sample_index": c.sample_index,
+                "temperature": c.sampler.temperature,
+                "verdict": c.parsed.verdict,
+                "error": c.parsed.error,
+            }
             for c in result.candidates
         ],
     }
@@ -283,8 +319,16 @@ def ticket_state(result: TicketRollout) -> dict[str, Any]:
 
 def _log_metrics(what: str, row: Mapping[str, Any]) -> None:
     block = row["include_manual_review"]
-    log.info("%s: acc %s, false pass %s (fp %d), false fail %s (fn %d), n %d", what, _percent(block["acc"]),
-             _percent(block["fp_rate"]), block["fp"], _percent(block["fn_rate"]), block["fn"], block["n"])
+    log.info(
+        "%s: acc %s, false pass %s (fp %d), false fail %s (fn %d), n %d",
+        what,
+        _percent(block["acc"]),
+        _percent(block["fp_rate"]),
+        block["fp"],
+        _percent(block["fn_rate"]),
+        block["fn"],
+        block["n"],
+    )
 
 
 def _percent(rate: float | None) -> str:
@@ -319,8 +363,14 @@ def run_stage_b(
     if mode == TRAIN:
         pool = _start_pool(run_dir, reset_guidance)
         reflector = Reflector(
-            guidance, pool, rollouts.judge, backend, settings.reflection, files,
-            lambda changed: changed.save(run_dir, settings.snapshot_retention), first_cycle=_next_cycle(pool),
+            guidance,
+            pool,
+            rollouts.judge,
+            backend,
+            settings.reflection,
+            files,
+            lambda changed: changed.save(run_dir, settings.snapshot_retention),
+            first_cycle=_next_cycle(pool),
         )
     current: dict[str, TicketRollout] = {}
     for epoch in range(1, epochs + 1):
@@ -335,13 +385,17 @@ def run_stage_b(
 
 def _reject_row(reject: TicketReject) -> dict[str, Any]:
     return {
-        "code": BAD_STAGE_A_ROW, "line": reject.line, "reason": reject.reason, "message": reject.message,
+        "code": BAD_STAGE_A_ROW,
+        "line": reject.line,
+        "reason": reject.reason,
+        "message": reject.message,
         "ticket_key": reject.ticket_key,
     }
 
 
-def _start_guidance(run_dir: Path, source: str | Path, mission: str, mode: str, reset: bool,
-                    retention: int) -> Guidance:
+def _start_guidance(
+    run_dir: Path, source: str | Path, mission: str, mode: str, reset: bool, retention: int
+) -> Guidance:
     """Train: the run's own guidance when there is one (unless reset), else `source`; eval: `source`.
     A guidance taken from `source` is copied into the run folder."""
     if mode == TRAIN and not reset and (run_dir / GUIDANCE_FILE).is_file():
@@ -367,8 +421,16 @@ def _next_cycle(pool: HypothesisPool) -> int:
     return max(cycles, default=0) + 1
 
 
-def _finish(run_dir: Path, mission: str, mode: str, final: Sequence[TicketRollout], rollouts: _Rollouts,
-            reflector: Reflector | None, guidance: Guidance, files: RunFiles) -> dict[str, Any]:
+def _finish(
+    run_dir: Path,
+    mission: str,
+    mode: str,
+    final: Sequence[TicketRollout],
+    rollouts: _Rollouts,
+    reflector: Reflector | None,
+    guidance: Guidance,
+    files: RunFiles,
+) -> dict[str, Any]:
     """The end-of-run files from the final rollout (in ticket order), and the run summary."""
     verdicts, failures = outcome_rows(final)
     files.add(VERDICTS_FILE, verdicts)
@@ -376,8 +438,12 @@ def _finish(run_dir: Path, mission: str, mode: str, final: Sequence[TicketRollou
     queued = reflector.queued if reflector else {}
     files.add(GROUP_REPORT_FILE, [_group_report_row(result, rollouts, reflector, guidance.step) for result in final])
     items = list(queued.values())
-    need_review = {"mission": mission, "n": len(items),
-                   "by_reason_code": dict(Counter(item["reason_code"] for item in items)), "items": items}
+    need_review = {
+        "mission": mission,
+        "n": len(items),
+        "by_reason_code": dict(Counter(item["reason_code"] for item in items)),
+        "items": items,
+    }
     write_json(run_dir / NEED_REVIEW_FILE, need_review, schema="stage_b_need_review")
     if reflector is None:
         write_json(run_dir / HYPOTHESES_FILE, HypothesisPool().to_json())
@@ -385,14 +451,20 @@ def _finish(run_dir: Path, mission: str, mode: str, final: Sequence[TicketRollou
     block = confusion((result.ticket.label, result.selection.verdict) for result in final)
     _report_false_pass(mission, block)
     return {
-        "mission": mission, "mode": mode, "tickets": len(final), "verdicts": len(verdicts),
-        "failures": len(failures), "need_review": need_review["by_reason_code"], "guidance_step": guidance.step,
+        "mission": mission,
+        "mode": mode,
+        "tickets": len(final),
+        "verdicts": len(verdicts),
+        "failures": len(failures),
+        "need_review": need_review["by_reason_code"],
+        "guidance_step": guidance.step,
         "final": block,
     }
 
 
-def _group_report_row(result: TicketRollout, rollouts: _Rollouts, reflector: Reflector | None,
-                      guidance_step: int) -> dict[str, Any]:
+def _group_report_row(
+    result: TicketRollout, rollouts: _Rollouts, reflector: Reflector | None, guidance_step: int
+) -> dict[str, Any]:
     key = result.ticket.ticket_key
     item = reflector.queued.get(key) if reflector else None
     return {
@@ -408,8 +480,10 @@ def _group_report_row(result: TicketRollout, rollouts: _Rollouts, reflector: Ref
 def _report_false_pass(mission: str, block: Mapping[str, Any]) -> None:
     """The headline line: false passes of the final verdicts, a warning over the target."""
     rate = block["fp_rate"]
-    line = (f"{mission}: FALSE PASS (human fail, model pass) {block['fp']} tickets, rate {_percent(rate)} "
-            f"(target under {FALSE_PASS_TARGET:.0%}); acc {_percent(block['acc'])}, n {block['n']}")
+    line = (
+        f"{mission}: FALSE PASS (human fail, model pass) {block['fp']} tickets, rate {_percent(rate)} "
+        f"(target under {FALSE_PASS_TARGET:.0%}); acc {_percent(block['acc'])}, n {block['n']}"
+    )
     if rate is not None and rate >= FALSE_PASS_TARGET:
         log.warning("%s — OVER TARGET", line)
     else:

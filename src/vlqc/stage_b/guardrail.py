@@ -38,10 +38,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlqc.data.summary import IRRELEVANT
-from vlqc.prompts import REASON_MAX_CHARS, strip_summary_header, summary_entries
+from vlqc.inference.prompts import REASON_MAX_CHARS, strip_summary_header, summary_entries
 
 TRIGGERS = (
-    "未按要求", "错误", "缺失", "松动", "损坏", "方向不正确", "反向", "不符合", "不合格", "不合理", "未安装", "未配备",
+    "未按要求",
+    "错误",
+    "缺失",
+    "松动",
+    "损坏",
+    "方向不正确",
+    "反向",
+    "不符合",
+    "不合格",
+    "不合理",
+    "未安装",
+    "未配备",
 )
 NEGATION_PREFIXES = ("未发现明显", "未见明显", "未发现", "未见", "不存在", "没有", "无明显", "无")
 QUESTION_MARKERS = ("是否", "能否", "是不是")
@@ -49,9 +60,42 @@ QUESTION_WINDOW = 6  # characters before a hit that may hold the question marker
 PENDING_PHRASES = ("无法确认", "不能确认", "无法判断", "只显示部分", "模糊", "需复核")
 # The origin's connectors, then those vlqc's own G0 texts (missions.yaml focus) use; matched longest first.
 CONNECTORS = (
-    "至少需要检测到", "还需要检测到", "需要检测到", "根据情况判断是否需要", "若需要安装", "则判断是否", "符合要求", "按要求",
-    "至少", "需要", "检测到", "判断", "是否", "若", "则", "并", "且", "和", "与", "或", "还",
-    "必须看到", "看到", "出现", "必须", "须", "都", "及其", "以及", "每个", "按", "合并", "图片", "判定", "的", "时",
+    "至少需要检测到",
+    "还需要检测到",
+    "需要检测到",
+    "根据情况判断是否需要",
+    "若需要安装",
+    "则判断是否",
+    "符合要求",
+    "按要求",
+    "至少",
+    "需要",
+    "检测到",
+    "判断",
+    "是否",
+    "若",
+    "则",
+    "并",
+    "且",
+    "和",
+    "与",
+    "或",
+    "还",
+    "必须看到",
+    "看到",
+    "出现",
+    "必须",
+    "须",
+    "都",
+    "及其",
+    "以及",
+    "每个",
+    "按",
+    "合并",
+    "图片",
+    "判定",
+    "的",
+    "时",
 )
 DEVICE_SUFFIX = "设备"
 INSTALL_PREFIX = "安装"

@@ -4,7 +4,7 @@ A guidance file (schema `stage_b_guidance`, origin-facts §5) maps mission → s
 `{step, updated_at, experiences, metadata}`. `experiences` holds `S<n>` (structural invariants, never
 touched by ops), `G0` (the mission checklist: may be updated or merged into, never deleted or merged
 away) and `G1+` (learnable rules). A legacy `focus` is promoted to G0 when G0 is missing or is the
-placeholder text. The experiences map is exactly what `vlqc.prompts.verdict_messages` renders.
+placeholder text. The experiences map is exactly what `vlqc.inference.prompts.verdict_messages` renders.
 
 Engine rules for ops (§7), and the choices made where the origin is loose:
 - An op that is not applied returns `Applied(accepted=False, reason=<code>)`; nothing is dropped
@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,26 @@ SIMILARITY_THRESHOLD = 0.9
 CONFIDENCE_EPSILON = 1e-5
 
 FORBIDDEN_PHRASES = (
-    "复核", "需复核", "需要复核", "需人工复核", "人工复核", "need-review", "need review", "needs review", "证据不足",
-    "待定", "不应直接", "不建议直接", "不得直接", "佐证", "需进一步", "需要进一步", "进一步确认", "不写不通过",
-    "通过但需复核", "通过但需人工复核",
+    "复核",
+    "需复核",
+    "需要复核",
+    "需人工复核",
+    "人工复核",
+    "need-review",
+    "need review",
+    "needs review",
+    "证据不足",
+    "待定",
+    "不应直接",
+    "不建议直接",
+    "不得直接",
+    "佐证",
+    "需进一步",
+    "需要进一步",
+    "进一步确认",
+    "不写不通过",
+    "通过但需复核",
+    "通过但需人工复核",
 )
 # A rule that only says what not to conclude (`不应判定为通过`) leaves the verdict open; a few words
 # may stand between the two halves (`不要把它判为通过`).
@@ -142,7 +159,7 @@ def _looks_like_summary_chain(text: str) -> bool:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -270,7 +287,9 @@ class Guidance:
         previous = self.metadata.get(key, {})
         hits, misses = previous.get("hit_count", 0) + 1, previous.get("miss_count", 0)
         meta: dict[str, Any] = {
-            "updated_at": now, "reflection_id": reflection_id, "sources": list(dict.fromkeys(sources))
+            "updated_at": now,
+            "reflection_id": reflection_id,
+            "sources": list(dict.fromkeys(sources)),
         }
         if op.rationale:
             meta["rationale"] = op.rationale
@@ -334,7 +353,7 @@ def _checked_text(text: str | None) -> str:
 
 
 def _snapshot(source: Path, folder: Path) -> None:
-    stamp = datetime.now(timezone.utc)
+    stamp = datetime.now(UTC)
     target = _snapshot_path(folder, stamp)
     while target.exists():  # two saves within one microsecond
         stamp += timedelta(microseconds=1)

@@ -50,7 +50,11 @@ def confusion(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     n_fail, n_pass = fp + counts["fail", "fail"], fn + counts["pass", "pass"]
     n = n_fail + n_pass
     return {
-        "acc": _rate(n - fp - fn, n), "fn": fn, "fp": fp, "fn_rate": _rate(fn, n_pass), "fp_rate": _rate(fp, n_fail),
+        "acc": _rate(n - fp - fn, n),
+        "fn": fn,
+        "fp": fp,
+        "fn_rate": _rate(fn, n_pass),
+        "fp_rate": _rate(fp, n_fail),
         "n": n,
     }
 

@@ -48,7 +48,7 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from vlqc.errors import VlqcError
-from vlqc.sampling import Sampling
+from vlqc.inference.sampling import Sampling
 from vlqc.stage_b.gate import EarlyStop, Judged, Thresholds, decide
 from vlqc.stage_b.guidance import Guidance, Operation
 from vlqc.stage_b.hypotheses import HypothesisPool
@@ -215,8 +215,11 @@ class Reflector:
                 self.sink.flush()
                 return None
             if state.early_stop.should_stop:
-                log.info("epoch %d: %d cycles without an accepted change; reflection stops", state.number,
-                         state.early_stop.idle_rounds)
+                log.info(
+                    "epoch %d: %d cycles without an accepted change; reflection stops",
+                    state.number,
+                    state.early_stop.idle_rounds,
+                )
                 return None
         return uncovered
 
@@ -249,8 +252,11 @@ class Reflector:
         decision = self._ask(state, rid, "decision", batch, prompt, partial(parse_decision, batch_keys=batch))
         if decision is None:
             return self._end_cycle(state, row, "decision_failed", 0, list(batch))
-        row.update(no_evidence=list(decision.no_evidence), decision_analysis=decision.analysis,
-                   dropped=[d._asdict() for d in decision.dropped])
+        row.update(
+            no_evidence=list(decision.no_evidence),
+            decision_analysis=decision.analysis,
+            dropped=[d._asdict() for d in decision.dropped],
+        )
         self._queue(state, decision.no_evidence, NO_EVIDENCE, lambda key: rid, decision.analysis or None)
         learnable = [key for key in batch if key not in decision.no_evidence]
         row["learnable"] = learnable
@@ -266,29 +272,45 @@ class Reflector:
             self.pool.observe(hypothesis, self.cycle, rid)
         covered, uncovered = closure(learnable, ops.operations, ops.hypotheses)
         row.update(
-            has_evidence=ops.has_evidence, evidence_analysis=ops.analysis,
+            has_evidence=ops.has_evidence,
+            evidence_analysis=ops.analysis,
             operations=[_op_json(op) for op in ops.operations],
             hypotheses=[_hypothesis_json(h) for h in ops.hypotheses],
-            covered=list(covered), uncovered=list(uncovered),
+            covered=list(covered),
+            uncovered=list(uncovered),
             dropped=row["dropped"] + [d._asdict() for d in ops.dropped],
         )
         group_ids = list(dict.fromkeys(state.current[key].ticket.group_id for key in batch))
         accepted = sum(self._change(state, op, rid, "reflection", group_ids).accepted for op in ops.operations)
         return self._end_cycle(state, row, "ok", accepted + self._promote(state, rid), list(uncovered))
 
-    def _end_cycle(self, state: _Epoch, row: dict[str, Any], status: str, accepted: int,
-                   uncovered: list[str]) -> list[str]:
+    def _end_cycle(
+        self, state: _Epoch, row: dict[str, Any], status: str, accepted: int, uncovered: list[str]
+    ) -> list[str]:
         row.update(status=status, accepted_changes=accepted, guidance_step=self.guidance.step)
         self.sink.add(REFLECTION_FILE, [row])
         self.sink.add(EVENTS_FILE, self.pool.drain_events())
         self.sink.flush()
         state.early_stop.record(accepted > 0)
-        log.info("%s: %d tickets, %s, %d accepted changes, %d uncovered", row["reflection_id"],
-                 len(row["ticket_keys"]), status, accepted, len(uncovered))
+        log.info(
+            "%s: %d tickets, %s, %d accepted changes, %d uncovered",
+            row["reflection_id"],
+            len(row["ticket_keys"]),
+            status,
+            accepted,
+            len(uncovered),
+        )
         return uncovered
 
-    def _ask(self, state: _Epoch, rid: str, which: str, keys: Sequence[str], prompt: tuple[str, str],
-             parse: Callable[[str], Any]) -> Any:
+    def _ask(
+        self,
+        state: _Epoch,
+        rid: str,
+        which: str,
+        keys: Sequence[str],
+        prompt: tuple[str, str],
+        parse: Callable[[str], Any],
+    ) -> Any:
         """The parsed answer of one pass, asked up to 1 + format_retries times; None after a failure row."""
         s = self.settings
         tokens = self.backend.count_tokens(*prompt)
@@ -313,22 +335,48 @@ class Reflector:
                 problems.append(f"attempt {attempt + 1}: {exc}")
         return self._fail(state, rid, which, keys, FORMAT_ERROR if raw else BACKEND_ERROR, "; ".join(problems), raw)
 
-    def _fail(self, state: _Epoch, rid: str, which: str, keys: Sequence[str], code: str, message: str,
-              raw: list[str]) -> None:
+    def _fail(
+        self, state: _Epoch, rid: str, which: str, keys: Sequence[str], code: str, message: str, raw: list[str]
+    ) -> None:
         log.warning("%s %s pass: %s: %s", rid, which, code, message)
-        self.sink.add(FAILURE_FILE, [{
-            "code": code, "reflection_id": rid, "epoch": state.number, "cycle": self.cycle, "pass": which,
-            "ticket_keys": list(keys), "message": message, "raw": raw,
-        }])
+        self.sink.add(
+            FAILURE_FILE,
+            [
+                {
+                    "code": code,
+                    "reflection_id": rid,
+                    "epoch": state.number,
+                    "cycle": self.cycle,
+                    "pass": which,
+                    "ticket_keys": list(keys),
+                    "message": message,
+                    "raw": raw,
+                }
+            ],
+        )
 
     # --- guidance changes -----------------------------------------------------------------------
 
-    def _change(self, state: _Epoch, op: Operation, rid: str, origin: str, group_ids: Sequence[str] = (),
-                thresholds: Thresholds | None = None) -> Outcome:
+    def _change(
+        self,
+        state: _Epoch,
+        op: Operation,
+        rid: str,
+        origin: str,
+        group_ids: Sequence[str] = (),
+        thresholds: Thresholds | None = None,
+    ) -> Outcome:
         """Try one op on a copy of the guidance; the copy replaces it only if the gate accepts."""
         row: dict[str, Any] = {
-            "event": "change", "reflection_id": rid, "epoch": state.number, "cycle": self.cycle, "origin": origin,
-            "op": _op_json(op), "key": op.key, "action": None, "gate": None,
+            "event": "change",
+            "reflection_id": rid,
+            "epoch": state.number,
+            "cycle": self.cycle,
+            "origin": origin,
+            "op": _op_json(op),
+            "key": op.key,
+            "action": None,
+            "gate": None,
         }
         if state.changes_left < 1:
             outcome = Outcome(False, f"change_cap_per_epoch={self.settings.change_cap_per_epoch} reached")
@@ -338,10 +386,18 @@ class Reflector:
         if not applied.accepted:
             return self._record_change(row, "refused", Outcome(False, applied.reason))
         after = self.judge(candidate.experiences)
-        decision = decide(judged(state.current), judged(after), applied.action, thresholds or self.settings.gate,
-                          seed=self.settings.seed + self.cycle)
-        row.update(key=applied.key, action=applied.action,
-                   gate={"accepted": decision.accepted, "reasons": decision.reasons, "numbers": decision.numbers})
+        decision = decide(
+            judged(state.current),
+            judged(after),
+            applied.action,
+            thresholds or self.settings.gate,
+            seed=self.settings.seed + self.cycle,
+        )
+        row.update(
+            key=applied.key,
+            action=applied.action,
+            gate={"accepted": decision.accepted, "reasons": decision.reasons, "numbers": decision.numbers},
+        )
         if not decision.accepted:
             return self._record_change(row, "rejected", Outcome(False, "; ".join(decision.reasons)))
         self.guidance = candidate
@@ -353,8 +409,15 @@ class Reflector:
     def _record_change(self, row: dict[str, Any], outcome_name: str, outcome: Outcome) -> Outcome:
         row.update(outcome=outcome_name, reason=outcome.reason, guidance_step=self.guidance.step)
         self.sink.add(REFLECTION_FILE, [row])
-        log.info("%s %s %s %s: %s%s", row["reflection_id"], row["origin"], row["op"]["op"], row["key"] or "(new)",
-                 outcome_name, f" ({outcome.reason})" if outcome.reason else "")
+        log.info(
+            "%s %s %s %s: %s%s",
+            row["reflection_id"],
+            row["origin"],
+            row["op"]["op"],
+            row["key"] or "(new)",
+            outcome_name,
+            f" ({outcome.reason})" if outcome.reason else "",
+        )
         return outcome
 
     def _promote(self, state: _Epoch, rid: str) -> int:
@@ -364,8 +427,12 @@ class Reflector:
         for entry in self.pool.promotable(s.promote_min_cycles, s.promote_min_tickets):
             if state.changes_left < 1:
                 break  # stays open for a later epoch
-            op = Operation("add", text=entry.text, rationale=f"假设晋升: {len(entry.cycles)}轮, {len(entry.tickets)}单",
-                           evidence=tuple(sorted(entry.tickets)))
+            op = Operation(
+                "add",
+                text=entry.text,
+                rationale=f"假设晋升: {len(entry.cycles)}轮, {len(entry.tickets)}单",
+                evidence=tuple(sorted(entry.tickets)),
+            )
             outcome = self._change(state, op, rid, "promotion")
             if outcome.accepted:
                 self.pool.promote(entry.signature, self.cycle)
@@ -403,17 +470,30 @@ class Reflector:
 
     # --- review queue ---------------------------------------------------------------------------
 
-    def _queue(self, state: _Epoch, keys: Iterable[str], code: str, reflection_id: Callable[[str], str | None],
-               note: str | None) -> None:
+    def _queue(
+        self,
+        state: _Epoch,
+        keys: Iterable[str],
+        code: str,
+        reflection_id: Callable[[str], str | None],
+        note: str | None,
+    ) -> None:
         for key in keys:
             if key in self.queued:
                 continue
             result = state.current[key]
             item = {
-                "ticket_key": key, "group_id": result.ticket.group_id, "mission": result.ticket.mission,
-                "gt_label": result.ticket.label, "pred_verdict": result.selection.verdict,
-                "pred_reason": result.selection.reason, "reason_code": code, "epoch": state.number,
-                "reflection_cycle": self.cycle, "reflection_id": reflection_id(key), "uncertainty_note": note,
+                "ticket_key": key,
+                "group_id": result.ticket.group_id,
+                "mission": result.ticket.mission,
+                "gt_label": result.ticket.label,
+                "pred_verdict": result.selection.verdict,
+                "pred_reason": result.selection.reason,
+                "reason_code": code,
+                "epoch": state.number,
+                "reflection_cycle": self.cycle,
+                "reflection_id": reflection_id(key),
+                "uncertainty_note": note,
             }
             self.queued[key] = item
             self.sink.add(REVIEW_FILE, [item])
@@ -433,22 +513,40 @@ def _reflection_ticket(result: TicketRollout) -> dict[str, Any]:
 def _cycle_row(rid: str, epoch: int, cycle: int, attempt: int, batch: Sequence[str]) -> dict[str, Any]:
     """A `cycle` row of reflection.jsonl with the pass fields still empty."""
     return {
-        "event": "cycle", "reflection_id": rid, "epoch": epoch, "cycle": cycle, "attempt": attempt,
-        "ticket_keys": list(batch), "no_evidence": [], "decision_analysis": None, "learnable": [],
-        "has_evidence": None, "evidence_analysis": None, "operations": [], "hypotheses": [], "covered": [],
-        "uncovered": [], "dropped": [],
+        "event": "cycle",
+        "reflection_id": rid,
+        "epoch": epoch,
+        "cycle": cycle,
+        "attempt": attempt,
+        "ticket_keys": list(batch),
+        "no_evidence": [],
+        "decision_analysis": None,
+        "learnable": [],
+        "has_evidence": None,
+        "evidence_analysis": None,
+        "operations": [],
+        "hypotheses": [],
+        "covered": [],
+        "uncovered": [],
+        "dropped": [],
     }
 
 
 def _hypothesis_json(hypothesis: Hypothesis) -> dict[str, Any]:
     return {
-        "text": hypothesis.text, "falsifier": hypothesis.falsifier, "evidence": list(hypothesis.evidence),
+        "text": hypothesis.text,
+        "falsifier": hypothesis.falsifier,
+        "evidence": list(hypothesis.evidence),
         "dimension": hypothesis.dimension,
     }
 
 
 def _op_json(op: Operation) -> dict[str, Any]:
     return {
-        "op": op.op, "key": op.key, "text": op.text, "rationale": op.rationale, "evidence": list(op.evidence),
+        "op": op.op,
+        "key": op.key,
+        "text": op.text,
+        "rationale": op.rationale,
+        "evidence": list(op.evidence),
         "merged_from": list(op.merged_from),
     }

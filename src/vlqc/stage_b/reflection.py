@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from vlqc.errors import VlqcError
-from vlqc.prompts import LABELS, strip_summary_header
+from vlqc.inference.prompts import LABELS, strip_summary_header
+from vlqc.inference.verdict import FORBIDDEN_IN_REASON
 from vlqc.stage_b.guidance import OPS, Operation
 from vlqc.tickets import natural_key
-from vlqc.verdict import FORBIDDEN_IN_REASON
 
 DECISION_ANALYSIS_MAX = 200
 EVIDENCE_ANALYSIS_MAX = 120

@@ -1,10 +1,10 @@
 """Stage-B rollout: sample verdict candidates for each ticket, vote, apply the fail-first guardrail.
 
-For every ticket the verdict prompt (`vlqc.prompts.verdict_messages`) is built once. A prompt over
+For every ticket the verdict prompt (`vlqc.inference.prompts.verdict_messages`) is built once. A prompt over
 `max_prompt_tokens` is rejected, never truncated: a cut prompt loses image summaries and the verdict
 would rest on evidence the model never saw. Every other ticket is sampled `samples_per_decode` times
 per sampler of the grid (sample k runs with seed `seed + k`), in batches over tickets, and every answer
-is parsed by the strict two-line contract (`vlqc.verdict.parse_verdict`). A backend may fail one item
+is parsed by the strict two-line contract (`vlqc.inference.verdict.parse_verdict`). A backend may fail one item
 of a batch: it returns a `BackendError` in that slot, the candidate is recorded without text, and
 other tickets are unaffected.
 
@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vlqc.errors import SampleError, VlqcError
-from vlqc.sampling import Sampling
-from vlqc.prompts import verdict_messages
+from vlqc.inference.prompts import verdict_messages
+from vlqc.inference.sampling import Sampling
+from vlqc.inference.verdict import Parsed, parse_verdict
 from vlqc.stage_b.guardrail import GuardrailResult, apply, scan
 from vlqc.stage_b.tickets import Ticket
-from vlqc.verdict import Parsed, parse_verdict
 
 TRAJECTORY_SCHEMA = "stage_b_trajectory"
 SELECTION_SCHEMA = "stage_b_selection"
@@ -287,7 +287,10 @@ def _check_rollout_args(
 
 
 def _sample(
-    backend: ChatBackend, prompts: Sequence[tuple[str, str]], grid: Sequence[SamplerConfig], samples: int,
+    backend: ChatBackend,
+    prompts: Sequence[tuple[str, str]],
+    grid: Sequence[SamplerConfig],
+    samples: int,
     batch_size: int,
 ) -> list[tuple[Candidate, ...]]:
     """Per prompt, its candidates in grid order, then sample order."""
@@ -346,8 +349,11 @@ def selection_row(result: TicketRollout, epoch: int) -> dict[str, Any]:
         "low_agreement": selection.low_agreement,
         "votes": dict(selection.votes),
         "n_candidates": len(result.candidates),
-        "chosen": None if chosen is None else {
-            "grid_index": chosen.grid_index, "sample_index": chosen.sample_index,
+        "chosen": None
+        if chosen is None
+        else {
+            "grid_index": chosen.grid_index,
+            "sample_index": chosen.sample_index,
             "temperature": chosen.sampler.temperature,
         },
         "guardrail_hits": [dataclasses.asdict(hit) for hit in selection.guardrail.hits],
@@ -366,13 +372,14 @@ def outcome_rows(results: Iterable[TicketRollout]) -> tuple[list[dict[str, Any]]
             failures.append({**fields, "code": failure.code, "message": failure.message, "raw": list(failure.raw)})
             continue
         selection = result.selection
-        verdicts.append({
-            **fields,
-            "verdict": selection.verdict,
-            "reason": selection.reason,
-            "source": selection.source,
-            "vote_strength": selection.vote_strength,
-            "low_agreement": selection.low_agreement,
-        })
+        verdicts.append(
+            {
+                **fields,
+                "verdict": selection.verdict,
+                "reason": selection.reason,
+                "source": selection.source,
+                "vote_strength": selection.vote_strength,
+                "low_agreement": selection.low_agreement,
+            }
+        )
     return verdicts, failures
-

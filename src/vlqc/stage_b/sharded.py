@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from vlqc.errors import VlqcError
-from vlqc.sampling import Sampling
+from vlqc.inference.sampling import Sampling
 from vlqc.stage_b.rollout import BackendError, ChatBackend
 
 log = logging.getLogger(__name__)

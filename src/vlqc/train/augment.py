@@ -73,7 +73,7 @@ def augment(image: Image.Image, record: dict, cfg: dict, rng: random.Random) -> 
     if image.size != (record["width"], record["height"]):
         raise SampleError(
             "image_size_mismatch",
-            f"image is {image.width}x{image.height}, record says " f"{record['width']}x{record['height']}",
+            f"image is {image.width}x{image.height}, record says {record['width']}x{record['height']}",
             record["sample_id"],
         )
     if rng.random() < cfg["bypass_prob"]:

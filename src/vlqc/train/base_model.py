@@ -1,6 +1,6 @@
 """The base model folder (rule base_model): a tiny seeded Qwen3-VL, or a link to a real checkpoint.
 
-Either way `results/models/base/<name>/` loads with `AutoProcessor` +
+Either way `results/train/base/<name>/` loads with `AutoProcessor` +
 `AutoModelForImageTextToText` and with ms-swift (`--model_type qwen3_vl`), and holds
 `vlqc_base_model.json`, a manifest saying what the folder is (sizes, seed, parameter
 counts, or the linked source). The folder is built under a temporary name beside

@@ -19,10 +19,16 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from vlqc.generation import Generator, Request, Sampling
-from vlqc.prompts import category_count, summary_entries, summary_messages, strip_summary_header, verdict_messages
+from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.prompts import (
+    category_count,
+    strip_summary_header,
+    summary_entries,
+    summary_messages,
+    verdict_messages,
+)
+from vlqc.inference.verdict import parse_verdict
 from vlqc.train.sft_data import Ticket, group_tickets
-from vlqc.verdict import parse_verdict
 
 TARGETS = {"summary_exact_match": 0.4, "category_count_accuracy": 0.8, "verdict_accuracy_gt_summaries": 0.85}
 SUMMARY_VS_BASELINE = 2.0  # exact match must also be at least this multiple of the most-frequent-summary baseline
@@ -101,11 +107,19 @@ def prior_baselines(train: list[dict], val: list[dict]) -> dict[str, float]:
 
 def batched(items: list, size: int):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def evaluate(model_dir: Path, train: list[dict], val: list[dict], data_root: Path, missions: dict,
-             max_pixels: int, batch_size: int = 8, max_new_tokens: int = 256) -> dict:
+def evaluate(
+    model_dir: Path,
+    train: list[dict],
+    val: list[dict],
+    data_root: Path,
+    missions: dict,
+    max_pixels: int,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+) -> dict:
     started = time.perf_counter()
     generator = Generator(model_dir, max_pixels=max_pixels)
     greedy = Sampling(max_new_tokens=max_new_tokens)
@@ -130,8 +144,7 @@ def evaluate(model_dir: Path, train: list[dict], val: list[dict], data_root: Pat
     verdicts = []
     for chunk in tqdm(list(batched(tickets, batch_size)), desc="eval verdicts", mininterval=5):
         requests = [
-            Request(*verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions))
-            for t in chunk
+            Request(*verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions)) for t in chunk
         ]
         verdicts += [parse_verdict(text).verdict for text in generator.generate(requests, greedy)]
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -21,10 +21,30 @@ from vlqc.jsonl import write_json
 
 # Variables that shape a run's placement and caching; anything else stays out.
 ENV_NAMES = {
-    "NVIDIA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-    "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-    "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TORCH_HOME", "MAX_PIXELS",
-    "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "ROOT_IMAGE_DIR", "TORCH_DISTRIBUTED_DEBUG", "PYTORCH_CUDA_ALLOC_CONF",
+    "NVIDIA_VISIBLE_DEVICES",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NPROC_PER_NODE",
+    "NNODES",
+    "NODE_RANK",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TORCH_HOME",
+    "MAX_PIXELS",
+    "MIN_PIXELS",
+    "IMAGE_MAX_TOKEN_NUM",
+    "ROOT_IMAGE_DIR",
+    "TORCH_DISTRIBUTED_DEBUG",
+    "PYTORCH_CUDA_ALLOC_CONF",
 }
 ENV_FAMILIES = ("CUDA_", "SLURM_", "NCCL_")
 # A family may hold a credential (e.g. a job token); those names never leave the process.
@@ -82,7 +102,7 @@ def write_manifest(
     write_json(
         out_dir / "run_metadata.json",
         {
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "git": git_state(repo),
             "python": sys.version.split()[0],
             "platform": platform.platform(),

@@ -26,8 +26,16 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
     device_args = [] if use_gpu else ["--use_cpu", "true", "--ddp_backend", "gloo"]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "--max-restarts=0", "-m", "swift.cli.sft", *args, *device_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "--max-restarts=0",
+        "-m",
+        "swift.cli.sft",
+        *args,
+        *device_args,
     ]
 
 
@@ -40,7 +48,9 @@ def last_checkpoint(work_dir: Path) -> Path:
     return found[-1][1]
 
 
-def train(config_path: Path, base_model: Path, data_dir: Path, out_dir: Path, nproc: int, gpus: int, threads: int) -> Path:
+def train(
+    config_path: Path, base_model: Path, data_dir: Path, out_dir: Path, nproc: int, gpus: int, threads: int
+) -> Path:
     cfg = load_train_config(config_path)
     work_dir = out_dir / "swift"
     if work_dir.exists():

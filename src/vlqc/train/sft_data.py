@@ -56,8 +56,7 @@ import numpy as np
 from PIL import Image
 
 from vlqc.errors import SampleError, VlqcError
-from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
-from vlqc.prompts import (
+from vlqc.inference.prompts import (
     dense_messages,
     dense_target,
     summary_entries,
@@ -66,6 +65,7 @@ from vlqc.prompts import (
     verdict_messages,
     verdict_target,
 )
+from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
 from vlqc.tickets import natural_key
 from vlqc.train.augment import augment as augment_sample
 from vlqc.train.augment import warp
@@ -557,8 +557,13 @@ def recombined_verdicts(
                 break
         rules = guidance.get(mission) if guidance else None
         answer = verdict_target(label, verdict_reasons(label, evidence)[0])
-        meta = {"mode": "verdict", "epoch": epoch, "split": split, "index": k,
-                "source": f"{mission}/recombined-{epoch}-{k}::{label}"}
+        meta = {
+            "mode": "verdict",
+            "epoch": epoch,
+            "split": split,
+            "index": k,
+            "source": f"{mission}/recombined-{epoch}-{k}::{label}",
+        }
         rows.append(_row(*verdict_messages(mission, rules, summaries, missions), answer, None, meta))
     return rows
 

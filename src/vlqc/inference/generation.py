@@ -16,8 +16,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlqc.errors import SampleError
-from vlqc.prompts import hf_messages
-from vlqc.sampling import Sampling
+from vlqc.inference.prompts import hf_messages
+from vlqc.inference.sampling import Sampling
 
 
 @dataclass
@@ -54,8 +54,13 @@ def check_image(processor, image: Image.Image, where: str) -> None:
 class Generator:
     """Greedy or sampled batched generation; left padding is set here, every time."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_pixels: int | None = None,
+    ):
         self.processor = load_processor(model_dir, max_pixels)
         # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
         self.processor.tokenizer.padding_side = "left"
@@ -68,7 +73,10 @@ class Generator:
     def encode(self, requests: list[Request]) -> dict[str, torch.Tensor]:
         texts = [
             self.processor.apply_chat_template(
-                hf_messages(r.system, r.user, r.images), tokenize=False, add_generation_prompt=True, enable_thinking=False
+                hf_messages(r.system, r.user, r.images),
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=False,
             )
             for r in requests
         ]
@@ -93,5 +101,5 @@ class Generator:
             top_k=None,
             repetition_penalty=sampling.repetition_penalty,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)

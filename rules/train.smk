@@ -3,7 +3,7 @@
 
 rule base_model:
     output:
-        directory("results/models/base/{name}"),
+        directory("results/train/base/{name}"),
     log:
         "results/logs/base_model/{name}.log",
     conda:
@@ -22,7 +22,7 @@ rule sft_dataset:
         config=lambda wildcards: config["train"]["runs"][wildcards.run],
         missions=config["missions_file"],
     output:
-        directory("results/sft/{run}/data"),
+        directory("results/train/sft/{run}/data"),
     log:
         "results/logs/sft_dataset/{run}.log",
     conda:
@@ -35,16 +35,16 @@ rule sft_dataset:
 rule train_sft:
     input:
         base=base_model_dir(),
-        data="results/sft/{run}/data",
+        data="results/train/sft/{run}/data",
         config=lambda wildcards: config["train"]["runs"][wildcards.run],
     output:
-        checkpoint=directory("results/models/sft/{run}/checkpoint"),
-        logging="results/models/sft/{run}/logging.jsonl",
-        resolved="results/models/sft/{run}/resolved_config.json",
-        runtime_env="results/models/sft/{run}/runtime_env.json",
-        metadata="results/models/sft/{run}/run_metadata.json",
-        sources=directory("results/models/sft/{run}/sources"),
-        work=temp(directory("results/models/sft/{run}/swift")),
+        checkpoint=directory("results/train/sft/{run}/checkpoint"),
+        logging="results/train/sft/{run}/logging.jsonl",
+        resolved="results/train/sft/{run}/resolved_config.json",
+        runtime_env="results/train/sft/{run}/runtime_env.json",
+        metadata="results/train/sft/{run}/run_metadata.json",
+        sources=directory("results/train/sft/{run}/sources"),
+        work=temp(directory("results/train/sft/{run}/swift")),
     log:
         "results/logs/train_sft/{run}.log",
     conda:
@@ -57,16 +57,16 @@ rule train_sft:
         gpus=config["train"]["gpus"],
     shell:
         "python scripts/train_sft.py --config {input.config} --base {input.base} --data {input.data}"
-        " --out results/models/sft/{wildcards.run} --nproc {params.cpu_ranks} --gpus {params.gpus}"
+        " --out results/train/sft/{wildcards.run} --nproc {params.cpu_ranks} --gpus {params.gpus}"
         " --threads {threads} > {log} 2>&1"
 
 
 rule merge_adapter:
     input:
-        checkpoint="results/models/sft/{run}/checkpoint",
+        checkpoint="results/train/sft/{run}/checkpoint",
         base=base_model_dir(),
     output:
-        directory("results/models/sft/{run}/merged"),
+        directory("results/train/sft/{run}/merged"),
     log:
         "results/logs/merge_adapter/{run}.log",
     conda:
@@ -78,13 +78,13 @@ rule merge_adapter:
 
 rule eval_sft:
     input:
-        model="results/models/sft/{run}/merged",
+        model="results/train/sft/{run}/merged",
         config=lambda wildcards: config["train"]["runs"][wildcards.run],
         train=lambda wildcards: canonical_splits(wildcards.run, "train")[0],
         val=lambda wildcards: canonical_splits(wildcards.run, "val")[0],
         missions=config["missions_file"],
     output:
-        "results/models/sft/{run}/eval.json",
+        "results/train/sft/{run}/eval.json",
     log:
         "results/logs/eval_sft/{run}.log",
     conda:

@@ -1,6 +1,6 @@
 """Decoding settings shared by every model backend.
 
-Kept apart from `vlqc.generation` so that code which only passes settings along (Stage-B
+Kept apart from `vlqc.inference.generation` so that code which only passes settings along (Stage-B
 rollouts against a remote endpoint, their tests) does not import torch and transformers.
 """
 

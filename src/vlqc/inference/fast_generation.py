@@ -37,8 +37,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -50,14 +50,23 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3_vl
 
-from vlqc.generation import Generator, Request, Sampling, resized
-from vlqc.prompts import hf_messages
+from vlqc.inference.generation import Generator, Request, resized
+from vlqc.inference.prompts import hf_messages
+from vlqc.inference.sampling import Sampling
 
 # Generation-config options under which `generate` would not pick the plain argmax; the fast path leaves them
 # to the plain one.
 GREEDY_CHANGING_OPTIONS = (
-    "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id",
-    "forced_eos_token_id", "sequence_bias", "min_length", "exponential_decay_length_penalty", "guidance_scale",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "sequence_bias",
+    "min_length",
+    "exponential_decay_length_penalty",
+    "guidance_scale",
 )
 # Cache columns come in multiples of this, so each row of a cache or mask starts aligned for the attention kernels.
 CACHE_ALIGN = 64
@@ -88,7 +97,7 @@ def plan_waves(lengths: Sequence[int], rows_for: Callable[[int], int], prefill_t
     start = 0
     while start < len(order):
         longest = lengths[order[start]]
-        rows = order[start:start + max(1, rows_for(longest))]
+        rows = order[start : start + max(1, rows_for(longest))]
         waves.append(Wave(rows, longest, _chunks(rows, lengths, prefill_tokens)))
         start += len(rows)
     return waves
@@ -203,8 +212,13 @@ class FastGenerator(Generator):
     sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: whatever torch picks
     compile = "auto"  # one of COMPILE_CHOICES
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_pixels: int | None = None,
+    ):
         super().__init__(model_dir, device=device, dtype=dtype, max_pixels=max_pixels)
         self.stats = RunStats()
         self._text_tokens: dict[tuple[str, str, int], int] = {}
@@ -253,17 +267,20 @@ class FastGenerator(Generator):
     def reference_ids(self, requests: list[Request], sampling: Sampling = Sampling()) -> list[list[int]]:
         """What `generate_ids` must return, from the plain path: `model.generate` greedy on one padded batch."""
         batch = self.encode(requests)
-        output = self.model.generate(**batch, max_new_tokens=sampling.max_new_tokens, do_sample=False,
-                                     temperature=None, top_p=None, top_k=None)
+        output = self.model.generate(
+            **batch, max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None
+        )
         stop = set(self._greedy().stop.tolist())
-        return [cut_at_stop(row, stop) for row in output[:, batch["input_ids"].shape[1]:].tolist()]
+        return [cut_at_stop(row, stop) for row in output[:, batch["input_ids"].shape[1] :].tolist()]
 
     def prompt_length(self, request: Request) -> int:
         """Tokens of the request's prompt as `encode` makes it, from the image sizes (no pixels processed)."""
         key = (request.system, request.user, len(request.images))
         if key not in self._text_tokens:
             text = self.processor.apply_chat_template(
-                hf_messages(request.system, request.user, request.images), tokenize=False, add_generation_prompt=True,
+                hf_messages(request.system, request.user, request.images),
+                tokenize=False,
+                add_generation_prompt=True,
                 enable_thinking=False,
             )
             # Each image is one pad token in the text; the processor widens it to the image's tokens.
@@ -376,7 +393,9 @@ class FastGenerator(Generator):
         if batch.get("image_grid_thw") is None:
             return text.expand(4, -1, -1)
         rope, _ = self.model.model.get_rope_index(
-            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+            batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
             attention_mask=mask,
         )
         return torch.cat([text[None], rope])
@@ -448,8 +467,15 @@ class FastGenerator(Generator):
             torch.cuda.synchronize(self.device)
 
 
-def _layer_step(layer: torch.nn.Module, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _layer_step(
+    layer: torch.nn.Module,
+    hidden: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    column: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """One decoder layer for one new token per row, its key and value written at `column` of the cache."""
     attn = layer.self_attn
     rows, dim = hidden.shape[0], attn.head_dim

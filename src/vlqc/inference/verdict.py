@@ -12,14 +12,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vlqc.prompts import strip_summary_header
+from vlqc.inference.prompts import strip_summary_header
 
 PASS_WORDS = {"通过", "pass"}
 FAIL_WORDS = {"不通过", "未通过", "fail"}
 # Legacy "third state" verdicts; they never count as pass or fail.
 THIRD_STATE = ("复核", "不确定", "无法判断", "无法判定", "待复核")
 FORBIDDEN_IN_REASON = (
-    "需复核", "需人工复核", "need-review", "needreview", "证据不足", "待定", "通过但需复核", "通过但需人工复核",
+    "需复核",
+    "需人工复核",
+    "need-review",
+    "needreview",
+    "证据不足",
+    "待定",
+    "通过但需复核",
+    "通过但需人工复核",
 )
 _SPLIT = re.compile(r"[:：]")
 
