@@ -4,28 +4,25 @@ Both answer text-only (system, user) prompts with one entry per prompt, in order
 protocol of `vlqc.stage_b.rollout`). A prompt that gets no answer comes back as a `BackendError` in its
 slot, so the caller records the failure for that ticket alone.
 
-`OpenAIBackend` speaks `POST <base_url>/chat/completions` (`base_url` ends in `/v1`, as with the
-OpenAI client) to vLLM, SGLang, `swift deploy` and the like. Such a server cannot count prompt tokens
+`OpenAIBackend` calls `chat.completions.create` of the `openai` client (`base_url` ends in `/v1`)
+on vLLM, SGLang, `swift deploy` and the like. Such a server cannot count prompt tokens
 for us, so it is given the checkpoint's tokenizer folder and counts locally, with the chat template
 rendered the way `vlqc.inference.generation.Generator.encode` renders it (thinking off).
 """
 
 from __future__ import annotations
 
-import http.client
 import inspect
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from time import sleep
 from typing import Any
 
 import torch
+from openai import APIConnectionError, APIStatusError, OpenAI, omit
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vlqc.errors import VlqcError
@@ -90,20 +87,14 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 # --- OpenAI-compatible server -------------------------------------------------------------------
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way that may pass on retry; `error` is what to report if none does."""
-
-    def __init__(self, error: BackendError):
-        super().__init__(str(error))
-        self.error = error
-
-
 class OpenAIBackend:
-    """Chat completions over HTTP, `concurrency` requests at a time.
+    """Chat completions through the `openai` client, `concurrency` requests at a time.
 
-    Connection errors, timeouts, HTTP 429 and 5xx are retried `max_retries` times, waiting
-    `backoff_s`, 2·`backoff_s`, 4·`backoff_s`, … in between; other 4xx answers and unreadable
-    bodies are not. The API key, if any, is read from the environment variable `api_key_env`.
+    The client owns transport, timeouts and retries: `timeout_s` bounds connecting and each wait for
+    the answer, and connection errors, timeouts, 408, 409, 429 and 5xx are retried up to
+    `max_retries` times with the client's exponential backoff (or the server's `Retry-After`). The
+    API key is read from the environment variable `api_key_env`; without one no `Authorization`
+    header is sent (not even `OPENAI_API_KEY`, which the client would pick up on its own).
     `tokenizer_dir` holds the served checkpoint's tokenizer, for `count_tokens`.
     """
 
@@ -115,22 +106,21 @@ class OpenAIBackend:
         tokenizer_dir: str | Path,
         timeout_s: float = 120.0,
         max_retries: int = 3,
-        backoff_s: float = 1.0,
         concurrency: int = 4,
         api_key_env: str | None = None,
     ):
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
-            raise VlqcError("OpenAIBackend needs concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.concurrency = concurrency
-        self._headers = {"Content-Type": "application/json", **_auth_header(api_key_env)}
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise VlqcError("OpenAIBackend needs concurrency >= 1, max_retries >= 0, timeout_s > 0")
         if not Path(tokenizer_dir).is_dir():
             raise VlqcError(f"tokenizer_dir {tokenizer_dir} is not a folder")
+        self.model = model
+        self.concurrency = concurrency
         self.tokenizer_dir = Path(tokenizer_dir)
+        api_key = _api_key(api_key_env)
+        # Without a key the client refuses to start, so it gets a placeholder that every request then
+        # drops with `omit` (the client's documented way to remove a header).
+        self._headers = {} if api_key else {"Authorization": omit}
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=max_retries)
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -138,9 +128,9 @@ class OpenAIBackend:
         return AutoTokenizer.from_pretrained(self.tokenizer_dir)
 
     def chat(self, prompts: Sequence[tuple[str, str]], sampling: Sampling) -> list[str | BackendError]:
-        bodies = [self._request_body(system, user, sampling) for system, user in prompts]
+        options = self._sampling_options(sampling)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._complete, bodies))
+            return list(pool.map(lambda prompt: self._complete(*prompt, options), prompts))
 
     def count_tokens(self, system: str, user: str) -> int:
         # The same rendering as Generator.encode: its chat template call, then the plain tokenizer.
@@ -149,72 +139,59 @@ class OpenAIBackend:
         )
         return len(self.tokenizer(text)["input_ids"])
 
-    def _request_body(self, system: str, user: str, sampling: Sampling) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+    @staticmethod
+    def _sampling_options(sampling: Sampling) -> dict[str, Any]:
+        options: dict[str, Any] = {
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
         }
         if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        # Not an OpenAI field: sent only when it matters, so that strict servers accept the default.
+            options["seed"] = sampling.seed
+        # Not an OpenAI field (ms-swift and vLLM read it from the body): sent only when it matters, so
+        # that strict servers accept the default.
         if sampling.repetition_penalty != 1:
-            body["repetition_penalty"] = sampling.repetition_penalty
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+            options["extra_body"] = {"repetition_penalty": sampling.repetition_penalty}
+        return options
 
-    def _complete(self, body: bytes) -> str | BackendError:
+    def _complete(self, system: str, user: str, options: Mapping[str, Any]) -> str | BackendError:
         """One prompt's answer, or the error of its last attempt (never raised: it belongs to this prompt)."""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                return _completion_text(self._post(body))
-            except _Retryable as failure:
-                last = failure.error
-            except BackendError as error:
-                return error
-        return last
-
-    def _post(self, body: bytes) -> bytes:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        where = str(self.client.base_url)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:  # before OSError: an HTTPError is one
-            error = BackendError(f"http_{exc.code}", f"{self.url} answered {exc.code}: {_error_body(exc)}")
-            if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(error) from exc
-            raise error from exc
-        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
-            raise _Retryable(BackendError(BACKEND_UNAVAILABLE, f"{self.url}: {exc!r}")) from exc
+            completion = self.client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                extra_headers=self._headers,
+                **options,
+            )
+        except APIStatusError as exc:  # an answer of 4xx, or of 408/409/429/5xx on the last attempt
+            return BackendError(f"http_{exc.status_code}", f"{where}: {str(exc)[:ERROR_BODY_CHARS]}")
+        except APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError), on every attempt
+            return BackendError(BACKEND_UNAVAILABLE, f"{where}: {exc.message} ({exc.__cause__!r})")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the client's parse of a JSON-typed body
+            return BackendError(BAD_RESPONSE, f"{where} answered a body that is not JSON: {exc!r}")
+        return _answer_text(completion)
 
 
-def _auth_header(api_key_env: str | None) -> dict[str, str]:
+def _api_key(api_key_env: str | None) -> str | None:
     if api_key_env is None:
-        return {}
+        return None
     key = os.environ.get(api_key_env)
     if not key:
         raise VlqcError(f"the API key variable {api_key_env} is not set (or empty)")
-    return {"Authorization": f"Bearer {key}"}
+    return key
 
 
-def _error_body(exc: urllib.error.HTTPError) -> str:
+def _answer_text(completion: Any) -> str | BackendError:
+    """The answer text, or BackendError('bad_response'). The client does not validate what it parses:
+    another JSON shape comes back as a ChatCompletion with fields missing, or as a list; a body of
+    another content type as its text."""
     try:
-        return exc.read().decode("utf-8", errors="replace")[:ERROR_BODY_CHARS]
-    except (OSError, http.client.HTTPException) as unreadable:  # the status alone still says what happened
-        return f"(body unreadable: {unreadable!r})"
-
-
-def _completion_text(payload: bytes) -> str:
-    """The answer of a chat completion body; BackendError('bad_response') for anything else."""
-    try:
-        content = json.loads(payload)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise BackendError(BAD_RESPONSE, f"not a chat completion ({exc!r}): {payload[:ERROR_BODY_CHARS]!r}") from exc
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        return BackendError(BAD_RESPONSE, f"not a chat completion ({exc!r}): {str(completion)[:ERROR_BODY_CHARS]}")
     if not isinstance(content, str):
-        raise BackendError(BAD_RESPONSE, f"the answer content is {type(content).__name__}, not text")
+        return BackendError(BAD_RESPONSE, f"the answer content is {type(content).__name__}, not text")
     return content
 
 
