@@ -63,7 +63,7 @@ def server_prompt_tokens(served: Server, system: str, user: str) -> int:
 
 
 def client(served: Server, tiny_dir: Path, **settings) -> OpenAIBackend:
-    options = {"timeout_s": 60.0, "max_retries": 1, "backoff_s": 0.1, "concurrency": 2, **settings}
+    options = {"timeout_s": 60.0, "max_retries": 1, "concurrency": 2, **settings}
     return OpenAIBackend(served.base_url, SERVED_NAME, tokenizer_dir=tiny_dir, **options)
 
 
