@@ -76,6 +76,13 @@ def test_greedy_answers_and_token_counts_match_hf(deployment, tiny_dir):
     assert [server_prompt_tokens(deployment, *p) for p in PROMPTS] == [remote.count_tokens(*p) for p in PROMPTS]
 
 
+def test_repetition_penalty_reaches_the_server_through_extra_body(deployment, tiny_dir):
+    penalised = Sampling(max_new_tokens=8, repetition_penalty=2.0)
+    answers = client(deployment, tiny_dir).chat(PROMPTS, penalised)
+    assert answers == HFBackend(tiny_dir).chat(PROMPTS, penalised)
+    assert answers != client(deployment, tiny_dir).chat(PROMPTS, GREEDY), "the penalty changed what the server said"
+
+
 def test_killed_server_turns_the_remaining_prompts_into_errors(deployment, tiny_dir):
     prompts = [("你是质检员。", f"第{n}张工单，请给出结论。") for n in range(8)]
     remote = client(deployment, tiny_dir, concurrency=1)
