@@ -152,6 +152,11 @@ class Condition:
     value: str | None  # None for any_value
     where: tuple[str, str] | None = None
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The attributes it needs to know: the scope's first."""
+        return (self.where[0], self.attribute) if self.where else (self.attribute,)
+
     def bad(self, value: str) -> bool:
         if self.test == "equals":
             return value == self.value
@@ -271,7 +276,8 @@ class MissionRule:
                     if condition.category == entry.category:
                         cited = condition.check(entry)
                         if cited is None:
-                            unknown.append(f"Image{n}: {entry.category}{condition.attribute}")
+                            attribute = next(a for a in condition.reads if not entry.knows(a))
+                            unknown.append(f"Image{n}: {entry.category}{attribute}")
                         else:
                             hits += cited
                 if hits:
