@@ -50,7 +50,7 @@ def _manifest(root: Path) -> list[dict]:
     return json.loads(root.with_name(f"{root.name}.json").read_text(encoding="utf-8"))["tickets"]
 
 
-# --- an independent reading of the exports (origin-facts §1-2 raw answers) ---------------------
+# --- an independent reading of the exports (raw answers: docs/export-format.md, docs/taxonomy.md) ---
 
 VISIBLE = {"显示完整": "完整", "只显示部分": "部分"}
 SIMPLE = {

@@ -148,6 +148,11 @@ def test_rules_are_checked_against_the_taxonomy_of_their_domain(tmp_path, change
     assert expected in _rejected(tmp_path, WIND, change)
 
 
+def test_an_entry_without_a_rule_is_refused_where_a_rule_is_built():
+    with pytest.raises(SchemaError, match=r"missions: RRU线缆: no must_see, fail_conditions \(.*docs/missions\.md\)"):
+        MissionRule.of("RRU线缆", {"domain": "rru", "focus": "尾纤须有套管。"})
+
+
 def test_a_prefix_must_start_some_value_and_free_text_takes_any_value(tmp_path):
     def bad_prefix(m):
         m["fail_conditions"][5]["prefix"] = "弯曲"

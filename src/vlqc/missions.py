@@ -229,6 +229,11 @@ class MissionRule:
         """The rule of a mission entry that passed the schema; a condition with no or several value
         tests, or a category, attribute or value unknown to the mission's taxonomy, is a SchemaError
         naming `where` and the mission."""
+        lacking = [key for key in ("domain", "must_see", "fail_conditions") if key not in entry]
+        if lacking:
+            raise SchemaError(
+                f"{where}: {mission}: no {', '.join(lacking)} (the mission entry format: docs/missions.md)"
+            )
         domain = entry["domain"]
         taxonomy = _taxonomy(domain.upper())
         must_see = []
