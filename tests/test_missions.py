@@ -257,6 +257,7 @@ def test_an_unreadable_summary_leaves_missing_evidence_undecided():
     bbu_only = build_summary(["类别=BBU设备,品牌=华为"], "BBU")
     result = RULES[INSTALL].evaluate_summaries([legacy, bbu_only])
     assert (result.verdict, result.problems, result.unknown) == (None, (), ("Image1",))
+    assert (result.seen, result.missing) == (("BBU设备见Image2",), ("BBU安装螺丝",))
     assert RULES[INSTALL].evaluate_summaries([bbu_only]).problems == ("缺少BBU安装螺丝",)
     bad = build_summary(["类别=BBU安装螺丝,符合性=不符合"], "BBU")
     assert RULES[INSTALL].evaluate_summaries([legacy, bad]).verdict == "fail"

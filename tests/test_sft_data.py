@@ -285,15 +285,16 @@ LEGACY_SCREW = summary("类别=螺丝、光纤插头,属性=BBU安装螺丝,备�
 def test_legacy_datalist_screws_count_as_present_but_their_conformity_is_unknown():
     outcome = RULES["BBU安装方式检查（正装）"].evaluate_summaries([LEGACY_SCREW])
     assert outcome.seen == ("BBU设备见Image1", "BBU安装螺丝见Image1") and outcome.problems == ()
-    # Whether the screw conforms sits in free text: a pass cannot be explained by the rule.
-    assert outcome.verdict is None and verdict_reasons("pass", outcome) == ([], True)
+    assert outcome.verdict is None  # whether the screw conforms sits in free text
+    # A passing ticket still cites where its evidence was seen; a failing one has nothing to cite.
+    assert verdict_reasons("pass", outcome) == (["BBU设备见Image1", "BBU安装螺丝见Image1"], False)
+    assert verdict_reasons("fail", outcome) == ([], True)
 
 
-def test_undecidable_tickets_fall_back_to_the_generic_reason():
-    for mission, summaries in (("挡风板安装检查", ["BBU设备/华为×1"]), ("BBU安装方式检查（正装）", [LEGACY_SCREW])):
-        outcome = RULES[mission].evaluate_summaries(summaries)
-        assert not outcome.decidable
-        assert verdict_reasons("fail", outcome) == verdict_reasons("pass", outcome) == ([], True)
+def test_tickets_the_rule_cannot_read_fall_back_to_the_generic_reason():
+    outcome = RULES["挡风板安装检查"].evaluate_summaries(["BBU设备/华为×1"])
+    assert not outcome.decidable and outcome.missing == ("BBU设备",)
+    assert verdict_reasons("fail", outcome) == verdict_reasons("pass", outcome) == ([], True)
 
 
 # --- mode mix -------------------------------------------------------------------------------------------

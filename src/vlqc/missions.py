@@ -204,12 +204,14 @@ class Condition:
 class Outcome:
     """What a rule finds in a ticket. `problems`: the Reason clauses of a fail, per photo the values
     that fail (`Image2: BBU安装螺丝符合性=不符合,问题=露铜`), then missing evidence (`缺少BBU设备`).
-    `seen`: where each must-see item was seen (`BBU设备见Image1,Image3`). `unknown`: what could not be
-    read (`Image2` unreadable, `Image3: BBU安装螺丝符合性` of a dataList object)."""
+    `seen`: where each must-see item was seen (`BBU设备见Image1,Image3`); `missing`: the names of the
+    items seen in no photo. `unknown`: what could not be read (`Image2` unreadable,
+    `Image3: BBU安装螺丝符合性` of a dataList object)."""
 
     verdict: str | None  # pass | fail | None: the rule cannot decide from what it was given
     problems: tuple[str, ...]
     seen: tuple[str, ...]
+    missing: tuple[str, ...]
     unknown: tuple[str, ...]
 
     @property
@@ -302,7 +304,8 @@ class MissionRule:
             for item, images in found.items()
             if images
         )
-        return Outcome(verdict, tuple(problems), seen, tuple(dict.fromkeys(unknown)))
+        names = tuple(item.name for item in missing)
+        return Outcome(verdict, tuple(problems), seen, names, tuple(dict.fromkeys(unknown)))
 
     def evaluate_summaries(self, summaries: Sequence[str]) -> Outcome:
         return self.evaluate(summary_photos(summaries))

@@ -217,12 +217,16 @@ def ticket_rules(
 
 
 def verdict_reasons(label: str, outcome: Outcome) -> tuple[list[str], bool]:
-    """Reason clauses for a ticket's label from what the mission's rule found (docs/missions.md):
-    the failure clauses of a fail, the seen clauses of a pass. The label always wins: where the
-    rule cannot decide or decides otherwise, no clauses and the generic fallback (True)."""
-    if outcome.verdict != label:
-        return [], True
-    return list(outcome.problems if label == "fail" else outcome.seen), False
+    """Reason clauses for a ticket's label from what the mission's rule found (docs/missions.md), and
+    whether the generic fallback was used. A fail cites the failures the rule found; a pass cites
+    where each must-see item was seen, as long as the rule found all of them and nothing failing
+    (a dataList photo may hide a conformity: the clauses are true all the same). The label always
+    wins: otherwise no clauses and the fallback."""
+    if label == "fail" and outcome.verdict == "fail":
+        return list(outcome.problems), False
+    if label == "pass" and outcome.verdict != "fail" and not outcome.missing:
+        return list(outcome.seen), False
+    return [], True
 
 
 def verdict_answer(ticket: Ticket, records: Sequence[Mapping[str, Any]], rule: MissionRule) -> tuple[str, bool]:
