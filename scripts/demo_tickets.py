@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = generate(
             args.out,
-            missions,
+            {m: defined[m] for m in missions},  # labels come from these missions' rules
             args.tickets_per_mission,
             args.seed,
             datalist_fraction=args.datalist_fraction,

@@ -17,6 +17,7 @@ from vlqc.data.summary import build_summary
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.inference.prompts import VERDICT_SYSTEM, hf_messages
 from vlqc.jsonl import read_jsonl, write_jsonl
+from vlqc.missions import load_missions, mission_rules
 from vlqc.schemas import validate
 from vlqc.train.augment import load_config as load_augmentation
 from vlqc.train.config import load_train_config
@@ -32,7 +33,6 @@ from vlqc.train.sft_data import (
     prepare_image,
     recombined_verdicts,
     swift_env,
-    ticket_evidence,
     verdict_reasons,
     write_dataset,
 )
@@ -40,9 +40,11 @@ from vlqc.train.sft_data import (
 sys.path.insert(0, str(REPO / "scripts"))
 import sft_dataset  # noqa: E402  (the CLI under scripts/)
 
-MISSIONS = {
-    "挡风板安装检查": {"domain": "bbu", "focus": "须看到BBU设备。", "fail_conditions": ["未看到BBU设备"]},
-    "BBU安装方式检查（正装）": {"domain": "bbu", "focus": "须有BBU安装螺丝。", "fail_conditions": ["螺丝不符合"]},
+DEFINED = load_missions(REPO / "config" / "missions.yaml")
+RULES = mission_rules(DEFINED)
+MISSIONS = {  # two shipped missions, with short focus texts that the prompt tests look for
+    "挡风板安装检查": {**DEFINED["挡风板安装检查"], "focus": "须看到BBU设备。"},
+    "BBU安装方式检查（正装）": {**DEFINED["BBU安装方式检查（正装）"], "focus": "须有BBU安装螺丝。"},
 }
 BBU = "类别=BBU设备,品牌=华为,可见性=完整,挡风板需求=免装"
 SHIELD_BAD = "类别=挡风板,品牌=华为,可见性=完整,安装方向=方向错误"
@@ -263,32 +265,36 @@ def summary(*descs: str) -> str:
     ],
 )
 def test_mission_rules_find_the_problems(mission, summaries, problems):
-    evidence = ticket_evidence(mission, summaries)
-    assert evidence.problems == problems
-    assert verdict_reasons("fail", evidence) == (problems, False)
-    assert verdict_reasons("pass", evidence) == ([], True)  # the rule disagrees: generic Reason
+    outcome = RULES[mission].evaluate_summaries(summaries)
+    assert list(outcome.problems) == problems
+    assert verdict_reasons("fail", outcome) == (problems, False)
+    assert verdict_reasons("pass", outcome) == ([], True)  # the rule disagrees: generic Reason
 
 
 def test_mission_rules_cite_where_required_objects_were_seen():
-    evidence = ticket_evidence("BBU安装方式检查（正装）", [summary(BBU), "无关图片", summary(BBU, SCREW_OK)])
-    assert evidence.problems == []
-    assert verdict_reasons("pass", evidence) == (["BBU设备见Image1,Image3", "BBU安装螺丝见Image3"], False)
+    outcome = RULES["BBU安装方式检查（正装）"].evaluate_summaries([summary(BBU), "无关图片", summary(BBU, SCREW_OK)])
+    assert outcome.problems == ()
+    assert verdict_reasons("pass", outcome) == (["BBU设备见Image1,Image3", "BBU安装螺丝见Image3"], False)
     # Distractors do not fail a mission: a wrong shield direction is no install-mission problem.
-    assert ticket_evidence("BBU安装方式检查（正装）", [summary(BBU, SCREW_OK, SHIELD_BAD)]).problems == []
+    assert RULES["BBU安装方式检查（正装）"].evaluate_summaries([summary(BBU, SCREW_OK, SHIELD_BAD)]).verdict == "pass"
 
 
-def test_legacy_datalist_subtypes_count_as_present():
-    legacy = build_summary(
-        ["类别=螺丝、光纤插头,属性=BBU安装螺丝,备注=显示完整/符合要求", "类别=BBU设备,属性=华为"], "BBU"
-    )
-    assert ticket_evidence("BBU安装方式检查（正装）", [legacy]).problems == []
+LEGACY_SCREW = summary("类别=螺丝、光纤插头,属性=BBU安装螺丝,备注=显示完整/符合要求", "类别=BBU设备,属性=华为")
 
 
-def test_undecidable_tickets_fall_back_to_the_generic_reason():
-    for mission, summaries in (("未知任务", [summary(BBU)]), ("挡风板安装检查", ["BBU设备/华为×1"])):
-        evidence = ticket_evidence(mission, summaries)
-        assert not evidence.decidable
-        assert verdict_reasons("fail", evidence) == ([], True)
+def test_legacy_datalist_screws_count_as_present_but_their_conformity_is_unknown():
+    outcome = RULES["BBU安装方式检查（正装）"].evaluate_summaries([LEGACY_SCREW])
+    assert outcome.seen == ("BBU设备见Image1", "BBU安装螺丝见Image1") and outcome.problems == ()
+    assert outcome.verdict is None  # whether the screw conforms sits in free text
+    # A passing ticket still cites where its evidence was seen; a failing one has nothing to cite.
+    assert verdict_reasons("pass", outcome) == (["BBU设备见Image1", "BBU安装螺丝见Image1"], False)
+    assert verdict_reasons("fail", outcome) == ([], True)
+
+
+def test_tickets_the_rule_cannot_read_fall_back_to_the_generic_reason():
+    outcome = RULES["挡风板安装检查"].evaluate_summaries(["BBU设备/华为×1"])
+    assert not outcome.decidable and outcome.missing == ("BBU设备",)
+    assert verdict_reasons("fail", outcome) == verdict_reasons("pass", outcome) == ([], True)
 
 
 # --- mode mix -------------------------------------------------------------------------------------------
@@ -329,9 +335,10 @@ def test_recombined_verdicts_are_labelled_by_the_rule_over_their_summaries():
         assert (meta["mode"], meta["epoch"], meta["split"]) == ("verdict", 0, "demo/train") and "images" not in row
         summaries = [line.split(": ", 1)[1] for line in user.splitlines() if line.startswith("Image")]
         assert user.startswith(f"任务: {mission}\n") and system == VERDICT_SYSTEM
-        evidence = ticket_evidence(mission, summaries)
-        assert label == ("fail" if evidence.problems else "pass")
-        assert answer.startswith(f"Verdict: {'不通过' if label == 'fail' else '通过'}\nReason: ")
+        outcome = RULES[mission].evaluate_summaries(summaries)
+        assert label == outcome.verdict
+        clauses = outcome.problems if label == "fail" else outcome.seen
+        assert answer.startswith(f"Verdict: {'不通过' if label == 'fail' else '通过'}\nReason: {'; '.join(clauses)}; ")
         pool = {r["summary"] for r in records if r["ticket"]["mission"] == mission}
         assert set(summaries) <= pool
         labels[mission, label] += 1
@@ -342,6 +349,32 @@ def test_recombined_verdicts_are_labelled_by_the_rule_over_their_summaries():
     assert recombined_verdicts(records, 0, cfg, MISSIONS, source="demo/train.jsonl") == rows
     assert recombined_verdicts(records, 1, cfg, MISSIONS, source="demo/train.jsonl") != rows
     assert recombined_verdicts(records, 0, config(), MISSIONS, source="demo/train.jsonl") == []
+
+
+def test_recombined_tickets_draw_only_photos_the_rule_reads_completely():
+    legacy = {"mission": "BBU安装方式检查（正装）", "label": "fail", "group_id": "QC-L"}
+    screw = "类别=螺丝、光纤插头,属性=BBU安装螺丝,备注=显示完整/不符合要求/生锈"
+    records = [
+        *_install_ticket("QC-P", [SCREW_OK]),
+        *_install_ticket("QC-F", [SCREW_BAD]),
+        _record("QC-L_1", [{"bbox_2d": [0, 0, 48, 32], "desc": BBU}], legacy),
+        _record("QC-L_2", [{"bbox_2d": [0, 0, 32, 32], "desc": screw}], legacy),
+    ]
+    rows = recombined_verdicts(records, 0, config(recombined_verdicts=30, seed=1), MISSIONS, source="d/train.jsonl")
+    users = [row["messages"][1]["content"] for row in rows]
+    assert len(rows) == 30 and not any(records[-1]["summary"] in user for user in users)
+    assert any(records[-2]["summary"] in user for user in users)  # the same ticket's BBU photo is complete
+    # A mission whose photos are all unreadable ×N summaries takes no part.
+    for record in records:
+        record["summary"] = "BBU设备/华为×1"
+    assert recombined_verdicts(records, 0, config(recombined_verdicts=3), MISSIONS, source="d/train.jsonl") == []
+
+
+def test_a_ticket_of_a_mission_missing_from_the_table_is_an_error(dataset, tmp_path):
+    records, source = dataset
+    only_install = {"BBU安装方式检查（正装）": MISSIONS["BBU安装方式检查（正装）"]}
+    with pytest.raises(VlqcError, match=r"train\.jsonl: record 1: unknown mission '挡风板安装检查'"):
+        build_epoch(records, 0, only("summary"), tmp_path, only_install, source=source)
 
 
 def test_write_dataset_adds_recombined_verdicts_to_train_epochs_only(dataset, tmp_path):

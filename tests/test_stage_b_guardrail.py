@@ -10,7 +10,7 @@ from conftest import REPO
 from vlqc.data.summary import IRRELEVANT, build_legacy_summary, build_summary
 from vlqc.inference.prompts import REASON_MAX_CHARS
 from vlqc.inference.verdict import parse_verdict
-from vlqc.missions import load_missions
+from vlqc.missions import load_missions, mission_rules
 from vlqc.stage_b.guardrail import (
     CONCLUSION,
     GUARDRAIL,
@@ -25,14 +25,14 @@ from vlqc.stage_b.guardrail import (
     find_trigger,
     guardrail_reason,
     is_relevant,
-    relevance_keywords,
     scan,
     split_clauses,
 )
 
-MISSIONS = load_missions(REPO / "config" / "missions.yaml")
-SCREW_G0 = MISSIONS["BBU安装方式检查（正装）"]["focus"]
-SHIELD_G0 = MISSIONS["挡风板安装检查"]["focus"]
+RULES = mission_rules(load_missions(REPO / "config" / "missions.yaml"))
+SCREW = RULES["BBU安装方式检查（正装）"]
+SHIELD = RULES["挡风板安装检查"]
+GROUND = RULES["BBU接地线检查"]
 
 BAD_SCREWS = build_summary(["类别=BBU安装螺丝,可见性=完整,符合性=不符合,问题=露铜"], "BBU")
 GOOD_SCREWS = build_summary(["类别=BBU安装螺丝,可见性=完整,符合性=符合", "类别=BBU设备,品牌=华为,可见性=完整"], "BBU")
@@ -42,8 +42,8 @@ MISSING_SHIELD = build_summary(
 LOOSE_FASTENER = build_summary(["类别=站点距离,站点距离=35", "类别=RRU设备", "类别=紧固件,安装状态=不合格"], "RRU")
 
 
-def kinds(per_image, g0):
-    return [hit.kind for hit in scan(per_image, g0).hits]
+def kinds(per_image, rule):
+    return [hit.kind for hit in scan(per_image, rule).hits]
 
 
 # --- clauses --------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_rru_group_counts_are_not_clauses_and_the_header_line_is_stripped():
 
 def test_irrelevant_image_has_no_clauses():
     assert split_clauses(IRRELEVANT) == []
-    assert scan([IRRELEVANT, IRRELEVANT], SCREW_G0).hits == ()
+    assert scan([IRRELEVANT, IRRELEVANT], SCREW).hits == ()
 
 
 def test_legacy_summary_splits_on_semicolons_newlines_and_full_width_commas():
@@ -131,13 +131,13 @@ def test_bare_triggers_inside_a_negated_issue_are_not_counted_again():
 @pytest.mark.parametrize("phrase", PENDING_PHRASES)
 def test_pending_phrase_turns_a_hard_hit_into_a_warning(phrase):
     clause = f"螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜,{phrase}"
-    assert kinds([clause], SCREW_G0) == [PENDING]
-    assert kinds(["螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜"], SCREW_G0) == [HARD]
+    assert kinds([clause], SCREW) == [PENDING]
+    assert kinds(["螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜"], SCREW) == [HARD]
 
 
 def test_review_marker_in_a_summary_is_a_soft_signal_never_a_fail():
     legacy = build_legacy_summary(["BBU设备/需复核,备注:BBU安装螺丝松动"], "BBU")
-    result = scan([legacy], SCREW_G0)
+    result = scan([legacy], SCREW)
     assert [(hit.kind, hit.trigger) for hit in result.hits] == [(PENDING, "松动")]
     assert apply("pass", "Image1: 螺丝符合", result) == ("pass", "Image1: 螺丝符合", MODEL)
 
@@ -145,54 +145,45 @@ def test_review_marker_in_a_summary_is_a_soft_signal_never_a_fail():
 # --- relevance ------------------------------------------------------------------------------------
 
 
-def test_keywords_are_cut_at_connectors_with_short_pieces_dropped_and_install_prefix_expanded():
-    assert relevance_keywords("至少需要检测到BBU设备和螺丝，并判断安装方向是否正确") == [
-        "BBU设备",
-        "螺丝",
-        "安装方向",
-        "方向",
-        "正确",
-    ]
-    assert relevance_keywords("若需要安装挡风板，则判断是否按要求配备") == ["挡风板", "配备"]
-
-
-def test_mission_focus_texts_give_their_object_names_as_keywords():
-    assert relevance_keywords(MISSIONS["BBU接地线检查"]["focus"]) == [
-        "机柜处接地螺丝",
-        "地排处接地螺丝",
-        "电线",
-        "捆扎整齐",
-    ]
+def test_json_clauses_carry_their_attribute_and_are_relevant_when_the_rule_judges_it():
+    clauses = split_clauses(BAD_SCREWS)
+    assert [(c.subject, c.key) for c in clauses] == [("BBU安装螺丝", k) for k in ("可见性", "符合性", "问题")]
+    assert [is_relevant(c, SCREW) for c in clauses] == [False, True, True]  # 可见性 fails no ticket
+    assert not any(is_relevant(c, GROUND) for c in clauses)  # the ground mission judges other screws
 
 
 def test_a_relevant_hit_is_hard_and_the_same_hit_is_irrelevant_for_another_mission():
-    assert kinds([BAD_SCREWS], SCREW_G0) == [HARD, HARD]
-    assert kinds([BAD_SCREWS], SHIELD_G0) == [IRRELEVANT_HIT, IRRELEVANT_HIT]
+    assert kinds([BAD_SCREWS], SCREW) == [HARD, HARD]
+    assert kinds([BAD_SCREWS], SHIELD) == [IRRELEVANT_HIT, IRRELEVANT_HIT]
     # The three RRU missions are independent: a loose fastener fails only the install mission.
-    assert kinds([LOOSE_FASTENER], MISSIONS["RRU安装检查"]["focus"]) == [HARD]
-    assert kinds([LOOSE_FASTENER], MISSIONS["RRU线缆"]["focus"]) == [IRRELEVANT_HIT]
+    assert kinds([LOOSE_FASTENER], RULES["RRU安装检查"]) == [HARD]
+    assert kinds([LOOSE_FASTENER], RULES["RRU线缆"]) == [IRRELEVANT_HIT]
 
 
-def test_a_subject_named_in_g0_makes_the_clause_relevant():
-    keywords = relevance_keywords(SCREW_G0)
-    assert not any(keyword in "螺丝/松动" for keyword in keywords)
-    assert is_relevant(Clause("螺丝/松动", "螺丝"), keywords, SCREW_G0)
-    assert not is_relevant(Clause("螺丝/松动", None), keywords, SCREW_G0)
+def test_text_clauses_are_relevant_when_they_name_a_judged_category():
+    legacy = "螺丝、光纤插头/BBU安装螺丝,不符合要求/露铜×1"
+    assert is_relevant(Clause(legacy, "螺丝、光纤插头"), SCREW)
+    assert not is_relevant(Clause(legacy, "螺丝、光纤插头"), GROUND)
+    assert is_relevant(Clause("备注:BBU安装螺丝松动", None), SCREW)
+    assert is_relevant(Clause("组1:尾纤/无套管保护", "尾纤"), RULES["RRU线缆"])  # by its subject
+    assert not is_relevant(Clause("螺丝/松动", "螺丝"), SCREW)  # which screw is not said
 
 
-def test_a_match_only_on_a_device_anchor_does_not_count_when_g0_has_other_keywords():
-    # Shield negative on a BBU设备 entry: only the BBU设备 anchor links it to the screw mission.
-    assert kinds([MISSING_SHIELD], SCREW_G0) == [IRRELEVANT_HIT]
-    assert kinds([MISSING_SHIELD], SHIELD_G0) == [HARD]
-    # A G0 that names nothing but the device lets the anchor count.
-    assert kinds([MISSING_SHIELD], "必须看到BBU设备") == [HARD]
+def test_a_negative_on_a_device_counts_only_for_the_mission_that_judges_that_attribute():
+    # The screw mission needs to see a BBU设备 but judges none of its values.
+    assert kinds([MISSING_SHIELD], SCREW) == [IRRELEVANT_HIT]
+    assert kinds([MISSING_SHIELD], SHIELD) == [HARD]
+    legacy = "BBU设备/华为,机柜空间充足需要安装/这个BBU设备未按要求配备挡风板×1"
+    assert kinds([legacy], SCREW) == [IRRELEVANT_HIT] and kinds([legacy], SHIELD) == [HARD]
+    datalist = build_summary(["类别=挡风板,属性=方向错误", "类别=BBU设备,属性=华为"], "BBU")
+    assert kinds([datalist], SHIELD) == [HARD]  # a dataList 属性 of a shield is its 安装方向
 
 
 # --- apply ----------------------------------------------------------------------------------------
 
 
 def test_relevant_hit_overrides_pass_with_a_reason_that_agrees():
-    result = scan([GOOD_SCREWS, BAD_SCREWS], SCREW_G0)
+    result = scan([GOOD_SCREWS, BAD_SCREWS], SCREW)
     verdict, reason, source = apply("pass", "Image1: 螺丝符合; 总结: 任务要求均满足", result)
     assert (verdict, source) == ("fail", GUARDRAIL)
     assert reason == "Image2: BBU安装螺丝符合性=不符合; Image2: BBU安装螺丝问题=露铜; " + CONCLUSION
@@ -203,7 +194,7 @@ def test_relevant_hit_overrides_pass_with_a_reason_that_agrees():
 def test_reason_cites_at_most_three_clauses_and_stays_within_240_characters():
     long_remark = "BBU安装螺丝松动" + "且周边线缆杂乱" * 30
     summaries = [build_summary([f"类别=BBU安装螺丝,符合性=不符合,问题=露铜,备注={long_remark}"], "BBU")] * 3
-    result = scan(summaries, SCREW_G0)
+    result = scan(summaries, SCREW)
     assert len(result.hard_hits) == 9
     _, reason, _ = apply("pass", "ok", result)
     assert len(reason) <= REASON_MAX_CHARS
@@ -212,23 +203,23 @@ def test_reason_cites_at_most_three_clauses_and_stays_within_240_characters():
 
 
 def test_duplicate_clauses_are_cited_once():
-    reason = guardrail_reason(scan([BAD_SCREWS, BAD_SCREWS], SCREW_G0).hard_hits)
+    reason = guardrail_reason(scan([BAD_SCREWS, BAD_SCREWS], SCREW).hard_hits)
     assert reason.count("Image1: BBU安装螺丝符合性=不符合") == 1
     assert "Image2" in reason
 
 
 def test_model_fail_keeps_its_own_reason():
-    result = scan([BAD_SCREWS], SCREW_G0)
+    result = scan([BAD_SCREWS], SCREW)
     assert apply("fail", "Image1: 螺丝露铜", result) == ("fail", "Image1: 螺丝露铜", MODEL)
 
 
 def test_no_valid_vote_with_a_relevant_hit_becomes_a_guardrail_fail():
-    verdict, _, source = apply(None, "", scan([BAD_SCREWS], SCREW_G0))
+    verdict, _, source = apply(None, "", scan([BAD_SCREWS], SCREW))
     assert (verdict, source) == ("fail", GUARDRAIL)
 
 
 def test_warnings_alone_never_override():
-    result = scan([BAD_SCREWS], SHIELD_G0)
+    result = scan([BAD_SCREWS], SHIELD)
     assert result.hard_hits == () and len(result.warnings) == 2
     assert apply("pass", "Image1: 挡风板免装", result) == ("pass", "Image1: 挡风板免装", MODEL)
 

@@ -10,7 +10,7 @@ from conftest import REPO
 from vlqc.data.summary import build_summary
 from vlqc.errors import VlqcError
 from vlqc.inference.sampling import Sampling
-from vlqc.missions import load_missions
+from vlqc.missions import MissionRule, load_missions
 from vlqc.schemas import validate
 from vlqc.stage_b.guardrail import scan
 from vlqc.stage_b.rollout import (
@@ -212,9 +212,13 @@ def test_guardrail_overrides_a_pass_with_a_rewritten_reason():
     assert (row["verdict"], row["source"], row["reason"]) == ("fail", "guardrail", selection.reason)
 
 
-def test_guardrail_judges_relevance_by_the_guidance_g0():
-    # The screw negative is not relevant to a shield checklist: the model's pass stands.
+def test_guardrail_judges_relevance_by_the_mission_rule_not_the_guidance():
+    # A G0 rewritten to speak of shields only does not make the screw negative irrelevant.
     (result,), _ = run([ticket(0, BAD_SCREWS)], [[PASS]], guidance={"G0": SHIELD_G0})
+    assert (result.selection.verdict, result.selection.source) == ("fail", "guardrail")
+    # The same negative under the shield mission's rule is no reason to fail: the model's pass stands.
+    shield = Ticket("QC-S::pass", "QC-S", "pass", "挡风板安装检查", (BAD_SCREWS,))
+    (result,), _ = run([shield], [[PASS]])
     assert (result.selection.verdict, result.selection.source) == ("pass", "model")
 
 
@@ -259,7 +263,7 @@ def test_select_without_candidates_and_its_failure_code():
 def test_select_applies_the_guardrail_it_is_given():
     candidates = [Candidate.from_output(0, ONE[0], 0, PASS)]
     assert select(candidates).verdict == "pass"
-    guarded = select(candidates, guardrail=scan([BAD_SCREWS], MISSIONS[MISSION]["focus"]))
+    guarded = select(candidates, guardrail=scan([BAD_SCREWS], MissionRule.of(MISSION, MISSIONS[MISSION])))
     assert (guarded.verdict, guarded.source) == ("fail", "guardrail")
 
 

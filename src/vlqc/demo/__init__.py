@@ -1,5 +1,5 @@
 """Synthetic demo tickets: the offline default data (scenes, rendering, exports, ticket layout)."""
 
-from vlqc.demo.tickets import MISSION_RULES, MISSIONS, RRU_MISSIONS, generate, judge
+from vlqc.demo.tickets import MISSIONS, generate
 
-__all__ = ["MISSION_RULES", "MISSIONS", "RRU_MISSIONS", "generate", "judge"]
+__all__ = ["MISSIONS", "generate"]

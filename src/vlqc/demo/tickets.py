@@ -2,9 +2,8 @@
 on-disk layout `<out>/<mission>/<审核通过|审核不通过>/<group_id>/<group_id>_<k>.jpg` (+ `.json`).
 
 A ticket is planned to pass or fail (a balanced share per mission), but its label is always
-computed by the mission's rule (config/missions.yaml `fail_conditions`, origin-facts §4) over
-the union of the objects annotated in all its photos, so the label is decidable from the
-exports alone.
+computed by the mission's rule (config/missions.yaml, evaluated by `vlqc.missions`; docs/missions.md)
+over the objects annotated in all its photos, so the label is decidable from the exports alone.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,88 +46,16 @@ from vlqc.demo.scene import (
     wire,
 )
 from vlqc.jsonl import write_json
+from vlqc.missions import MissionRule
 from vlqc.tickets import LABEL_DIRS
 
 log = logging.getLogger(__name__)
 
 Facts = list[Attrs]
 FOLDER_OF = {label: folder for folder, label in LABEL_DIRS.items()}  # pass → 审核通过, fail → 审核不通过
-RRU_MISSIONS = ("RRU安装检查", "RRU位置检查", "RRU线缆")
 MAX_OBJECTS = 6  # annotated objects per photo: keeps scenes learnable for a tiny model
 MAX_STRIPS = 4
 MAX_PHOTOS = 5
-
-
-# --- mission rules: fail reasons over the union of a ticket's objects (empty = pass) -----------
-
-
-def _of(facts: Facts, category: str) -> Facts:
-    return [f for f in facts if f["类别"] == category]
-
-
-def _nonconforming(points: Facts) -> list[str]:
-    return [f"{p['类别']}不符合({p.get('问题', '')})" for p in points if p.get("符合性") == "不符合"]
-
-
-def _required_points(facts: Facts, subtypes: Sequence[str]) -> list[str]:
-    """Each subtype must be seen, and every one seen must conform."""
-    reasons = []
-    for subtype in subtypes:
-        found = _of(facts, subtype)
-        reasons += [f"缺少{subtype}"] if not found else _nonconforming(found)
-    return reasons
-
-
-def check_bbu_install(facts: Facts) -> list[str]:
-    """BBU安装方式检查（正装）: a BBU设备 and its BBU安装螺丝 must be seen; every BBU安装螺丝 符合."""
-    return (["未看到BBU设备"] if not _of(facts, "BBU设备") else []) + _required_points(facts, ["BBU安装螺丝"])
-
-
-def check_ground_wire(facts: Facts) -> list[str]:
-    """BBU接地线检查: 机柜处接地螺丝 and 地排处接地螺丝 both seen and 符合; 电线 seen and all 捆扎=整齐."""
-    reasons = _required_points(facts, ["机柜处接地螺丝", "地排处接地螺丝"])
-    wires = _of(facts, "电线")
-    if not wires:
-        reasons.append("未看到电线")
-    elif any(w.get("捆扎") == "散乱" for w in wires):
-        reasons.append("电线捆扎散乱")
-    return reasons
-
-
-def check_cable_routing(facts: Facts) -> list[str]:
-    """BBU线缆布放要求: BBU端 and ODF端光纤插头 both seen and 符合; no 光纤 无保护 or 半径不合理."""
-    reasons = _required_points(facts, ["BBU端光纤插头", "ODF端光纤插头"])
-    fibres = _of(facts, "光纤")
-    if any(f.get("保护措施") == "无保护" for f in fibres):
-        reasons.append("光纤无保护")
-    if any(f.get("弯曲半径", "").startswith("半径不合理") for f in fibres):
-        reasons.append("光纤弯曲半径不合理")
-    return reasons
-
-
-def check_wind_shield(facts: Facts) -> list[str]:
-    """挡风板安装检查: a BBU设备 seen; a BBU that needs a shield has it 按要求配备; no shield 方向错误."""
-    bbus = _of(facts, "BBU设备")
-    reasons = [] if bbus else ["未看到BBU设备"]
-    if any(b.get("挡风板需求") == "空间充足需安装" and b.get("挡风板符合性") != "按要求配备" for b in bbus):
-        reasons.append("需要安装挡风板但未按要求配备")
-    if any(s.get("安装方向") == "方向错误" for s in _of(facts, "挡风板")):
-        reasons.append("挡风板安装方向错误")
-    return reasons
-
-
-MISSION_RULES: dict[str, Callable[[Facts], list[str]]] = {
-    "挡风板安装检查": check_wind_shield,
-    "BBU安装方式检查（正装）": check_bbu_install,
-    "BBU接地线检查": check_ground_wire,
-    "BBU线缆布放要求": check_cable_routing,
-}
-
-
-def judge(mission: str, facts: Facts) -> tuple[str, list[str]]:
-    """('pass' | 'fail', fail reasons) for a ticket whose photos annotate `facts` in total."""
-    reasons = MISSION_RULES[mission](facts)
-    return ("fail" if reasons else "pass"), reasons
 
 
 # --- planning: which objects each photo of a ticket shows -----------------------------------
@@ -441,7 +368,7 @@ def write_photo(
 
 def generate(
     out: Path,
-    missions: Sequence[str],
+    missions: Mapping[str, Mapping[str, Any]],
     tickets_per_mission: int,
     seed: int,
     datalist_fraction: float = 0.1,
@@ -451,25 +378,27 @@ def generate(
     manifest: Path | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Write the demo tickets of `missions` under `out` (built beside it, then swapped in whole)
-    and the ticket list to `manifest`, by default `<out>.json` beside the tree: the converter
-    reads every `*.json` under a ticket root, so the list must not sit inside it.
+    """Write the demo tickets of `missions` (name → entry of config/missions.yaml, as `load_missions`
+    returns them) under `out` (built beside it, then swapped in whole) and the ticket list to
+    `manifest`, by default `<out>.json` beside the tree: the converter reads every `*.json` under a
+    ticket root, so the list must not sit inside it. Each ticket is labelled by its mission's rule.
 
     `datalist_fraction` / `exif_fraction` / `irrelevant_fraction`: shares of photos exported in
     the legacy variant / stored with an EXIF orientation / showing nothing relevant;
     `fail_fraction`: planned share of failing tickets per mission. RRU missions are skipped with
-    a warning; unknown missions are an error. `progress=None` shows a bar only on a terminal.
+    a warning; a BBU mission without a planner here is an error. `progress=None` shows a bar only on a terminal.
     Returns a summary (counts, fail share, seconds)."""
     started = time.perf_counter()
     out = Path(out)
     manifest = out.parent / f"{out.name}.json" if manifest is None else Path(manifest)
-    unknown = [m for m in missions if m not in PLANNERS and m not in RRU_MISSIONS]
+    skipped = [m for m, entry in missions.items() if m not in PLANNERS and entry["domain"] == "rru"]
+    unknown = [m for m in missions if m not in PLANNERS and m not in skipped]
     if unknown:
-        raise ValueError(f"unknown mission(s) {unknown}; the demo renders {list(MISSIONS)}")
-    skipped = [m for m in missions if m in RRU_MISSIONS]
+        raise ValueError(f"no synthetic scenes for mission(s) {unknown}; the demo renders {list(MISSIONS)}")
     for m in skipped:
         log.warning("demo: skipping %s: RRU missions have no synthetic scenes yet (BBU missions only)", m)
     chosen = [m for m in MISSIONS if m in missions]
+    rules = {m: MissionRule.of(m, missions[m]) for m in chosen}
     if not chosen:
         raise ValueError(f"no demo-capable mission among {list(missions)}; choose from {list(MISSIONS)}")
     if tickets_per_mission < 1:
@@ -482,7 +411,7 @@ def generate(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        records = _write_tickets(tmp, chosen, tickets_per_mission, seed, opts, progress)
+        records = _write_tickets(tmp, rules, tickets_per_mission, seed, opts, progress)
     except BaseException:
         shutil.rmtree(tmp)
         raise
@@ -493,26 +422,31 @@ def generate(
         shutil.rmtree(old)
     else:
         tmp.rename(out)
-    rules = {m: MISSION_RULES[m].__doc__ for m in chosen}
-    write_json(manifest, {"seed": seed, "missions": chosen, "rules": rules, "tickets": records})
+    described = {m: rule.describe() for m, rule in rules.items()}
+    write_json(manifest, {"seed": seed, "missions": chosen, "rules": described, "tickets": records})
     return _summary(out, seed, chosen, skipped, records, time.perf_counter() - started)
 
 
 def _write_tickets(
-    root: Path, missions: list[str], tickets_per_mission: int, seed: int, opts: Options, progress: bool | None
+    root: Path,
+    rules: Mapping[str, MissionRule],
+    tickets_per_mission: int,
+    seed: int,
+    opts: Options,
+    progress: bool | None,
 ) -> list[dict[str, Any]]:
     """Every ticket of every mission; each ticket draws from its own seed stream [seed, mission, index]."""
     taken: set[str] = set()
     records = []
     disable = None if progress is None else not progress
-    with tqdm(total=len(missions) * tickets_per_mission, desc="demo tickets", unit="ticket", disable=disable) as bar:
-        for mission in missions:
+    with tqdm(total=len(rules) * tickets_per_mission, desc="demo tickets", unit="ticket", disable=disable) as bar:
+        for mission, rule in rules.items():
             m_index = MISSIONS.index(mission)
             n_fail = round(tickets_per_mission * opts.fail_fraction)
             planned = [True] * n_fail + [False] * (tickets_per_mission - n_fail)
             for t, intend_fail in enumerate(np.random.default_rng([seed, m_index]).permutation(planned)):
                 rng = np.random.default_rng([seed, m_index, t])
-                records.append(_write_ticket(root, mission, bool(intend_fail), rng, taken, opts))
+                records.append(_write_ticket(root, rule, bool(intend_fail), rng, taken, opts))
                 bar.update()
     (root / ".staging").rmdir()
     return records
@@ -520,12 +454,13 @@ def _write_tickets(
 
 def _write_ticket(
     root: Path,
-    mission: str,
+    rule: MissionRule,
     intend_fail: bool,
     rng: np.random.Generator,
     taken: set[str],
     opts: Options,
 ) -> dict[str, Any]:
+    mission = rule.mission
     gid = group_id(rng, taken)
     mode, photos = PLANNERS[mission](rng, intend_fail)
     if len(photos) < MAX_PHOTOS and rng.random() < opts.irrelevant_fraction * len(photos):
@@ -533,13 +468,17 @@ def _write_ticket(
     photos = [photos[int(i)] for i in rng.permutation(len(photos))]
     staging = root / ".staging" / gid  # the verdict folder is known only once the photos are drawn
     staging.mkdir(parents=True)
-    facts: Facts = []
+    facts: list[Facts] = []  # per photo
     files = []
     for k, plan in enumerate(photos, start=1):
         objects, info = write_photo(plan, staging / f"{gid}_{k}", rng, opts)
-        facts += [o.attrs for o in objects]
+        facts.append([o.attrs for o in objects])
         files.append({"name": f"{gid}_{k}.jpg", "objects": len(objects), **info})
-    verdict, reasons = judge(mission, facts)
+    outcome = rule.evaluate(facts)
+    verdict = outcome.verdict
+    if verdict is None:  # unreachable: demo facts are whole objects, so a rule always decides
+        raise RuntimeError(f"{mission} {gid}: the rule cannot judge the planned objects: {list(outcome.unknown)}")
+    reasons = list(outcome.problems if verdict == "fail" else outcome.seen)
     final = root / mission / FOLDER_OF[verdict] / gid
     final.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(final)
@@ -549,8 +488,8 @@ def _write_ticket(
         "label": verdict,
         "folder": FOLDER_OF[verdict],
         "images": [f["name"] for f in files],
-        "reasons": reasons,
-        "reason": "；".join(reasons) if reasons else "满足任务要求",
+        "reasons": reasons,  # the rule's Reason clauses: what fails it, or where the evidence was seen
+        "reason": "；".join(reasons),
         "planned_failure": mode,
         "files": files,
     }

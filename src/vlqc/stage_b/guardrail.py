@@ -1,4 +1,4 @@
-"""The deterministic fail-first guardrail of Stage-B (origin-facts §6).
+"""The deterministic fail-first guardrail of Stage-B (docs/verdict.md).
 
 A ticket's summaries are cut into clauses and each clause is searched for a fail-first trigger word.
 A hit is kept only when the clause asserts it: not right after a negation prefix (`未见松动`), not
@@ -10,12 +10,12 @@ asked about (`是否松动`). A kept hit then becomes
     irrelevant  anything else: a warning only.
 
 Clauses, by summary form:
-- JSON summaries (origin-facts §3c): one clause per value of each attribute of a `统计` entry,
+- JSON summaries (docs/summary-format.md): one clause per value of each attribute of a `统计` entry,
   written `<类别><key>=<value>` (`BBU安装螺丝符合性=不符合`) with the category as the subject.
   An entry counts the objects of a category together, so a clause cannot be tied to one object;
   visibility (`可见性=部分`) is therefore a clause of its own and makes no other clause pending.
   `组` (group counts) is left out: it is not evidence. Each `备注` remark is a clause without subject.
-- Legacy text summaries (§3d): split on `;`, `；`, newlines and the full-width `，`; the subject is
+- Legacy text summaries (×N): split on `;`, `；`, newlines and the full-width `，`; the subject is
   the text before the first `/`, without an RRU group prefix (`组1:`) or a `×N` count.
 - `无关图片` has no clauses.
 
@@ -23,10 +23,12 @@ The trigger list is the origin's, with `不符合` (HEAD's form, the value JSON 
 standing for `不符合要求`, which it also matches. A named issue is looked for first, as the legacy
 `不符合要求/<issue>` or the JSON `问题=<issue>`; a bare trigger inside such a match is not counted again.
 
-Mission relevance uses keywords cut from G0 at connector phrases and punctuation (`relevance_keywords`).
-A clause is relevant when it contains a keyword or its subject occurs in G0; a match only on an anchor
-ending in `设备` (BBU设备) does not count while G0 yields other keywords, so a shield negative on a
-BBU设备 entry does not fail a screw mission.
+Mission relevance comes from the mission's rule in config/missions.yaml (docs/missions.md): what
+its `fail_conditions` judge. A JSON clause is relevant when a condition judges its category's
+attribute (a dataList `属性` as the attribute it stands for), so a shield negative on a BBU设备 entry
+fails the shield mission and not the screw mission, which only needs to see a BBU设备. A clause
+without an attribute (a remark, a legacy text clause) is relevant when its subject is, or its text
+names, a category that a condition judges. Learned guidance (G0 included) does not change relevance.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 from vlqc.data.summary import IRRELEVANT
 from vlqc.inference.prompts import REASON_MAX_CHARS, strip_summary_header, summary_entries
+from vlqc.missions import MissionRule
 
 TRIGGERS = (
     "未按要求",
@@ -58,47 +61,6 @@ NEGATION_PREFIXES = ("未发现明显", "未见明显", "未发现", "未见", "
 QUESTION_MARKERS = ("是否", "能否", "是不是")
 QUESTION_WINDOW = 6  # characters before a hit that may hold the question marker
 PENDING_PHRASES = ("无法确认", "不能确认", "无法判断", "只显示部分", "模糊", "需复核")
-# The origin's connectors, then those vlqc's own G0 texts (missions.yaml focus) use; matched longest first.
-CONNECTORS = (
-    "至少需要检测到",
-    "还需要检测到",
-    "需要检测到",
-    "根据情况判断是否需要",
-    "若需要安装",
-    "则判断是否",
-    "符合要求",
-    "按要求",
-    "至少",
-    "需要",
-    "检测到",
-    "判断",
-    "是否",
-    "若",
-    "则",
-    "并",
-    "且",
-    "和",
-    "与",
-    "或",
-    "还",
-    "必须看到",
-    "看到",
-    "出现",
-    "必须",
-    "须",
-    "都",
-    "及其",
-    "以及",
-    "每个",
-    "按",
-    "合并",
-    "图片",
-    "判定",
-    "的",
-    "时",
-)
-DEVICE_SUFFIX = "设备"
-INSTALL_PREFIX = "安装"
 MAX_CITED = 3
 CONCLUSION = "总结: 存在与任务相关的明确负面证据"
 SEPARATOR = "; "
@@ -109,10 +71,6 @@ MODEL, GUARDRAIL = "model", "guardrail"
 # The issue ends where the origin said (whitespace, commas, semicolons, 。) and also before a legacy `×N` count.
 _ISSUE = re.compile(r"(?:不符合要求/|问题=)[^\s,，;；。×]+")
 _TRIGGER = re.compile("|".join(map(re.escape, sorted(TRIGGERS, key=len, reverse=True))))
-_G0_SEPARATOR = re.compile(
-    "|".join(map(re.escape, sorted(CONNECTORS, key=len, reverse=True)))
-    + r"|[\s,，.。;；:：、!！?？()（）\[\]【】“”\"'‘’/<>《》]+"
-)
 _LEGACY_CLAUSE = re.compile(r"[;；\n，]")
 _GROUP_PREFIX = re.compile(r"^组[^:：]*[:：]")
 _COUNT_SUFFIX = re.compile(r"×[0-9]+$")
@@ -122,6 +80,7 @@ _COUNT_SUFFIX = re.compile(r"×[0-9]+$")
 class Clause:
     text: str
     subject: str | None  # the object type the clause speaks of, when the summary form names one
+    key: str | None = None  # the attribute of a JSON summary clause
 
 
 @dataclass(frozen=True)
@@ -165,7 +124,7 @@ def _entry_clauses(entry: Any) -> list[Clause]:
         return [Clause(str(entry), None)]
     category = str(entry.get("类别", ""))
     return [
-        Clause(f"{category}{key}={value}", category or None)
+        Clause(f"{category}{key}={value}", category or None, key)
         for key, values in entry.items()
         if key not in ("类别", "组")
         for value in _values(values)
@@ -220,46 +179,32 @@ def _asserted(text: str, start: int) -> bool:
 # --- mission relevance --------------------------------------------------------------------------
 
 
-def relevance_keywords(g0: str) -> list[str]:
-    """Keywords of the mission checklist: G0 cut at connectors and punctuation, pieces under two
-    characters dropped, and `安装X` also giving `X`."""
-    keywords: list[str] = []
-    for token in _G0_SEPARATOR.split(g0):
-        for keyword in (token, token.removeprefix(INSTALL_PREFIX)):
-            if len(keyword) >= 2 and keyword not in keywords:
-                keywords.append(keyword)
-    return keywords
-
-
-def is_relevant(clause: Clause, keywords: Sequence[str], g0: str) -> bool:
-    matches = [keyword for keyword in keywords if keyword in clause.text]
-    if clause.subject and clause.subject in g0:
-        matches.append(clause.subject)
-    if any(not match.endswith(DEVICE_SUFFIX) for match in matches):
-        return True
-    # Only 设备 anchors matched: they count only when G0 names nothing more specific.
-    return bool(matches) and all(keyword.endswith(DEVICE_SUFFIX) for keyword in keywords)
+def is_relevant(clause: Clause, rule: MissionRule) -> bool:
+    """Whether the clause speaks of a value the mission's rule judges (see the module docstring)."""
+    if clause.key is not None and clause.subject is not None:
+        return rule.judges(clause.subject, clause.key)
+    return any(category == clause.subject or category in clause.text for category in rule.judged_categories)
 
 
 # --- scan and apply -----------------------------------------------------------------------------
 
 
-def scan(per_image: Sequence[str], g0: str) -> GuardrailResult:
-    """Every asserted trigger hit in a ticket's summaries (`image_1..N` in order), classified."""
-    keywords = relevance_keywords(g0)
+def scan(per_image: Sequence[str], rule: MissionRule) -> GuardrailResult:
+    """Every asserted trigger hit in a ticket's summaries (`image_1..N` in order), classified by
+    relevance to the mission's rule."""
     hits = []
     for image, summary in enumerate(per_image, start=1):
         for clause in split_clauses(summary):
             trigger = find_trigger(clause.text)
             if trigger is not None:
-                hits.append(Hit(image, clause.text, trigger, _kind(clause, keywords, g0)))
+                hits.append(Hit(image, clause.text, trigger, _kind(clause, rule)))
     return GuardrailResult(tuple(hits))
 
 
-def _kind(clause: Clause, keywords: Sequence[str], g0: str) -> str:
+def _kind(clause: Clause, rule: MissionRule) -> str:
     if any(phrase in clause.text for phrase in PENDING_PHRASES):
         return PENDING
-    return HARD if is_relevant(clause, keywords, g0) else IRRELEVANT_HIT
+    return HARD if is_relevant(clause, rule) else IRRELEVANT_HIT
 
 
 def apply(verdict: str | None, reason: str, result: GuardrailResult) -> tuple[str | None, str, str]:

@@ -46,6 +46,7 @@ from vlqc.errors import SampleError, VlqcError
 from vlqc.inference.prompts import verdict_messages
 from vlqc.inference.sampling import Sampling
 from vlqc.inference.verdict import Parsed, parse_verdict
+from vlqc.missions import MissionRule
 from vlqc.stage_b.guardrail import GuardrailResult, apply, scan
 from vlqc.stage_b.tickets import Ticket
 
@@ -249,14 +250,14 @@ def rollout(
     """Candidates, selection and outcome of every ticket (one mission), in ticket order.
 
     `guidance_experiences` is the mission's experiences map (G0, S*, G*) or None for the missions.yaml
-    focus; G0 (or the focus) is also the checklist the guardrail judges relevance by.
+    focus. The guardrail judges relevance by the mission's rule in `missions`, not by the guidance.
     """
     _check_rollout_args(tickets, grid, samples_per_decode, max_prompt_tokens, batch_size)
     if not tickets:
         return []
     mission = tickets[0].mission
     prompts = [verdict_messages(mission, guidance_experiences, t.per_image, missions) for t in tickets]
-    checklist = guidance_experiences["G0"] if guidance_experiences is not None else missions[mission]["focus"]
+    rule = MissionRule.of(mission, missions[mission])
     too_long = {i: n for i, prompt in enumerate(prompts) if (n := backend.count_tokens(*prompt)) > max_prompt_tokens}
     sampled = [i for i in range(len(tickets)) if i not in too_long]
     candidates = _sample(backend, [prompts[i] for i in sampled], grid, samples_per_decode, batch_size)
@@ -264,7 +265,7 @@ def rollout(
     results = []
     for i, ticket in enumerate(tickets):
         own = by_ticket.get(i, ())
-        selection = select(own, min_agreement, scan(ticket.per_image, checklist))
+        selection = select(own, min_agreement, scan(ticket.per_image, rule))
         if i in too_long:
             message = f"the prompt has {too_long[i]} tokens, over max_prompt_tokens={max_prompt_tokens}"
             failure: Failure | None = Failure(PROMPT_TOO_LONG, message, ())

@@ -59,13 +59,13 @@ from vlqc.errors import SampleError, VlqcError
 from vlqc.inference.prompts import (
     dense_messages,
     dense_target,
-    summary_entries,
     summary_messages,
     summary_target,
     verdict_messages,
     verdict_target,
 )
 from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
+from vlqc.missions import MissionRule, Outcome
 from vlqc.tickets import natural_key
 from vlqc.train.augment import augment as augment_sample
 from vlqc.train.augment import warp
@@ -73,7 +73,6 @@ from vlqc.train.augment import warp
 log = logging.getLogger(__name__)
 
 MODES = ("dense", "summary", "verdict")
-LEGACY_CONNECT_POINT = "螺丝、光纤插头"  # dataList category; the subtype is its 属性
 DEFAULT_RATIOS = {"dense": 0.2, "summary": 0.5, "verdict": 0.3}
 ROW_SCHEMA = "sft_record"
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
@@ -204,121 +203,36 @@ def group_tickets(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, 
     }
 
 
-@dataclass(frozen=True)
-class MissionCheck:
-    """A mission's rule over summaries (config/missions.yaml fail_conditions, origin-facts §4).
-
-    required: (类别, key that must be present or None, name used in reasons).
-    bad: (类别, key, value prefix; '' = any value) that fails the ticket.
-    RRU install points are not told apart: the rule runs over the union of the ticket's photos.
-    Legacy dataList objects (`类别=螺丝、光纤插头,属性=<subtype>`) count as their subtype; their
-    conformity sits in free-text 备注, which no rule reads.
-    """
-
-    required: tuple[tuple[str, str | None, str], ...]
-    bad: tuple[tuple[str, str, str], ...]
+def ticket_rules(
+    tickets: Mapping[Any, Ticket], missions: Mapping[str, Mapping[str, Any]], source: Path
+) -> dict[str, MissionRule]:
+    """The rule of every mission the tickets belong to; an unknown mission is an error naming the file."""
+    rules = {}
+    for ticket in tickets.values():
+        if ticket.mission not in missions:
+            raise VlqcError(f"{source}: record {ticket.indices[0]}: unknown mission {ticket.mission!r}")
+        if ticket.mission not in rules:
+            rules[ticket.mission] = MissionRule.of(ticket.mission, missions[ticket.mission])
+    return rules
 
 
-def _points(*subtypes: str) -> tuple[tuple[str, str, str], ...]:
-    return tuple((s, key, value) for s in subtypes for key, value in (("符合性", "不符合"), ("问题", "")))
-
-
-MISSION_CHECKS: dict[str, MissionCheck] = {
-    "BBU安装方式检查（正装）": MissionCheck(
-        (("BBU设备", None, "BBU设备"), ("BBU安装螺丝", None, "BBU安装螺丝")), _points("BBU安装螺丝")
-    ),
-    "BBU接地线检查": MissionCheck(
-        (
-            ("机柜处接地螺丝", None, "机柜处接地螺丝"),
-            ("地排处接地螺丝", None, "地排处接地螺丝"),
-            ("电线", None, "电线"),
-        ),
-        (*_points("机柜处接地螺丝", "地排处接地螺丝"), ("电线", "捆扎", "散乱"), ("电线", "属性", "散乱")),
-    ),
-    "BBU线缆布放要求": MissionCheck(
-        (("BBU端光纤插头", None, "BBU端光纤插头"), ("ODF端光纤插头", None, "ODF端光纤插头")),
-        (
-            *_points("BBU端光纤插头", "ODF端光纤插头"),
-            ("光纤", "保护措施", "无保护"),
-            ("光纤", "属性", "无保护"),
-            ("光纤", "弯曲半径", "半径不合理"),
-        ),
-    ),
-    "挡风板安装检查": MissionCheck(
-        (("BBU设备", None, "BBU设备"),),
-        (
-            ("BBU设备", "挡风板符合性", "未按要求配备"),
-            ("挡风板", "安装方向", "方向错误"),
-            ("挡风板", "属性", "方向错误"),
-        ),
-    ),
-    "RRU安装检查": MissionCheck(
-        (("RRU设备", None, "RRU设备"), ("紧固件", None, "紧固件")), (("紧固件", "安装状态", "不合格"),)
-    ),
-    "RRU位置检查": MissionCheck(
-        (("RRU接地端", None, "RRU接地端"), ("接地线", None, "接地线"), ("标签", "文本", "可读标签")),
-        (("RRU接地端", "安装状态", "不合格"),),
-    ),
-    "RRU线缆": MissionCheck((("尾纤", None, "尾纤"), ("标签", "文本", "可读标签")), (("尾纤", "套管保护", "无套管"),)),
-}
-
-
-@dataclass(frozen=True)
-class Evidence:
-    problems: list[str]  # fail clauses: offending attributes by image, then what is missing
-    seen: list[str]  # pass clauses: where each required object was seen
-    decidable: bool  # False for a mission without a check or a legacy summary
-
-
-def ticket_evidence(mission: str, summaries: Sequence[str]) -> Evidence:
-    """What the mission's rule finds in a ticket's summaries, as Reason clauses."""
-    check = MISSION_CHECKS.get(mission)
-    parsed = [summary_entries(s) for s in summaries]
-    if check is None or any(entries is None for entries in parsed):
-        return Evidence([], [], decidable=False)
-    parsed = [[*entries, *_legacy_subtypes(entries)] for entries in parsed]
-    problems: list[str] = []
-    where: dict[str, list[int]] = {name: [] for _, _, name in check.required}
-    for n, entries in enumerate(parsed, 1):
-        for entry in entries:
-            category = entry.get("类别")
-            for req_category, key, name in check.required:
-                if category == req_category and (key is None or key in entry) and n not in where[name]:
-                    where[name].append(n)
-            hits = [
-                f"{key}={value}"
-                for bad_category, key, prefix in check.bad
-                if bad_category == category
-                for value in entry.get(key, {})
-                if value.startswith(prefix)
-            ]
-            if hits:
-                problems.append(f"Image{n}: {category}" + ",".join(hits))
-    problems += [f"缺少{name}" for name, images in where.items() if not images]
-    seen = [f"{name}见" + ",".join(f"Image{n}" for n in images) for name, images in where.items()]
-    return Evidence(problems, seen, decidable=True)
-
-
-def _legacy_subtypes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A presence-only entry per subtype of a legacy dataList connect-point entry."""
-    return [
-        {"类别": subtype} for e in entries if e.get("类别") == LEGACY_CONNECT_POINT for subtype in e.get("属性", {})
-    ]
-
-
-def verdict_reasons(label: str, evidence: Evidence) -> tuple[list[str], bool]:
-    """Reason clauses for a ticket's label, and whether the generic fallback was used because the
-    rule cannot decide the ticket or disagrees with the label (the label always wins)."""
-    if evidence.decidable and label == "fail" and evidence.problems:
-        return evidence.problems, False
-    if evidence.decidable and label == "pass" and not evidence.problems:
-        return evidence.seen, False
+def verdict_reasons(label: str, outcome: Outcome) -> tuple[list[str], bool]:
+    """Reason clauses for a ticket's label from what the mission's rule found (docs/missions.md), and
+    whether the generic fallback was used. A fail cites the failures the rule found; a pass cites
+    where each must-see item was seen, as long as the rule found all of them and nothing failing
+    (a dataList photo may hide a conformity: the clauses are true all the same). The label always
+    wins: otherwise no clauses and the fallback."""
+    if label == "fail" and outcome.verdict == "fail":
+        return list(outcome.problems), False
+    if label == "pass" and outcome.verdict != "fail" and not outcome.missing:
+        return list(outcome.seen), False
     return [], True
 
 
-def verdict_answer(ticket: Ticket, records: Sequence[Mapping[str, Any]]) -> tuple[str, bool]:
+def verdict_answer(ticket: Ticket, records: Sequence[Mapping[str, Any]], rule: MissionRule) -> tuple[str, bool]:
+    """The verdict target of a ticket, and whether it took the generic Reason."""
     summaries = [records[i]["summary"] for i in ticket.indices]
-    reasons, fallback = verdict_reasons(ticket.label, ticket_evidence(ticket.mission, summaries))
+    reasons, fallback = verdict_reasons(ticket.label, rule.evaluate_summaries(summaries))
     return verdict_target(ticket.label, reasons), fallback
 
 
@@ -471,9 +385,7 @@ def build_epoch(
     source, out_dir = Path(source), Path(out_dir)
     split = split_name(source)
     tickets = group_tickets(records)
-    for (mission, _, _), ticket in tickets.items():
-        if mission not in missions:
-            raise VlqcError(f"{source}: record {ticket.indices[0]}: unknown mission {mission!r}")
+    rule_of = ticket_rules(tickets, missions, source)
     verdicts: dict[tuple[str, str, str], tuple[str, str, str]] = {}  # built once per ticket
     rows = []
     for index, record in enumerate(records):
@@ -489,7 +401,7 @@ def build_epoch(
                 rules = guidance.get(ticket.mission) if guidance else None
                 verdicts[ticket_id] = (
                     *verdict_messages(ticket.mission, rules, summaries, missions),
-                    verdict_answer(ticket, records)[0],
+                    verdict_answer(ticket, records, rule_of[ticket.mission])[0],
                 )
             meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": ticket.key}
             rows.append(_row(*verdicts[ticket_id], None, meta))
@@ -529,34 +441,45 @@ def recombined_verdicts(
 
     The real tickets are few (80 in the demo), too few to learn a mission's rule from. A recombined ticket
     takes the size of a random real ticket of a mission and as many photo summaries of that mission, drawn
-    from all its tickets; its label is what the mission's rule finds in those summaries (`ticket_evidence`),
-    so answer and prompt always agree. Labels alternate between fail and pass as far as a few draws allow,
-    since a random mix of photos fails more often than not. Missions without a rule take no part.
+    from all its tickets; its label is what the mission's rule finds in those summaries, so answer and
+    prompt always agree. Only photos the rule reads completely are drawn (not a legacy ×N summary, nor
+    a dataList object whose unknown attributes the rule needs), so every draw is decided. Labels
+    alternate between fail and pass as far as a few draws allow, since a random mix of photos fails more
+    often than not. A mission without such photos takes no part.
     """
     if cfg.recombined_verdicts == 0:
         return []
-    split = split_name(Path(source))
+    source = Path(source)
+    split = split_name(source)
+    tickets = group_tickets(records)
+    rule_of = ticket_rules(tickets, missions, source)
     by_mission: dict[str, list[Ticket]] = {}
-    for ticket in group_tickets(records).values():
-        if ticket.mission in MISSION_CHECKS:
+    pools: dict[str, list[int]] = {}
+    for ticket in tickets.values():
+        complete = [
+            i for i in ticket.indices if not rule_of[ticket.mission].evaluate_summaries([records[i]["summary"]]).unknown
+        ]
+        if complete:
             by_mission.setdefault(ticket.mission, []).append(ticket)
+            pools.setdefault(ticket.mission, []).extend(complete)
     if not by_mission:
         return []
-    pools = {m: [i for t in tickets for i in t.indices] for m, tickets in by_mission.items()}
     rows = []
     for k in range(cfg.recombined_verdicts):
         rng = _rng(cfg.seed, epoch, k, "recombined", split)
         mission = rng.choice(sorted(by_mission))
         want = ("fail", "pass")[k % 2]
         for _ in range(RECOMBINE_DRAWS):
-            size = len(rng.choice(by_mission[mission]).indices)
-            summaries = [records[i]["summary"] for i in rng.sample(pools[mission], size)]  # size ≤ the pool
-            evidence = ticket_evidence(mission, summaries)
-            label = "fail" if evidence.problems else "pass"
-            if label == want:
+            size = min(len(rng.choice(by_mission[mission]).indices), len(pools[mission]))
+            summaries = [records[i]["summary"] for i in rng.sample(pools[mission], size)]
+            outcome = rule_of[mission].evaluate_summaries(summaries)
+            if outcome.verdict == want:
                 break
+        label = outcome.verdict
+        if label is None:  # unreachable: every photo drawn is read completely
+            raise VlqcError(f"{source}: recombined ticket {k}: {mission}'s rule cannot decide {outcome.unknown}")
         rules = guidance.get(mission) if guidance else None
-        answer = verdict_target(label, verdict_reasons(label, evidence)[0])
+        answer = verdict_target(label, verdict_reasons(label, outcome)[0])
         meta = {
             "mode": "verdict",
             "epoch": epoch,
@@ -625,7 +548,9 @@ def write_dataset(
     fallbacks = {}
     for path in dict.fromkeys([*train, *val]):
         recs = records[path]
-        keys = sorted(t.key for t in group_tickets(recs).values() if verdict_answer(t, recs)[1])
+        tickets = group_tickets(recs)
+        rule_of = ticket_rules(tickets, missions, path)
+        keys = sorted(t.key for t in tickets.values() if verdict_answer(t, recs, rule_of[t.mission])[1])
         fallbacks[split_name(path)] = len(keys)
         if keys:
             log.warning(
