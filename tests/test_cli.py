@@ -58,6 +58,8 @@ def test_errors_become_one_line_with_the_prefix(capsys):
 
     assert cli.main(run, parser(), ["--out", "o", "--settings", "{}"], prefix="rank 1: ") == 1
     assert capsys.readouterr().err == f"rank 1: error: {problem}\n"
+    assert cli.main(lambda args: {"images": 3}, parser(), ["--out", "o", "--settings", "{}"], prefix="rank 1: ") == 0
+    assert capsys.readouterr().out == 'rank 1: {"images": 3}\n'  # ranks share a log: each line says whose it is
 
     def missing(args):
         open(args.out, encoding="utf-8")

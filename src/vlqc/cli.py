@@ -17,7 +17,8 @@ once, in the schema, for the pipeline and for a script run by hand alike.
 
 `cli.main` sets up logging (INFO, to stderr), turns a `VlqcError` or `OSError` into one line
 `error: …` on stderr and exit status 1, and prints the summary `run` returns as one JSON line
-on stdout (exit status 0).
+on stdout (exit status 0). A `prefix` (`rank 1: ` under torchrun, where ranks share one log)
+starts each of these lines.
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ def main(
     *,
     prefix: str = "",
 ) -> int:
-    """Parse `argv`, call `run(args)` and report as the module docstring says. `prefix` starts
-    every log and error line (e.g. `rank 1: ` under torchrun)."""
+    """Parse `argv`, call `run(args)` and report as the module docstring says."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"{prefix}%(levelname)s %(message)s")
     try:
@@ -81,5 +81,5 @@ def main(
         print(f"{prefix}error: {exc}", file=sys.stderr)
         return 1
     if summary is not None:
-        print(json.dumps(summary, ensure_ascii=False))
+        print(prefix + json.dumps(summary, ensure_ascii=False))
     return 0
