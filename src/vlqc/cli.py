@@ -10,10 +10,12 @@ A script is `run(args) -> summary` plus its paths:
     def main(argv=None) -> int:
         return cli.main(run, arguments(), argv)
 
-Arguments name files and wildcards only. Every setting comes as `--settings JSON`, one section
-of the workflow config (a rule passes `config[<section>]`); `cli.main` checks it against that
-section of `schemas/config.schema.json` and fills the schema's defaults, so a default is written
-once, in the schema, for the pipeline and for a script run by hand alike.
+Arguments name files and wildcards (and the job's thread count) only, with no defaults. Every
+setting comes as `--settings JSON`, one section of the workflow config (a rule passes the keys of
+`config[<section>]` its job reads, so that Snakemake reruns it when one of them changes);
+`cli.main` checks it against that section of `schemas/config.schema.json` and fills the schema's
+defaults, so a default is written once, in the schema, for the pipeline and for a script run by
+hand alike.
 
 `cli.main` sets up logging (INFO, to stderr), turns a `VlqcError` or `OSError` into one line
 `error: …` on stderr and exit status 1, and prints the summary `run` returns as one JSON line
