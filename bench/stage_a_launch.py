@@ -51,16 +51,12 @@ def launch(
         str(REPO / "config/missions.yaml"),
         "--checkpoint",
         str(checkpoint),
-        "--mode",
-        mode,
         "--out",
         str(out / "rank{rank}.jsonl"),
         "--resume-dir",
         str(out / "resume"),
         "--settings",
-        json.dumps(settings),
-        "--gpus",
-        str(gpus),
+        json.dumps({**settings, "sharding_mode": mode, "gpus": gpus}),
     ]
     threads = max(1, (os.cpu_count() or 1) // ranks)
     # Keep the caller's PYTHONPATH: on the GPU machines some packages (jsonschema) come from an extra folder.

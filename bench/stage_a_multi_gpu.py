@@ -41,8 +41,8 @@ from stage_a_launch import launch, log_of  # noqa: E402
 from vlqc.stage_a.discover import Group  # noqa: E402
 from vlqc.stage_a.jobs import SHARDING_MODES, write_selection  # noqa: E402
 
-# The counts each rank logs as it ends (scripts/stage_a_infer.py); progress bars may share the line.
-RANK_COUNTS = re.compile(r"rank (\d+): INFO (\{[^\n]*\})")
+# The counts each rank prints as it ends (scripts/stage_a_infer.py, vlqc.cli); progress bars may share the line.
+RANK_COUNTS = re.compile(r"rank (\d+): (\{[^\n]*\})")
 
 
 def skewed_groups(root: Path, mission: str, images: int, sizes: list[int]) -> list[Group]:

@@ -5,7 +5,7 @@ CPU (default): the tiny model with the demo run's config on the demo SFT data; n
 
 GPU (`--gpus 1`): LoRA on a Qwen3-VL-2B-shaped random-weight model in bf16, batch 4 of
 ~800-token samples (bench/configs/train_gpu_2b.yaml); build the model with
-`scripts/base_model.py --sizes "$(cat bench/configs/qwen3_vl_2b_sizes.json)"` and the data with
+`scripts/base_model.py --settings "{\"sizes\": $(cat bench/configs/qwen3_vl_2b_sizes.json)}"` and the data with
 `scripts/sft_dataset.py --config bench/configs/train_gpu_2b.yaml`; writes train_gpu.json with the
 GPU model, driver and peak memory.
 

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -41,6 +40,12 @@ def dataset_root(wildcards):
     return config["datasets"][wildcards.dataset]["root"]
 
 
+def settings_json(section, *keys):
+    """`--settings` of a script (vlqc.cli): the keys of a config section that the job reads, as
+    JSON. Only those, since Snakemake reruns a job whose params changed."""
+    return json.dumps({key: section[key] for key in keys}, ensure_ascii=False)
+
+
 def mission_domains_json():
     """Mission → domain, passed to the converter for photos without objects."""
     return json.dumps({name: m["domain"] for name, m in MISSIONS.items()}, ensure_ascii=False)
@@ -58,13 +63,9 @@ def base_model_dir(wildcards=None):
     return f"results/train/base/{config['base_model']['name']}"
 
 
-def base_model_args():
-    """CLI of scripts/base_model.py: link a real checkpoint, or build the tiny model."""
-    base = config["base_model"]
-    if base["checkpoint"]:
-        return f"--checkpoint {shlex.quote(base['checkpoint'])}"
-    sizes = json.dumps(base["sizes"])
-    return f"--sizes {shlex.quote(sizes)} --seed {base['seed']}"
+def base_model_settings():
+    """Settings of scripts/base_model.py: link a real checkpoint, or build the tiny model."""
+    return settings_json(config["base_model"], "checkpoint", "sizes", "seed")
 
 
 def canonical_splits(run, part):
@@ -92,15 +93,6 @@ def stage_a_checkpoint():
     return STAGE_A["checkpoint"] or serving_model()
 
 
-def stage_a_sampling_args():
-    """Group sampling options of scripts/stage_a_select.py (no count: every group of that label)."""
-    args = [f"--seed {STAGE_A['sample_seed']}"]
-    for label in ("pass", "fail"):
-        if STAGE_A[f"{label}_group_number"] is not None:
-            args.append(f"--{label}-n {STAGE_A[f'{label}_group_number']}")
-    return " ".join(args)
-
-
 def stage_a_max_pixels():
     """The processor's pixel budget: configured, else the serving run's training pixel cap
     (generation must see images as training did); a foreign checkpoint keeps its own."""
@@ -109,22 +101,28 @@ def stage_a_max_pixels():
     return TRAIN_CONFIGS[config["train"]["run"]]["template"]["max_pixels"]
 
 
-def stage_a_settings():
-    """Generation settings of scripts/stage_a_infer.py (vlqc.stage_a.infer.Settings)."""
-    keys = (
-        "batch_size",
-        "engine",
-        "wave_rows",
-        "wave_memory_fraction",
-        "compile",
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "repetition_penalty",
-        "no_mission",
-    )
-    settings = {key: STAGE_A[key] for key in keys}
-    return json.dumps({**settings, "max_pixels": stage_a_max_pixels(), "seed": STAGE_A["sample_seed"]})
+def stage_a_settings(*keys):
+    """Settings of a Stage-A script: `keys` of the stage_a section, max_pixels resolved."""
+    return settings_json({**STAGE_A, "max_pixels": stage_a_max_pixels()}, *keys)
+
+
+# What scripts/stage_a_infer.py reads: vlqc.stage_a.infer.Settings (seeded by sample_seed) and the launch.
+STAGE_A_INFER_KEYS = (
+    "batch_size",
+    "engine",
+    "wave_rows",
+    "wave_memory_fraction",
+    "compile",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "repetition_penalty",
+    "no_mission",
+    "max_pixels",
+    "sample_seed",
+    "sharding_mode",
+    "gpus",
+)
 
 
 def stage_a_ranks():

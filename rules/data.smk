@@ -10,15 +10,20 @@ rule demo_tickets:
     conda:
         "../envs/data.yaml"
     params:
-        missions=config["demo"]["missions"],
-        demo=config["demo"],
+        settings=settings_json(
+            config["demo"],
+            "missions",
+            "tickets_per_mission",
+            "seed",
+            "datalist_fraction",
+            "exif_fraction",
+            "fail_fraction",
+            "irrelevant_fraction",
+        ),
         missions_file=config["missions_file"],
     shell:
         "python scripts/demo_tickets.py --out {output.tickets} --manifest {output.manifest}"
-        " --missions-file {params.missions_file} --missions {params.missions:q}"
-        " --tickets-per-mission {params.demo[tickets_per_mission]} --seed {params.demo[seed]}"
-        " --datalist-fraction {params.demo[datalist_fraction]} --exif-fraction {params.demo[exif_fraction]}"
-        " > {log} 2>&1"
+        " --missions-file {params.missions_file} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule convert_annotations:
@@ -37,14 +42,11 @@ rule convert_annotations:
         "../envs/data.yaml"
     threads: config["convert"]["workers"]
     params:
-        convert=config["convert"],
+        settings=settings_json(config["convert"], "max_pixels", "factor", "mode", "summary_format", "jpeg_quality"),
         domains=mission_domains_json(),
     shell:
-        "python scripts/convert.py --root {input} --out results/data/{wildcards.dataset}"
-        " --mode {params.convert[mode]} --workers {threads}"
-        " --max-pixels {params.convert[max_pixels]} --factor {params.convert[factor]}"
-        " --summary-format {params.convert[summary_format]} --jpeg-quality {params.convert[jpeg_quality]}"
-        " --mission-domains {params.domains:q} > {log} 2>&1"
+        "python scripts/convert.py --root {input} --out results/data/{wildcards.dataset} --workers {threads}"
+        " --settings {params.settings:q} --mission-domains {params.domains:q} > {log} 2>&1"
 
 
 rule split_dataset:
@@ -60,8 +62,7 @@ rule split_dataset:
     conda:
         "../envs/data.yaml"
     params:
-        convert=config["convert"],
+        settings=settings_json(config["convert"], "val_fraction", "split_seed", "tiny_train", "tiny_val"),
     shell:
         "python scripts/split.py --samples {input} --out results/data/{wildcards.dataset}"
-        " --val-fraction {params.convert[val_fraction]} --seed {params.convert[split_seed]}"
-        " --tiny-train {params.convert[tiny_train]} --tiny-val {params.convert[tiny_val]} > {log} 2>&1"
+        " --settings {params.settings:q} > {log} 2>&1"

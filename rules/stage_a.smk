@@ -11,10 +11,10 @@ rule stage_a_select:
     conda:
         "../envs/data.yaml"
     params:
-        sampling=stage_a_sampling_args(),
+        settings=stage_a_settings("pass_group_number", "fail_group_number", "sample_seed"),
     shell:
         "python scripts/stage_a_select.py --root {input} --mission {wildcards.mission:q}"
-        " {params.sampling} --out {output} > {log} 2>&1"
+        " --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule stage_a_verify:
@@ -28,10 +28,10 @@ rule stage_a_verify:
     conda:
         "../envs/model.yaml"
     params:
-        max_pixels=lambda wildcards: f"--max-pixels {stage_a_max_pixels()}" if stage_a_max_pixels() else "",
+        settings=stage_a_settings("max_pixels"),
     shell:
         "python scripts/stage_a_verify.py --selection {input.selection} --checkpoint {input.checkpoint}"
-        " {params.max_pixels} --out {output} > {log} 2>&1"
+        " --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule stage_a_infer:
@@ -52,17 +52,15 @@ rule stage_a_infer:
     params:
         ranks=stage_a_ranks(),
         out=lambda wildcards, output: output[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
-        settings=stage_a_settings(),
-        mode=STAGE_A["sharding_mode"],
-        gpus=STAGE_A["gpus"],
+        settings=stage_a_settings(*STAGE_A_INFER_KEYS),
     shell:
         # Threads split evenly over the ranks: oversubscribed cores slow generation severalfold.
         "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
         " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
         " scripts/stage_a_infer.py --selection {input.selection} --mission {wildcards.mission:q}"
-        " --missions {input.missions} --checkpoint {input.checkpoint} --mode {params.mode}"
+        " --missions {input.missions} --checkpoint {input.checkpoint}"
         " --out {params.out:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
-        " --gpus {params.gpus} --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log} 2>&1"
 
 
 rule stage_a_merge:

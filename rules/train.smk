@@ -9,9 +9,9 @@ rule base_model:
     conda:
         "../envs/model.yaml"
     params:
-        args=base_model_args(),
+        settings=base_model_settings(),
     shell:
-        "python scripts/base_model.py --out {output} {params.args} > {log} 2>&1"
+        "python scripts/base_model.py --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule sft_dataset:
@@ -53,12 +53,10 @@ rule train_sft:
     resources:
         gpu=config["train"]["gpus"],
     params:
-        cpu_ranks=config["train"]["cpu_ranks"],
-        gpus=config["train"]["gpus"],
+        settings=settings_json(config["train"], "cpu_ranks", "gpus"),
     shell:
         "python scripts/train_sft.py --config {input.config} --base {input.base} --data {input.data}"
-        " --out results/train/sft/{wildcards.run} --nproc {params.cpu_ranks} --gpus {params.gpus}"
-        " --threads {threads} > {log} 2>&1"
+        " --out results/train/sft/{wildcards.run} --threads {threads} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule merge_adapter:
@@ -90,6 +88,9 @@ rule eval_sft:
     conda:
         "../envs/model.yaml"
     threads: workflow.cores
+    params:
+        settings=settings_json(config["train"], "eval_batch_size", "eval_max_new_tokens"),
     shell:
         "OMP_NUM_THREADS={threads} python scripts/eval_sft.py --model {input.model} --config {input.config}"
-        " --train {input.train} --val {input.val} --missions {input.missions} --out {output} > {log} 2>&1"
+        " --train {input.train} --val {input.val} --missions {input.missions} --out {output}"
+        " --settings {params.settings:q} > {log} 2>&1"

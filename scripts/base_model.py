@@ -1,33 +1,34 @@
-"""Build the tiny Qwen3-VL base model, or check and link a real local checkpoint (rule base_model)."""
+"""Build the tiny Qwen3-VL base model, or check and link a real local checkpoint (rule base_model).
+
+Settings: the `base_model` config section. With `checkpoint` set, that folder is checked and
+linked; otherwise the tiny model of `sizes` is built from `seed`.
+"""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from vlqc.errors import VlqcError
+from vlqc import cli
 from vlqc.train.base_model import build_tiny_base, link_real_checkpoint
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments() -> cli.Parser:
+    parser = cli.Parser(__doc__, settings="base_model")
     parser.add_argument("--out", type=Path, required=True, help="output folder results/train/base/<name>")
-    parser.add_argument("--sizes", type=json.loads, default=None, help="JSON object of tiny-model sizes")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the tiny model's initialisation (default 0)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a real local Qwen3-VL folder to link instead")
-    args = parser.parse_args(argv)
-    if args.checkpoint is not None and (args.sizes is not None or args.seed is not None):
-        parser.error("--sizes and --seed describe the tiny model; they cannot go with --checkpoint")
-    try:
-        if args.checkpoint is not None:
-            manifest = link_real_checkpoint(args.checkpoint, args.out)
-        else:
-            manifest = build_tiny_base(args.out, args.sizes, 0 if args.seed is None else args.seed)
-    except VlqcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"out": str(args.out), "kind": manifest["kind"], "parameters": manifest["parameters"]}))
-    return 0
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    settings = args.settings
+    if settings["checkpoint"] is not None:
+        manifest = link_real_checkpoint(Path(settings["checkpoint"]), args.out)
+    else:
+        manifest = build_tiny_base(args.out, settings["sizes"], settings["seed"])
+    return {"out": str(args.out), "kind": manifest["kind"], "parameters": manifest["parameters"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, arguments(), argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Build the ms-swift SFT dataset (train.jsonl with the materialised epochs, val.jsonl) from canonical JSONL.
 
+Settings come from the training config (data, custom.mode_seed, training.epochs, template.max_pixels).
+
 Example:
     python scripts/sft_dataset.py --train results/data/demo/train.jsonl --val results/data/demo/val.jsonl \
         --config config/train/demo.yaml --missions config/missions.yaml --out results/train/sft/demo/data
@@ -8,11 +10,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
+from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_json
 from vlqc.missions import load_missions
@@ -30,37 +31,36 @@ def _guidance(path: Path) -> dict[str, dict[str, str]]:
     return {mission: section["experiences"] for mission, section in doc.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments() -> cli.Parser:
+    parser = cli.Parser(__doc__)
     parser.add_argument("--train", type=Path, nargs="+", required=True, help="canonical train JSONL file(s)")
-    parser.add_argument("--val", type=Path, nargs="*", default=[], help="canonical val JSONL file(s); none: empty val")
+    parser.add_argument("--val", type=Path, nargs="*", required=True, help="canonical val JSONL file(s); none: no val")
     parser.add_argument(
         "--config",
         type=Path,
         required=True,
         help="training config: a config/train YAML (merged and validated here) or a resolved .json",
     )
-    parser.add_argument("--missions", type=Path, default=Path("config/missions.yaml"), help="default: %(default)s")
+    parser.add_argument("--missions", type=Path, required=True, help="missions file")
     parser.add_argument("--guidance", type=Path, help="Stage-B guidance JSON whose rules go into verdict prompts")
     parser.add_argument("--out", type=Path, required=True, help="data folder: train.jsonl, val.jsonl, images/")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        resolved = read_json(args.config) if args.config.suffix == ".json" else load_train_config(args.config)
-        missions = load_missions(args.missions)
-        stats = write_dataset(
-            args.train,
-            args.val,
-            data_config(resolved),
-            args.out,
-            missions,
-            guidance=_guidance(args.guidance) if args.guidance else None,
-        )
-    except VlqcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(stats, ensure_ascii=False))
-    return 0
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    resolved = read_json(args.config) if args.config.suffix == ".json" else load_train_config(args.config)
+    return write_dataset(
+        args.train,
+        args.val,
+        data_config(resolved),
+        args.out,
+        load_missions(args.missions),
+        guidance=_guidance(args.guidance) if args.guidance else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, arguments(), argv)
 
 
 if __name__ == "__main__":

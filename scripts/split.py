@@ -1,24 +1,31 @@
-"""Seeded ticket-level train/val split and tiny subsets (rule split_dataset)."""
+"""Seeded ticket-level train/val split and tiny subsets (rule split_dataset).
+
+Settings: the `convert` config section (val_fraction, split_seed, tiny_train, tiny_val).
+"""
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
+from vlqc import cli
 from vlqc.data.dataset import write_splits
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments() -> cli.Parser:
+    parser = cli.Parser(__doc__, settings="convert")
     parser.add_argument("--samples", type=Path, required=True, help="all_samples.jsonl")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--tiny-train", type=int, default=32)
-    parser.add_argument("--tiny-val", type=int, default=8)
-    args = parser.parse_args()
-    counts = write_splits(args.samples, args.out, args.val_fraction, args.seed, args.tiny_train, args.tiny_val)
-    print(json.dumps(counts))
+    parser.add_argument("--out", type=Path, required=True, help="folder of train/val/train_tiny/val_tiny.jsonl")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    s = args.settings
+    return write_splits(args.samples, args.out, s["val_fraction"], s["split_seed"], s["tiny_train"], s["tiny_val"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, arguments(), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from vlqc.errors import SchemaError, VlqcError
+from vlqc import cli
+from vlqc.errors import SchemaError
 from vlqc.jsonl import read_jsonl
 from vlqc.stage_a.merge import merge, write_merge
 
@@ -32,21 +32,19 @@ def _selection(path: Path) -> list[dict]:
         raise SchemaError(f"{path}: not UTF-8: {exc.reason}") from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments() -> cli.Parser:
+    parser = cli.Parser(__doc__)
     parser.add_argument("--selection", type=Path, required=True, help="selected groups (stage_a_group_selection)")
     parser.add_argument("--out", type=Path, required=True, help="merged records: results/<mission>_stage_a.jsonl")
     parser.add_argument("--failures", type=Path, required=True, help="groups left out, with a reason code")
     parser.add_argument("--mission", required=True)
     parser.add_argument("rank_files", type=Path, nargs="+", help="per-image rows: …rank<r>.jsonl")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        result = merge(_selection(args.selection), args.rank_files, args.mission)
-        write_merge(result, args.out, args.failures)
-    except (VlqcError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    result = merge(_selection(args.selection), args.rank_files, args.mission)
+    write_merge(result, args.out, args.failures)
     counts = result.counts
     reasons = ", ".join(f"{reason} {n}" for reason, n in counts["failed_by_reason"].items()) or "none"
     log.info(
@@ -57,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         counts["failed"],
         reasons,
     )
-    print(json.dumps(counts, ensure_ascii=False))
-    return 0
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, arguments(), argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ GOLDEN = REPO / "tests" / "golden" / "augment"
 W, H = 320, 256
 BACKGROUND = (60, 60, 60)
 FILL = (255, 0, 255)
+CAP = 1024 * 768  # the training pixel cap the augmentation falls back on
 COLOURS = {"BBU设备": (220, 30, 30), "挡风板": (30, 200, 60), "光纤": (40, 60, 230), "BBU安装螺丝": (230, 210, 40)}
 RED_BOX = [40, 32, 150, 112]
 GREEN_POLY = [190, 40, 290, 60, 280, 130, 200, 110]
@@ -74,7 +75,7 @@ def cfg(**ops) -> dict:
             section[name] = {**section[name], **values}
         else:
             section[name] = values
-    return load_config(section)
+    return load_config(section, CAP)
 
 
 def augment(config: dict, seed: int = 0) -> tuple[Image.Image, dict]:
@@ -235,7 +236,7 @@ def test_composed_chain_matches_pixels_and_golden_record():
 def crop_window(x0: int, y0: int, w: int, h: int, min_coverage: float) -> tuple[Image.Image, dict]:
     image, record = scene()
     matrix = np.array([[1.0, 0, -x0], [0, 1, -y0], [0, 0, 1]])
-    return warp(image, record, matrix, (w, h), max_pixels=W * H, fill=FILL, min_coverage=min_coverage)
+    return warp(image, record, matrix, (w, h), max_pixels=W * H, factor=32, fill=FILL, min_coverage=min_coverage)
 
 
 def test_cut_object_is_kept_and_marked_partial_above_min_coverage():
@@ -294,7 +295,7 @@ def test_legacy_summary_is_kept_when_nothing_changes_and_refused_otherwise():
     assert flipped["summary"] == record["summary"]
     matrix = np.array([[1.0, 0, -96], [0, 1, 0], [0, 0, 1]])
     with pytest.raises(SampleError, match="legacy summary"):
-        warp(image, record, matrix, (224, 256), max_pixels=W * H, min_coverage=0.55)
+        warp(image, record, matrix, (224, 256), max_pixels=W * H, factor=32, fill=FILL, min_coverage=0.55)
 
 
 @pytest.mark.parametrize(
@@ -393,13 +394,14 @@ def test_image_size_must_match_the_record():
 
 
 def test_load_config_fills_defaults():
-    config = load_config({"rotate": {"prob": 0.5}})
+    config = load_config({"rotate": {"prob": 0.5}}, CAP)
     assert config["rotate"] == {"prob": 0.5, "degrees": [-10, 10]}
-    assert config["crop"]["min_coverage"] == 0.3 and config["max_pixels"] == 786432 and config["factor"] == 32
+    assert config["crop"]["min_coverage"] == 0.3 and config["max_pixels"] == CAP and config["factor"] == 32
+    assert load_config({"max_pixels": 4096}, CAP)["max_pixels"] == 4096
 
 
 def test_load_config_reports_unknown_keys_and_reversed_ranges():
     with pytest.raises(SchemaError, match=r"rotate\.angle: unknown key"):
-        load_config({"rotate": {"angle": 3}})
+        load_config({"rotate": {"angle": 3}}, CAP)
     with pytest.raises(SchemaError, match=r"scale\.range"):
-        load_config({"scale": {"range": [1.2, 0.8]}})
+        load_config({"scale": {"range": [1.2, 0.8]}}, CAP)

@@ -263,7 +263,7 @@ def test_sizes_are_validated():
 
 def test_cli_builds_with_sizes_and_seed(tmp_path, capsys):
     out = tmp_path / "results" / "models" / "base" / "small"
-    argv = ["--out", str(out), "--sizes", json.dumps(SMALL), "--seed", "3"]
+    argv = ["--out", str(out), "--settings", json.dumps({"sizes": SMALL, "seed": 3})]
     assert runpy.run_path(str(REPO / "scripts" / "base_model.py"))["main"](argv) == 0
     printed = json.loads(capsys.readouterr().out)
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ from conftest import REPO
 from snakemake.utils import validate as snakemake_validate
 
 from vlqc.errors import SchemaError
-from vlqc.schemas import check, problems, schema_path
+from vlqc.schemas import check, defaults, problems, schema_path, section
 
 
 def load(name: str):
@@ -29,10 +29,15 @@ def test_shipped_config_and_missions_are_valid():
 def test_snakemake_validate_fills_defaults_from_the_schema():
     config = {}
     snakemake_validate(config, str(schema_path("config")))
-    assert config["convert"]["max_pixels"] == 786432
     assert config["convert"]["mode"] == "fail_fast"
     assert config["demo"]["missions"][0] == "挡风板安装检查"
     assert config["datasets"] == {"demo": {"root": "resources/demo/tickets"}}
+    # The library fills a section as Snakemake fills the config: scripts run by hand get the same values.
+    assert config == defaults("config")
+    partial = {"stage_a": {"batch_size": 3}, "stage_b": {"gate": {"patience": 1}}}
+    snakemake_validate(partial, str(schema_path("config")))
+    assert partial["stage_a"] == section("config", "stage_a", {"batch_size": 3}, "test")
+    assert partial["stage_b"]["gate"] == section("config", "stage_b.gate", {"patience": 1}, "test")
 
 
 def test_unknown_keys_are_reported_with_dotted_paths_all_at_once():

@@ -97,6 +97,8 @@ def test_eval_script_names_an_empty_val_split(tmp_path):
             "config/missions.yaml",
             "--out",
             str(tmp_path / "eval.json"),
+            "--settings",
+            "{}",
         ],
         cwd=REPO,
         capture_output=True,

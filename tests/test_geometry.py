@@ -155,19 +155,19 @@ def _extreme_sizes() -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize(("width", "height"), _random_sizes(1, 400, 480, 2000) + _extreme_sizes())
 def test_smart_resize_invariants(width, height):
-    w, h = g.smart_resize(width, height)
+    w, h = g.smart_resize(width, height, F, CAP)
     assert w % F == 0 and h % F == 0
     assert w >= F and h >= F
     assert w * h <= CAP
     # The output is itself valid, so resizing it again changes nothing. (Near a
     # 200:1 input the floor can push the output past 200:1, which is then refused.)
     if w * h >= F * F * 4 and max(w, h) / min(w, h) <= g.MAX_ASPECT_RATIO:
-        assert g.smart_resize(w, h) == (w, h)
+        assert g.smart_resize(w, h, F, CAP) == (w, h)
 
 
 @pytest.mark.parametrize(("width", "height"), _random_sizes(2, 400, 480, 2000))
 def test_smart_resize_keeps_aspect_and_scale(width, height):
-    w, h = g.smart_resize(width, height)
+    w, h = g.smart_resize(width, height, F, CAP)
     # Each side is within one factor of the ideal (uniformly scaled) side.
     scale = min(1.0, math.sqrt(CAP / (width * height)))
     assert abs(w - width * scale) <= F and abs(h - height * scale) <= F
@@ -180,7 +180,7 @@ def test_smart_resize_keeps_aspect_and_scale(width, height):
 @pytest.mark.parametrize(("width", "height"), [(480, 640), (1024, 768), (32, 128), (64, 64), (886, 886)])
 def test_smart_resize_idempotent_on_valid_sizes(width, height):
     valid = (width // F * F, height // F * F)
-    assert g.smart_resize(*valid) == valid
+    assert g.smart_resize(*valid, F, CAP) == valid
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_smart_resize_idempotent_on_valid_sizes(width, height):
     ],
 )
 def test_smart_resize_examples(size, expected):
-    assert g.smart_resize(*size) == expected
+    assert g.smart_resize(*size, F, CAP) == expected
 
 
 @pytest.mark.parametrize(("size", "expected"), [((453, 2265), (448, 2240)), ((575, 1840), (560, 1792))])
@@ -205,18 +205,18 @@ def test_smart_resize_exact_scale_survives_float_noise(size, expected):
 
 def test_smart_resize_small_cap_with_extreme_aspect_stays_under_cap():
     # The short side is lifted to factor, which alone would exceed the cap.
-    w, h = g.smart_resize(20000, 100, max_pixels=8192, min_pixels=1024)
+    w, h = g.smart_resize(20000, 100, F, max_pixels=8192, min_pixels=1024)
     assert (w, h) == (256, 32) and w * h <= 8192
 
 
 @pytest.mark.parametrize("size", [(0, 10), (10, 0), (-5, 10), (201, 1), (1, 201), (20100, 100)])
 def test_smart_resize_rejects(size):
     with pytest.raises(ValueError):
-        g.smart_resize(*size)
+        g.smart_resize(*size, F, CAP)
 
 
 def test_smart_resize_accepts_aspect_200():
-    assert g.smart_resize(20000, 100)[0] % F == 0
+    assert g.smart_resize(20000, 100, F, CAP)[0] % F == 0
 
 
 # --- canonical order ---------------------------------------------------------------------

@@ -114,7 +114,7 @@ def dataset(tmp_path) -> tuple[list[dict], Path]:
 def config(augmentation: dict | None = None, **settings) -> DataConfig:
     """A DataConfig as `data_config` makes it: the augmentation section resolved, capped at max_pixels."""
     if augmentation is not None:
-        augmentation = load_augmentation({"max_pixels": settings.get("max_pixels", 786432), **augmentation})
+        augmentation = load_augmentation(augmentation, settings.get("max_pixels", DataConfig.max_pixels))
     return DataConfig(augmentation=augmentation, **settings)
 
 
@@ -615,7 +615,7 @@ def test_data_config_invariants():
     with pytest.raises(VlqcError, match="smallest image"):
         DataConfig(max_pixels=1024)
     with pytest.raises(VlqcError, match="must not exceed the cap 65536"):
-        DataConfig(max_pixels=65536, augmentation=load_augmentation({}))  # augment's default cap is larger
+        DataConfig(max_pixels=65536, augmentation=load_augmentation({}, 2 * 65536))
 
 
 def test_swift_env_brackets_the_cap(tmp_path):

@@ -3,6 +3,10 @@
 A contract lives once, in `schemas/<name>.schema.json`; Snakemake validates the
 config against the same files. Errors name the file, the line (for JSONL) and the
 dotted path (`objects[2].desc`) of the violation.
+
+The schemas are also the one home of every default: `section` validates a config section
+and fills its defaults, `defaults` gives them for library code that needs a value without
+a config at hand.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -33,21 +38,30 @@ def available() -> list[str]:
 
 
 @cache
+def load(name: str) -> dict:
+    """Schema `name` as parsed JSON; callers must not change it."""
+    path = schema_path(name)
+    if not path.is_file():
+        raise SchemaError(f"unknown schema {name!r}; known: {', '.join(available())}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+
+
+@cache
 def registry() -> Registry:
     """Every schema by its `$id`, so one schema can `$ref` another by file name."""
     resources = []
-    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
-        schema = json.loads(path.read_text(encoding="utf-8"))
-        resources.append((schema.get("$id", path.name), DRAFT202012.create_resource(schema)))
+    for name in available():
+        schema = load(name)
+        resources.append((schema.get("$id", schema_path(name).name), DRAFT202012.create_resource(schema)))
     return Registry().with_resources(resources)
 
 
 @cache
 def validator(name: str) -> Draft202012Validator:
-    path = schema_path(name)
-    if not path.is_file():
-        raise SchemaError(f"unknown schema {name!r}; known: {', '.join(available())}")
-    schema = json.loads(path.read_text(encoding="utf-8"))
+    schema = load(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, registry=registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
@@ -62,221 +76,95 @@ def validate(doc: Any, name: str, where: str = "<document>") -> None:
         raise SchemaError(f"{where}: {dotted(error.absolute_path)}: {error.message} (schema {name})")
 
 
-# Fast path. jsonschema costs ~50 µs per small record, too slow for 100k-row JSONL files; a
-# schema that only uses the keywords in _KEYWORDS is compiled to plain Python checks (~5 µs).
-# The compiled check only ever accepts: a document it rejects goes through jsonschema, which
-# decides and words the error, so results and messages stay jsonschema's.
+# Fast path. jsonschema costs ~50 µs per small record, too slow for 100k-row JSONL files, so a
+# schema is also compiled by fastjsonschema (~3 µs) where it can be. fastjsonschema implements
+# draft 7, so each schema is first rewritten into the draft-7 spelling of the same rules; a schema
+# with a keyword whose meaning differs between the drafts (unevaluatedProperties, $id below the
+# root, ...) is left to jsonschema alone. The compiled check only ever accepts: a document it
+# rejects goes through jsonschema, which decides and words the error, so results and messages
+# stay jsonschema's (tests/test_schemas.py checks that the two agree on every compiled schema).
 Check = Callable[[Any], bool]
 
 _ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "default", "examples"})
-_TYPES: dict[str, Check] = {
-    "object": lambda x: isinstance(x, dict),
-    "array": lambda x: isinstance(x, list),
-    "string": lambda x: isinstance(x, str),
-    "boolean": lambda x: isinstance(x, bool),
-    "null": lambda x: x is None,
-    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-    "integer": lambda x: (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, float) and x.is_integer()),
-}
+# Keywords that mean the same in draft 7 and 2020-12.
+_SAME = frozenset(
+    {
+        "type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "pattern", "required", "properties", "patternProperties", "additionalProperties",
+        "propertyNames", "minProperties", "maxProperties", "items", "minItems", "maxItems", "uniqueItems",
+        "if", "then", "else", "not", "allOf", "anyOf", "oneOf", "$ref",
+    }
+)  # fmt: skip
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs"})  # name → subschema
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_DRAFT7 = "http://json-schema.org/draft-07/schema#"
+# fastjsonschema mis-joins relative `$id`s (ours are `vlqc/<file>`); under this absolute base they
+# join as they should, and its loader for the `file` scheme (`_by_id`) serves our files, never the disk.
+_BASE = "file:///vlqc-schemas/"
 
 
 class _Unsupported(Exception):
-    """The schema needs something the fast path does not implement; jsonschema alone validates it."""
+    """The schema needs a keyword whose draft-7 meaning differs; jsonschema alone validates it."""
 
 
-class _Compiler:
-    """Compiles one schema document; `$ref`s may point into its `$defs` only."""
+def _draft7(node: Any, root: bool = False) -> Any:
+    """A copy of a 2020-12 (sub)schema that means the same under draft 7."""
+    if isinstance(node, bool):
+        return node
+    if "$id" in node and not root:
+        raise _Unsupported("$id below the root changes what $ref points to")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS:
+            out[key] = {name: _draft7(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS:
+            out[key] = [_draft7(sub) for sub in value]
+        elif key in ("items", "additionalProperties", "propertyNames", "if", "then", "else", "not"):
+            out[key] = _draft7(value)
+        elif key in _SAME or key in _ANNOTATIONS:
+            out[key] = value
+        else:
+            raise _Unsupported(key)
+    if "prefixItems" in out:
+        # 2020-12 prefixItems + items are draft 7's items (a list) + additionalItems.
+        prefix = out.pop("prefixItems")
+        if "items" in out:
+            out["additionalItems"] = out.pop("items")
+        out["items"] = prefix
+    if "$ref" in out and len(set(out) - _ANNOTATIONS) > 1:
+        # Draft 7 ignores the siblings of $ref; 2020-12 applies them as well.
+        out["allOf"] = [{"$ref": out.pop("$ref")}, *out.get("allOf", [])]
+    if root:
+        out["$schema"] = _DRAFT7
+        out["$id"] = _BASE + out.get("$id", "")
+    return out
 
-    def __init__(self, root: dict):
-        self.root = root
-        self.open_refs: set[str] = set()  # refs being compiled: a cycle means a recursive schema
 
-    def compile(self, node: Any) -> Check:
-        if node is True:
-            return lambda x: True
-        if node is False:
-            return lambda x: False
-        if "$id" in node and node is not self.root:
-            raise _Unsupported("$id below the root changes what $ref points to")
-        checks = []
-        for key, value in node.items():
-            # then/else belong to `if`; patternProperties/additionalProperties are read together below.
-            if key in _ANNOTATIONS or key in ("then", "else", "patternProperties", "additionalProperties"):
-                continue
-            if key not in _KEYWORDS:
-                raise _Unsupported(key)
-            checks.append(_KEYWORDS[key](self, value, node))
-        if "patternProperties" in node or "additionalProperties" in node:
-            checks.append(self.members(node))
-        return _all_of(checks)
-
-    def members(self, node: dict) -> Check:
-        """patternProperties, then additionalProperties for keys that neither they nor `properties` name."""
-        named = set(node.get("properties", {}))
-        patterns = [(re.compile(p).search, self.compile(sub)) for p, sub in node.get("patternProperties", {}).items()]
-        extra = self.compile(node.get("additionalProperties", True))
-
-        def member_ok(key: str, value: Any) -> bool:
-            matched = [check for search, check in patterns if search(key)]
-            if not matched:
-                return key in named or extra(value)
-            return all(check(value) for check in matched)
-
-        return lambda x: not isinstance(x, dict) or all(member_ok(k, v) for k, v in x.items())
-
-    def ref(self, value: str) -> Check:
-        name = value.removeprefix("#/$defs/")
-        if name == value or "/" in name or name not in self.root.get("$defs", {}) or name in self.open_refs:
-            raise _Unsupported(value)
-        self.open_refs.add(name)
-        check = self.compile(self.root["$defs"][name])
-        self.open_refs.discard(name)
-        return check
+def _by_id(uri: str) -> dict:
+    """fastjsonschema's loader of a `$ref` to another schema file (its `$id`, relative to the referrer's)."""
+    for name in available():
+        schema = load(name)
+        if _BASE + schema.get("$id", "") == uri:
+            return _draft7(schema, root=True)
+    raise _Unsupported(f"$ref to {uri}, which no schema in {SCHEMA_DIR} has as its $id")
 
 
 @cache
 def fast_check(name: str) -> Check | None:
     """A compiled acceptance check for schema `name`, or None where only jsonschema can judge it."""
-    root = validator(name).schema
     try:
-        return _Compiler(root).compile(root)
+        compiled = fastjsonschema.compile(_draft7(load(name), root=True), handlers={"file": _by_id}, use_default=False)
     except _Unsupported:
         return None
 
-
-def _same(a: Any, b: Any) -> bool:
-    # JSON Schema equality: true is not 1, but 1 is 1.0.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
-
-
-def _scalars(values: list) -> list:
-    if any(isinstance(v, (dict, list)) for v in values):
-        raise _Unsupported("enum/const of objects or arrays")
-    return values
-
-
-def _all_of(checks: list[Check]) -> Check:
-    # Plain loops, not all(<generator>): this runs once per record and per nested object.
-    if len(checks) == 1:
-        return checks[0]
-
-    def check(x: Any) -> bool:
-        for each in checks:
-            if not each(x):
-                return False
+    def accepts(doc: Any) -> bool:
+        try:
+            compiled(doc)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
         return True
 
-    return check
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _type(compiler: _Compiler, value: str | list[str], node: dict) -> Check:
-    if isinstance(value, str):
-        return _TYPES[value]
-    tests = [_TYPES[t] for t in value]
-    return lambda x: any(test(x) for test in tests)
-
-
-def _enum(compiler: _Compiler, value: list, node: dict) -> Check:
-    options = _scalars(value)
-    if all(isinstance(option, str) for option in options):
-        return lambda x: isinstance(x, str) and x in options
-    return lambda x: any(_same(x, option) for option in options)
-
-
-def _const(compiler: _Compiler, value: Any, node: dict) -> Check:
-    (const,) = _scalars([value])
-    return lambda x: _same(x, const)
-
-
-def _minimum(compiler: _Compiler, value: float, node: dict) -> Check:
-    return lambda x: not _is_number(x) or x >= value
-
-
-def _maximum(compiler: _Compiler, value: float, node: dict) -> Check:
-    return lambda x: not _is_number(x) or x <= value
-
-
-def _min_length(compiler: _Compiler, value: int, node: dict) -> Check:
-    return lambda x: not isinstance(x, str) or len(x) >= value
-
-
-def _pattern(compiler: _Compiler, value: str, node: dict) -> Check:
-    search = re.compile(value).search
-    return lambda x: not isinstance(x, str) or search(x) is not None
-
-
-def _required(compiler: _Compiler, value: list[str], node: dict) -> Check:
-    return lambda x: not isinstance(x, dict) or all(key in x for key in value)
-
-
-def _properties(compiler: _Compiler, value: dict, node: dict) -> Check:
-    compiled = [(key, compiler.compile(sub)) for key, sub in value.items()]
-
-    def check(x: Any) -> bool:
-        if isinstance(x, dict):
-            for key, each in compiled:
-                if key in x and not each(x[key]):
-                    return False
-        return True
-
-    return check
-
-
-def _min_properties(compiler: _Compiler, value: int, node: dict) -> Check:
-    return lambda x: not isinstance(x, dict) or len(x) >= value
-
-
-def _items(compiler: _Compiler, value: Any, node: dict) -> Check:
-    check = compiler.compile(value)
-    return lambda x: not isinstance(x, list) or all(check(item) for item in x)
-
-
-def _min_items(compiler: _Compiler, value: int, node: dict) -> Check:
-    return lambda x: not isinstance(x, list) or len(x) >= value
-
-
-def _max_items(compiler: _Compiler, value: int, node: dict) -> Check:
-    return lambda x: not isinstance(x, list) or len(x) <= value
-
-
-def _if(compiler: _Compiler, value: Any, node: dict) -> Check:
-    test, then, otherwise = (compiler.compile(node.get(key, True)) for key in ("if", "then", "else"))
-    return lambda x: then(x) if test(x) else otherwise(x)
-
-
-def _not(compiler: _Compiler, value: Any, node: dict) -> Check:
-    check = compiler.compile(value)
-    return lambda x: not check(x)
-
-
-def _ref(compiler: _Compiler, value: str, node: dict) -> Check:
-    return compiler.ref(value)
-
-
-_KEYWORDS: dict[str, Callable[[_Compiler, Any, dict], Check]] = {
-    "type": _type,
-    "enum": _enum,
-    "const": _const,
-    "minimum": _minimum,
-    "maximum": _maximum,
-    "minLength": _min_length,
-    "pattern": _pattern,
-    "required": _required,
-    "properties": _properties,
-    "minProperties": _min_properties,
-    "items": _items,
-    "minItems": _min_items,
-    "maxItems": _max_items,
-    "if": _if,
-    "not": _not,
-    "$ref": _ref,
-}
+    return accepts
 
 
 def dotted(path) -> str:
@@ -319,3 +207,36 @@ def with_defaults(schema: dict, doc: dict) -> dict:
         if "properties" in sub and key in out:
             out[key] = with_defaults(sub, out[key])
     return out
+
+
+def sub_schema(name: str, path: str) -> dict:
+    """The subschema of schema `name` at the dotted property `path` (`stage_b.reflection`); "" is the root."""
+    node = load(name)
+    for key in filter(None, path.split(".")):
+        properties = node.get("properties", {})
+        if key not in properties:
+            raise SchemaError(f"schema {name} has no section {path!r} (no property {key!r})")
+        node = properties[key]
+    return node
+
+
+def defaults(name: str, path: str = "") -> dict:
+    """Every default of the section at `path` of schema `name`, nested sections filled too: the
+    values library code falls back on, written once, in the schema."""
+    return with_defaults(sub_schema(name, path), {})
+
+
+def section(name: str, path: str, doc: Mapping[str, Any], where: str) -> dict:
+    """`doc` checked as the section at dotted `path` of schema `name` (every problem at once, each
+    under its full dotted path, such as `convert.max_pixels`) and returned with its defaults filled.
+    For scripts handed one section of the validated config, and for library settings built from one."""
+    keys = [key for key in path.split(".") if key]
+    sub_schema(name, path)  # an unknown section is a programming error, named as such
+    wrapped: Any = doc
+    for key in reversed(keys):
+        wrapped = {key: wrapped}
+    check(wrapped, name, where)
+    filled = with_defaults(load(name), wrapped)
+    for key in keys:
+        filled = filled[key]
+    return filled

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
@@ -25,22 +26,46 @@ from vlqc.data.summary import build_legacy_summary, build_summary
 from vlqc.data.taxonomy import domain_of
 from vlqc.errors import SampleError
 from vlqc.jsonl import atomic_open
+from vlqc.schemas import defaults, section
 from vlqc.tickets import LABEL_DIRS, group_id_from
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".JPEG", ".JPG", ".PNG")
 # Export sizes whose aspect ratio is this close to the image's are rescaled; others are errors.
 ASPECT_TOLERANCE = 0.02
+# The config schema's `convert` section is the one home of these defaults.
+DEFAULTS = defaults("config", "convert")
 
 
 @dataclass(frozen=True)
 class ConvertSettings:
     root: Path
     out_dir: Path
-    max_pixels: int = 786432
-    factor: int = 32
-    summary_format: str = "json"
-    jpeg_quality: int = 92
+    max_pixels: int = DEFAULTS["max_pixels"]
+    factor: int = DEFAULTS["factor"]
+    summary_format: str = DEFAULTS["summary_format"]
+    jpeg_quality: int = DEFAULTS["jpeg_quality"]
     mission_domains: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(
+        cls,
+        convert: Mapping[str, Any],
+        root: Path,
+        out_dir: Path,
+        mission_domains: Mapping[str, str],
+        where: str = "convert settings",
+    ) -> ConvertSettings:
+        """From a `convert` config section (checked here; a missing key takes the schema default)."""
+        convert = section("config", "convert", convert, where)
+        return cls(
+            root=root,
+            out_dir=out_dir,
+            max_pixels=convert["max_pixels"],
+            factor=convert["factor"],
+            summary_format=convert["summary_format"],
+            jpeg_quality=convert["jpeg_quality"],
+            mission_domains=dict(mission_domains),
+        )
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from vlqc.data.convert import ConvertSettings, convert_all, find_exports
+from vlqc.data.convert import DEFAULTS, ConvertSettings, convert_all, find_exports
 from vlqc.data.desc import parse_desc
 from vlqc.data.split import split_records, tiny_subset
 from vlqc.errors import VlqcError
@@ -16,7 +16,9 @@ from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 MODES = ("fail_fast", "lenient")
 
 
-def convert_dataset(settings: ConvertSettings, mode: str = "fail_fast", workers: int = 2) -> dict:
+def convert_dataset(
+    settings: ConvertSettings, mode: str = DEFAULTS["mode"], workers: int = DEFAULTS["workers"]
+) -> dict:
     """Convert all exports; returns the validation summary that was written."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")

@@ -93,8 +93,8 @@ def _ceil(value: float) -> int:
 def smart_resize(
     width: int,
     height: int,
-    factor: int = 32,
-    max_pixels: int = 786432,
+    factor: int,
+    max_pixels: int,
     min_pixels: int | None = None,
 ) -> tuple[int, int]:
     """Target (width, height): multiples of `factor`, area <= `max_pixels`.

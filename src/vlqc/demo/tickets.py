@@ -47,6 +47,7 @@ from vlqc.demo.scene import (
 )
 from vlqc.jsonl import write_json
 from vlqc.missions import MissionRule
+from vlqc.schemas import defaults
 from vlqc.tickets import LABEL_DIRS
 
 log = logging.getLogger(__name__)
@@ -320,14 +321,18 @@ def group_id(rng: np.random.Generator, taken: set[str]) -> str:
             return gid
 
 
+# The config schema's `demo` section is the one home of these defaults.
+DEFAULTS = defaults("config", "demo")
+
+
 @dataclass(frozen=True)
 class Options:
     """Shares of the generated data; see `generate`."""
 
-    datalist_fraction: float = 0.1
-    exif_fraction: float = 0.15
-    fail_fraction: float = 0.5
-    irrelevant_fraction: float = 0.05
+    datalist_fraction: float = DEFAULTS["datalist_fraction"]
+    exif_fraction: float = DEFAULTS["exif_fraction"]
+    fail_fraction: float = DEFAULTS["fail_fraction"]
+    irrelevant_fraction: float = DEFAULTS["irrelevant_fraction"]
 
     def validate(self) -> None:
         for name, value in vars(self).items():
@@ -371,10 +376,10 @@ def generate(
     missions: Mapping[str, Mapping[str, Any]],
     tickets_per_mission: int,
     seed: int,
-    datalist_fraction: float = 0.1,
-    exif_fraction: float = 0.15,
-    fail_fraction: float = 0.5,
-    irrelevant_fraction: float = 0.05,
+    datalist_fraction: float = DEFAULTS["datalist_fraction"],
+    exif_fraction: float = DEFAULTS["exif_fraction"],
+    fail_fraction: float = DEFAULTS["fail_fraction"],
+    irrelevant_fraction: float = DEFAULTS["irrelevant_fraction"],
     manifest: Path | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
 from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.inference.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
+from vlqc.schemas import defaults, section
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.images import load_image
 from vlqc.stage_a.jobs import ImageJob, rank_batches
@@ -44,24 +45,34 @@ ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": Fast
 
 # Settings that say how the work is batched, not what is generated.
 BATCHING = ("batch_size", "wave_rows", "wave_memory_fraction")
+# The config schema's `stage_a` section is the one home of these defaults.
+DEFAULTS = defaults("config", "stage_a")
 
 
 @dataclass(frozen=True)
 class Settings:
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    max_pixels: int | None = None  # the processor's pixel budget; None keeps the checkpoint's
-    no_mission: bool = False
-    seed: int = 0
-    engine: str = "plain"  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ between engines
+    batch_size: int = DEFAULTS["batch_size"]
+    max_new_tokens: int = DEFAULTS["max_new_tokens"]
+    temperature: float = DEFAULTS["temperature"]
+    top_p: float = DEFAULTS["top_p"]
+    repetition_penalty: float = DEFAULTS["repetition_penalty"]
+    max_pixels: int | None = DEFAULTS["max_pixels"]  # the processor's pixel budget; None keeps the checkpoint's
+    no_mission: bool = DEFAULTS["no_mission"]
+    seed: int = DEFAULTS["sample_seed"]  # of sampled decoding (temperature > 0)
+    engine: str = DEFAULTS["engine"]  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ
     # Engine fast only: rows decoded together at most, and the share of free GPU memory their KV cache may take.
-    wave_rows: int = FastGenerator.max_wave_rows
-    wave_memory_fraction: float = FastGenerator.memory_fraction
+    wave_rows: int = DEFAULTS["wave_rows"]
+    wave_memory_fraction: float = DEFAULTS["wave_memory_fraction"]
     # Engine fast only: compiled small ops (auto: on CUDA); part of the fingerprint, as bf16 outputs may change.
-    compile: str = FastGenerator.compile
+    compile: str = DEFAULTS["compile"]
+
+    @classmethod
+    def from_config(cls, stage_a: Mapping[str, Any], where: str = "stage_a settings") -> Settings:
+        """From a `stage_a` config section (checked here; a missing key takes the schema default).
+        Its sample_seed seeds sampled decoding too."""
+        stage_a = section("config", "stage_a", stage_a, where)
+        names = [name for name in cls.__dataclass_fields__ if name != "seed"]
+        return cls(**{name: stage_a[name] for name in names}, seed=stage_a["sample_seed"])
 
     def __post_init__(self):
         if self.engine not in ENGINES:

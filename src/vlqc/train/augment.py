@@ -36,7 +36,7 @@ from vlqc.data.objects import Point
 from vlqc.data.summary import IRRELEVANT, build_summary
 from vlqc.data.taxonomy import KEY_ORDER, TYPES
 from vlqc.errors import SampleError, SchemaError
-from vlqc.schemas import check, validator, with_defaults
+from vlqc.schemas import check, load, with_defaults
 
 VISIBILITY = "可见性"
 PARTIAL = "部分"
@@ -47,10 +47,11 @@ _WHOLE = 1.0 - 1e-6
 # --- config ------------------------------------------------------------------------------
 
 
-def load_config(section: dict, where: str = "augmentation") -> dict:
-    """Validate an `augmentation` config section (schema `augment`) and fill its defaults."""
+def load_config(section: dict, max_pixels: int, where: str = "augmentation") -> dict:
+    """Validate an `augmentation` config section (schema `augment`) and fill its defaults; its
+    max_pixels, when not given, is `max_pixels`, the training pixel cap (template.max_pixels)."""
     check(section, "augment", where)
-    cfg = with_defaults(validator("augment").schema, section)
+    cfg = with_defaults(load("augment"), {"max_pixels": max_pixels, **section})
     bad = [
         f"{name}.{key}"
         for name, op in cfg.items()
@@ -99,9 +100,9 @@ def warp(
     canvas: tuple[float, float],
     *,
     max_pixels: int,
-    factor: int = 32,
-    fill: tuple[int, int, int] = (0, 0, 0),
-    min_coverage: float = 0.0,
+    factor: int,
+    fill: tuple[int, int, int],
+    min_coverage: float,
 ) -> tuple[Image.Image, dict]:
     """Map an RGB image and its record by `matrix` (source edge coords → a `canvas` of float
     size), then resize the canvas to `smart_resize` of it, all in one resample. Objects are

@@ -9,7 +9,6 @@ counts, or the linked source). The folder is built under a temporary name beside
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -53,8 +52,7 @@ def resolve_sizes(sizes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`sizes` checked against its schema and the model's shape rules, defaults filled in."""
     given = dict(sizes or {})
     schemas.check(given, SIZES_SCHEMA, "base model sizes")
-    properties = json.loads(schemas.schema_path(SIZES_SCHEMA).read_text(encoding="utf-8"))["properties"]
-    resolved = {key: given.get(key, spec["default"]) for key, spec in properties.items()}
+    resolved = {**schemas.defaults(SIZES_SCHEMA), **given}
     problems = _shape_problems(resolved)
     if problems:
         raise VlqcError("base model sizes are inconsistent:\n  " + "\n  ".join(problems))
@@ -181,7 +179,9 @@ def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
     return counts
 
 
-def build_tiny_base(out_dir: Path, sizes: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+def build_tiny_base(
+    out_dir: Path, sizes: Mapping[str, Any] | None = None, seed: int = schemas.defaults("config", "base_model")["seed"]
+) -> dict[str, Any]:
     """Write the tiny model, processor, tokenizer and generation config to `out_dir`; returns the manifest."""
     resolved = resolve_sizes(sizes)
     model = new_tiny_model(resolved, seed)

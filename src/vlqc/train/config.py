@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from vlqc.errors import SchemaError, VlqcError
-from vlqc.schemas import problems, validator, with_defaults
+from vlqc.schemas import load, problems, with_defaults
 from vlqc.train.augment import load_config as load_augmentation
 
 SCHEMA = "train_config"
@@ -35,15 +35,14 @@ def load_train_config(path: str | Path) -> dict[str, Any]:
     where = str(top) if len(sources) == 1 else f"{top} (merged with {', '.join(map(str, sources[:-1]))})"
     found = config_problems(given)
     if not found:
-        cfg = with_defaults(validator(SCHEMA).schema, given)
+        cfg = with_defaults(load(SCHEMA), given)
         found = _consistency_problems(cfg, given)
     if found:
         raise SchemaError(f"{where} does not match schema {SCHEMA}:\n  " + "\n  ".join(found))
 
     length, cap = cfg["global_max_length"], cfg["template"]["max_pixels"]
     cfg["model"]["max_length"] = cfg["template"]["max_length"] = length
-    augmentation = {"max_pixels": cap, **cfg["data"]["augmentation"]}
-    cfg["data"]["augmentation"] = load_augmentation(augmentation, f"{where}: data.augmentation")
+    cfg["data"]["augmentation"] = load_augmentation(cfg["data"]["augmentation"], cap, f"{where}: data.augmentation")
     if cfg["custom"]["run_name"] is None:
         cfg["custom"]["run_name"] = top.stem
     return cfg

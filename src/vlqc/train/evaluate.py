@@ -28,6 +28,7 @@ from vlqc.inference.prompts import (
     verdict_messages,
 )
 from vlqc.inference.verdict import parse_verdict
+from vlqc.schemas import defaults
 from vlqc.train.sft_data import Ticket, group_tickets
 
 TARGETS = {"summary_exact_match": 0.4, "category_count_accuracy": 0.8, "verdict_accuracy_gt_summaries": 0.85}
@@ -105,6 +106,10 @@ def prior_baselines(train: list[dict], val: list[dict]) -> dict[str, float]:
     )
 
 
+# eval_* of the config schema's `train` section are the one home of these defaults.
+DEFAULTS = defaults("config", "train")
+
+
 def batched(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -117,8 +122,8 @@ def evaluate(
     data_root: Path,
     missions: dict,
     max_pixels: int,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
+    batch_size: int = DEFAULTS["eval_batch_size"],
+    max_new_tokens: int = DEFAULTS["eval_max_new_tokens"],
 ) -> dict:
     started = time.perf_counter()
     generator = Generator(model_dir, max_pixels=max_pixels)

@@ -66,6 +66,7 @@ from vlqc.inference.prompts import (
 )
 from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
 from vlqc.missions import MissionRule, Outcome
+from vlqc.schemas import defaults
 from vlqc.tickets import natural_key
 from vlqc.train.augment import augment as augment_sample
 from vlqc.train.augment import warp
@@ -73,7 +74,9 @@ from vlqc.train.augment import warp
 log = logging.getLogger(__name__)
 
 MODES = ("dense", "summary", "verdict")
-DEFAULT_RATIOS = {"dense": 0.2, "summary": 0.5, "verdict": 0.3}
+# The train_config schema is the one home of the builder's defaults (see `data_config`).
+TRAIN_DEFAULTS = defaults("train_config")
+DEFAULT_RATIOS = TRAIN_DEFAULTS["data"]["modes"]
 ROW_SCHEMA = "sft_record"
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 # Draws a recombined ticket gets to come out with the label it was meant to have.
@@ -93,14 +96,14 @@ class PixelCapError(VlqcError):
 class DataConfig:
     """What the builder needs; `data_config` takes it from a resolved training config."""
 
-    seed: int = 0  # seeds the mode draw (custom.mode_seed)
-    epochs: int = 1  # materialised epochs (training.epochs)
+    seed: int = TRAIN_DEFAULTS["custom"]["mode_seed"]  # seeds the mode draw
+    epochs: int = TRAIN_DEFAULTS["training"]["epochs"]  # materialised epochs
     mode_ratios: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIOS))
-    max_pixels: int = 786432  # the training pixel cap (template.max_pixels)
-    factor: int = 32  # image sides are multiples of it: patch 16 × merge 2
-    resize_to_cap: bool = False
-    no_mission_prob: float = 0.1  # share of summary rows prompted without the mission
-    recombined_verdicts: int = 0  # extra verdict rows per epoch and train file, from recombined tickets
+    max_pixels: int = TRAIN_DEFAULTS["template"]["max_pixels"]  # the training pixel cap
+    factor: int = defaults("augment")["factor"]  # image sides are multiples of it: patch 16 × merge 2
+    resize_to_cap: bool = TRAIN_DEFAULTS["data"]["resize_to_cap"]
+    no_mission_prob: float = TRAIN_DEFAULTS["data"]["no_mission_prob"]  # summary rows prompted without the mission
+    recombined_verdicts: int = TRAIN_DEFAULTS["data"]["recombined_verdicts"]  # extra verdict rows per epoch and file
     augmentation: Mapping[str, Any] | None = None  # resolved `augment` section; None: off
 
     def __post_init__(self) -> None:
@@ -312,9 +315,16 @@ def prepare_image(
         )
     with Image.open(src) as image:
         rgb = image.convert("RGB")
-    # warp with the identity is a pure smart_resize; geometry scales with the pixels.
+    # warp with the identity is a pure smart_resize; geometry scales with the pixels, nothing is cut off.
     resized, out = warp(
-        rgb, dict(record), np.eye(3), (float(width), float(height)), max_pixels=cfg.max_pixels, factor=cfg.factor
+        rgb,
+        dict(record),
+        np.eye(3),
+        (float(width), float(height)),
+        max_pixels=cfg.max_pixels,
+        factor=cfg.factor,
+        fill=(0, 0, 0),
+        min_coverage=0.0,
     )
     rel = _image_name(record, "resized", source)
     _save(resized, out_dir / rel)
