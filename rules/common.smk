@@ -48,10 +48,31 @@ def mission_domains_json():
 
 # --- model -------------------------------------------------------------------------------
 
-from vlqc.train.config import load_train_config
+from vlqc.train.config import config_sources, load_train_config
 
 # Every run's training config is merged and checked now, so a typo fails the plan, not the job.
 TRAIN_CONFIGS = {run: load_train_config(path) for run, path in config["train"]["runs"].items()}
+
+
+def workdir_path(path):
+    """`path` as rules name files: relative to the working directory when inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.split(os.sep)[0] == os.pardir else relative
+
+
+# The files each run's config extends (parents first, the config itself not included): jobs that
+# read the config read them too, so they are inputs, and editing a parent reruns the run.
+TRAIN_CONFIG_PARENTS = {
+    run: [workdir_path(source) for source in config_sources(path)[:-1]] for run, path in config["train"]["runs"].items()
+}
+
+
+def train_config(wildcards):
+    return config["train"]["runs"][wildcards.run]
+
+
+def train_config_parents(wildcards):
+    return TRAIN_CONFIG_PARENTS[wildcards.run]
 
 
 def base_model_dir(wildcards=None):

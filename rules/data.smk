@@ -2,6 +2,8 @@
 
 
 rule demo_tickets:
+    input:
+        missions=config["missions_file"],
     output:
         tickets=directory(config["demo"]["out"]),
         manifest=f"{config['demo']['out']}.json",
@@ -12,10 +14,9 @@ rule demo_tickets:
     params:
         missions=config["demo"]["missions"],
         demo=config["demo"],
-        missions_file=config["missions_file"],
     shell:
         "python scripts/demo_tickets.py --out {output.tickets} --manifest {output.manifest}"
-        " --missions-file {params.missions_file} --missions {params.missions:q}"
+        " --missions-file {input.missions} --missions {params.missions:q}"
         " --tickets-per-mission {params.demo[tickets_per_mission]} --seed {params.demo[seed]}"
         " --datalist-fraction {params.demo[datalist_fraction]} --exif-fraction {params.demo[exif_fraction]}"
         " > {log} 2>&1"
