@@ -90,9 +90,12 @@ def test_eval_rule_scores_the_merged_model_on_val(trained):
     assert "eval verdicts" in (trained / "results/logs/eval_sft/lora.log").read_text()  # progress reaches the log
 
 
-def planned_reasons(workdir, target: str, *args: str) -> dict[str, str]:
-    """Rule → why Snakemake would run it, from a dry run of `target` (empty: nothing to do)."""
-    plan = snakemake(workdir, "--configfile", "e2e.yaml", "-n", *args, "--", target)
+def planned_reasons(workdir, *targets: str, allowed: tuple[str, ...] = ()) -> dict[str, str]:
+    """Rule → why Snakemake would run it, from a dry run of `targets` (empty: nothing to do). With `allowed`
+    rules only, the outputs of the others count as plain files, so a job of an allowed rule shows which of
+    its own inputs changed rather than waiting for an upstream job."""
+    only = ("--allowed-rules", *allowed) if allowed else ()
+    plan = snakemake(workdir, "--configfile", "e2e.yaml", "-n", *only, "--", *targets)
     blocks = re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
     return {block[1]: re.search(r"^    reason: (.*)$", block[2], flags=re.M)[1] for block in blocks}
 
@@ -111,24 +114,22 @@ def edited(path: Path):
 
 def test_editing_a_parent_config_or_the_missions_file_reruns_what_reads_it(trained):
     target = "results/train/sft/lora/eval.json"
+    data, checkpoint = "results/train/sft/lora/data", "results/train/sft/lora/checkpoint"
     snakemake(trained, "--configfile", "e2e.yaml", "--", target)  # a no-op after the eval test
     assert planned_reasons(trained, target) == {}
-    # A job whose upstream job reruns is only said to wait for it; with the upstream rules left out
-    # (--allowed-rules), each job shows which of its own inputs changed.
-    alone = ("--allowed-rules", "train_sft", "eval_sft")
     # lora.yaml extends base.yaml: the run's jobs read the parent, so editing it reruns them.
     with edited(trained / "config/train/base.yaml"):
         reasons = planned_reasons(trained, target)
         assert {"sft_dataset", "train_sft", "merge_adapter", "eval_sft"} <= set(reasons), reasons
         assert "Updated input files: config/train/base.yaml" in reasons["sft_dataset"]
         assert "demo_tickets" not in reasons
-        reasons = planned_reasons(trained, target, *alone)
+        reasons = planned_reasons(trained, target, checkpoint, allowed=("train_sft", "eval_sft"))
         assert set(reasons) == {"train_sft", "eval_sft"}, reasons
         assert all("Updated input files: config/train/base.yaml" in why for why in reasons.values()), reasons
     with edited(trained / "config/missions.yaml"):
         reasons = planned_reasons(trained, target)
         assert "Updated input files: config/missions.yaml" in reasons.get("demo_tickets", ""), reasons
-        reasons = planned_reasons(trained, target, "--allowed-rules", "sft_dataset", "eval_sft")
-        assert all("Updated input files: config/missions.yaml" in why for why in reasons.values()), reasons
+        reasons = planned_reasons(trained, target, data, allowed=("sft_dataset", "eval_sft"))
         assert set(reasons) == {"sft_dataset", "eval_sft"}, reasons
+        assert all("Updated input files: config/missions.yaml" in why for why in reasons.values()), reasons
     assert planned_reasons(trained, target) == {}  # the same content again: nothing to do
