@@ -53,10 +53,31 @@ def mission_domains_json():
 
 # --- model -------------------------------------------------------------------------------
 
-from vlqc.train.config import load_train_config
+from vlqc.train.config import config_sources, load_train_config
 
 # Every run's training config is merged and checked now, so a typo fails the plan, not the job.
 TRAIN_CONFIGS = {run: load_train_config(path) for run, path in config["train"]["runs"].items()}
+
+
+def workdir_path(path):
+    """`path` as rules name files: relative to the working directory when inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.split(os.sep)[0] == os.pardir else relative
+
+
+# The files each run's config extends (parents first, the config itself not included): jobs that
+# read the config read them too, so they are inputs, and editing a parent reruns the run.
+TRAIN_CONFIG_PARENTS = {
+    run: [workdir_path(source) for source in config_sources(path)[:-1]] for run, path in config["train"]["runs"].items()
+}
+
+
+def train_config(wildcards):
+    return config["train"]["runs"][wildcards.run]
+
+
+def train_config_parents(wildcards):
+    return TRAIN_CONFIG_PARENTS[wildcards.run]
 
 
 def base_model_dir(wildcards=None):
@@ -144,9 +165,16 @@ def intermediate(paths):
 
 # --- Stage-B -----------------------------------------------------------------------------
 
-from vlqc.stage_b.engine import OUTPUT_FILES as STAGE_B_OUTPUT_FILES
+from snakemake.exceptions import WorkflowError
+
+from vlqc.stage_b.engine import OUTPUT_FILES as STAGE_B_OUTPUT_FILES, TRAIN_OUTPUT_DIRS as STAGE_B_TRAIN_DIRS
 
 STAGE_B = config["stage_b"]
+STAGE_B_KINDS = ("eval", "train")
+# A guidance file that is the output of a Stage-B run.
+STAGE_B_RUN_GUIDANCE = re.compile(
+    r"results/stage_b/(?P<mission>[^/]+)/(?P<kind>eval|train)/(?P<run>[^/]+)/guidance\.json"
+)
 
 
 def stage_b_checkpoint():
@@ -162,25 +190,54 @@ def stage_b_ranks():
     return STAGE_B["gpus"] or STAGE_B["cpu_ranks"]
 
 
-def stage_b_outputs(run_dir):
-    """The files every Stage-B run writes afresh into `run_dir` (a pattern with wildcards)."""
-    return [f"{run_dir}/{name}" for name in STAGE_B_OUTPUT_FILES]
+def stage_b_run_dir(kind):
+    return f"results/stage_b/{{mission}}/{kind}/{{run}}"
 
 
-def stage_b_seed(wildcards):
-    return f"{STAGE_B['guidance_dir']}/{wildcards.mission}.json"
+def stage_b_outputs(kind):
+    """Every file a Stage-B run of `kind` (eval, train) writes into its folder: a run starts in an empty one."""
+    files = [f"{stage_b_run_dir(kind)}/{name}" for name in STAGE_B_OUTPUT_FILES]
+    if kind == "train":
+        files += [directory(f"{stage_b_run_dir(kind)}/{name}") for name in STAGE_B_TRAIN_DIRS]
+    return files
 
 
-def stage_b_eval_guidance(wildcards):
-    """The guidance file eval runs judge with: stage_b.eval_guidance ({mission} filled in), else the seed."""
-    if STAGE_B["eval_guidance"] is None:
-        return stage_b_seed(wildcards)
-    return STAGE_B["eval_guidance"].format(mission=wildcards.mission)
+def stage_b_start(kind, mission, run):
+    """The guidance file a run starts from: stage_b.eval_guidance (every eval run) or
+    stage_b.train_guidance[run] ({mission} filled in), else the mission's seed."""
+    template = STAGE_B["eval_guidance"] if kind == "eval" else STAGE_B["train_guidance"].get(run)
+    if template is None:
+        return f"{STAGE_B['guidance_dir']}/{mission}.json"
+    return os.path.normpath(template.format(mission=mission))
+
+
+def stage_b_guidance(kind):
+    """Input function of a `kind` run: the guidance it starts from. A run that would start from its own
+    guidance.json, directly or through other runs, is refused here, naming the chain (Snakemake would
+    only report a cyclic graph)."""
+
+    def guidance(wildcards):
+        chain = [f"{kind}/{wildcards.run}"]
+        path = start = stage_b_start(kind, wildcards.mission, wildcards.run)
+        while (found := STAGE_B_RUN_GUIDANCE.fullmatch(path)) and found["mission"] == wildcards.mission:
+            chain.append(f"{found['kind']}/{found['run']}")
+            if chain[-1] in chain[:-1]:
+                raise WorkflowError(
+                    f"Stage-B runs of {wildcards.mission} that start from each other's guidance: "
+                    f"{' → '.join(chain)} (each from the next one's guidance.json); a run starts from the seed "
+                    "or from an earlier run (stage_b.train_guidance, stage_b.eval_guidance)"
+                )
+            path = stage_b_start(found["kind"], wildcards.mission, found["run"])
+        return start
+
+    return guidance
 
 
 def stage_b_settings():
-    """The stage_b section, defaults filled, for scripts/stage_b.py."""
-    return json.dumps(STAGE_B, ensure_ascii=False)
+    """The stage_b section, defaults filled, for scripts/stage_b.py; which guidance file a run starts
+    from is resolved by the rule into its input, so those keys stay out of the job's params."""
+    guidance_keys = ("guidance_dir", "eval_guidance", "train_guidance")
+    return json.dumps({key: value for key, value in STAGE_B.items() if key not in guidance_keys}, ensure_ascii=False)
 
 
 # --- the demo ----------------------------------------------------------------------------
@@ -194,5 +251,5 @@ def demo_stage_targets():
         return []
     missions = config["demo"]["missions"]
     return expand("results/{mission}_stage_a.jsonl", mission=missions) + expand(
-        "results/stage_b/{mission}/demo/verdicts.jsonl", mission=missions
+        "results/stage_b/{mission}/eval/demo/verdicts.jsonl", mission=missions
     )

@@ -2,6 +2,8 @@
 
 
 rule demo_tickets:
+    input:
+        missions=config["missions_file"],
     output:
         tickets=directory(config["demo"]["out"]),
         manifest=f"{config['demo']['out']}.json",
@@ -20,10 +22,9 @@ rule demo_tickets:
             "fail_fraction",
             "irrelevant_fraction",
         ),
-        missions_file=config["missions_file"],
     shell:
         "python scripts/demo_tickets.py --out {output.tickets} --manifest {output.manifest}"
-        " --missions-file {params.missions_file} --settings {params.settings:q} > {log} 2>&1"
+        " --missions-file {input.missions} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule convert_annotations:

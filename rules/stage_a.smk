@@ -20,6 +20,7 @@ rule stage_a_select:
 rule stage_a_verify:
     input:
         selection="results/stage_a/{mission}/selection.jsonl",
+        photos=STAGE_A["input_root"],  # the selection names photos under it
         checkpoint=stage_a_checkpoint(),
     output:
         "results/stage_a/{mission}/verify.jsonl",
@@ -38,6 +39,7 @@ rule stage_a_infer:
     input:
         selection="results/stage_a/{mission}/selection.jsonl",
         verify="results/stage_a/{mission}/verify.jsonl",
+        photos=STAGE_A["input_root"],
         checkpoint=stage_a_checkpoint(),
         missions=config["missions_file"],
     output:

@@ -1,22 +1,19 @@
 # Stage-B: ticket verdicts, review queue, metrics and reports of one mission, in a run folder.
 #
 # Targets (<run> is any name you choose; one folder per run):
-#   results/stage_b/<mission>/<run>/verdicts.jsonl         eval: one rollout with frozen guidance, the
-#                                                          target for new tickets
-#   results/stage_b/<mission>/<run>_train/verdicts.jsonl   train: stage_b.epochs rounds of rollout and
-#                                                          reflection that learn guidance
+#   results/stage_b/<mission>/eval/<run>/verdicts.jsonl    one rollout with frozen guidance: the target
+#                                                          for new tickets
+#   results/stage_b/<mission>/train/<run>/verdicts.jsonl   stage_b.epochs rounds of rollout and reflection
+#                                                          that learn guidance (<run>/guidance.json)
 # Two targets rather than a config mode: each mode keeps its own audit files and a user reads the mode
-# from the path. Eval judges with the seed <guidance_dir>/<mission>.json, or with stage_b.eval_guidance,
-# e.g. results/stage_b/{mission}/demo_train/guidance.json to judge new tickets with what a train run
-# learned. The other files of a run are outputs too (vlqc.stage_b.engine.OUTPUT_FILES); guidance.json,
-# snapshots/ and hypotheses.json are not: Snakemake deletes outputs before a job runs, and a train rerun
-# continues from them (stage_b.reset_guidance starts over from the seed).
+# from the path. A run is a pure function of its inputs: every file it writes is an output, so its
+# folder starts empty and it reads nothing of an earlier run of the same target. It starts from the seed
+# <guidance_dir>/<mission>.json, or from the guidance file named by stage_b.eval_guidance (every eval
+# run) or stage_b.train_guidance[<run>] (a train run that continues learning, e.g. from
+# results/stage_b/{mission}/train/demo/guidance.json); that file is an input, so the run it comes from
+# runs first.
 
-
-ruleorder: stage_b_train > stage_b_eval
-
-
-# The command of both rules; they differ in params.mode, the guidance file and the run folder.
+# The command of both rules; they differ in the mode and in the guidance they start from.
 # Threads are split evenly over the ranks, as in stage_a_infer.
 STAGE_B_COMMAND = (
     "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
@@ -31,13 +28,13 @@ STAGE_B_COMMAND = (
 rule stage_b_eval:
     input:
         stage_a="results/{mission}_stage_a.jsonl",
-        guidance=stage_b_eval_guidance,
+        guidance=stage_b_guidance("eval"),
         checkpoint=stage_b_checkpoint(),
         missions=config["missions_file"],
     output:
-        stage_b_outputs("results/stage_b/{mission}/{run}"),
+        stage_b_outputs("eval"),
     log:
-        "results/logs/stage_b/{mission}/{run}.log",
+        "results/logs/stage_b/{mission}/eval/{run}.log",
     wildcard_constraints:
         run="[^/]+",
     conda:
@@ -57,13 +54,13 @@ rule stage_b_eval:
 rule stage_b_train:
     input:
         stage_a="results/{mission}_stage_a.jsonl",
-        guidance=stage_b_seed,
+        guidance=stage_b_guidance("train"),
         checkpoint=stage_b_checkpoint(),
         missions=config["missions_file"],
     output:
-        stage_b_outputs("results/stage_b/{mission}/{run}_train"),
+        stage_b_outputs("train"),
     log:
-        "results/logs/stage_b/{mission}/{run}_train.log",
+        "results/logs/stage_b/{mission}/train/{run}.log",
     wildcard_constraints:
         run="[^/]+",
     conda:

@@ -2,6 +2,9 @@
 
 
 rule base_model:
+    input:
+        # A real checkpoint is read (checked, then linked); the tiny model is built from params alone.
+        lambda wildcards: config["base_model"]["checkpoint"] or [],
     output:
         directory("results/train/base/{name}"),
     log:
@@ -19,7 +22,8 @@ rule sft_dataset:
         train=lambda wildcards: canonical_splits(wildcards.run, "train"),
         val=lambda wildcards: canonical_splits(wildcards.run, "val"),
         images=lambda wildcards: canonical_images(wildcards.run),
-        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+        config=train_config,
+        config_parents=train_config_parents,
         missions=config["missions_file"],
     output:
         directory("results/train/sft/{run}/data"),
@@ -36,7 +40,8 @@ rule train_sft:
     input:
         base=base_model_dir(),
         data="results/train/sft/{run}/data",
-        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+        config=train_config,
+        config_parents=train_config_parents,
     output:
         checkpoint=directory("results/train/sft/{run}/checkpoint"),
         logging="results/train/sft/{run}/logging.jsonl",
@@ -77,9 +82,12 @@ rule merge_adapter:
 rule eval_sft:
     input:
         model="results/train/sft/{run}/merged",
-        config=lambda wildcards: config["train"]["runs"][wildcards.run],
+        config=train_config,
+        config_parents=train_config_parents,
         train=lambda wildcards: canonical_splits(wildcards.run, "train")[0],
         val=lambda wildcards: canonical_splits(wildcards.run, "val")[0],
+        # The photos of the val records, beside the val split.
+        images=lambda wildcards: os.path.join(os.path.dirname(canonical_splits(wildcards.run, "val")[0]), "images"),
         missions=config["missions_file"],
     output:
         "results/train/sft/{run}/eval.json",

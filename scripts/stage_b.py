@@ -1,5 +1,5 @@
 """Stage-B for one mission (rules stage_b_eval, stage_b_train): verdicts, review queue, metrics and reports
-in a run folder, from the mission's Stage-A file and a guidance file.
+in a run folder, from the mission's Stage-A file and the guidance file the run starts from.
 
 Exit status 0 with the run summary (JSON) on stdout; a bad input or setting stops the run with a message
 naming it (exit status 1). Bad Stage-A lines and tickets without a valid vote do not stop it: they go to
@@ -12,7 +12,7 @@ splits each batch of prompts over all of them (vlqc.stage_b.sharded).
 Example:
     python scripts/stage_b.py --mode eval --mission 挡风板安装检查 --stage-a results/挡风板安装检查_stage_a.jsonl \
         --guidance config/stage_b/挡风板安装检查.json --checkpoint results/train/sft/demo/merged \
-        --run-dir results/stage_b/挡风板安装检查/demo --settings '{"eval_grid": [{"temperature": 0.1}]}'
+        --run-dir results/stage_b/挡风板安装检查/eval/demo --settings '{"eval_grid": [{"temperature": 0.1}]}'
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mission", required=True)
     parser.add_argument("--stage-a", type=Path, required=True, help="results/<mission>_stage_a.jsonl")
     parser.add_argument("--missions", type=Path, default=Path("config/missions.yaml"))
-    parser.add_argument("--guidance", type=Path, required=True, help="guidance file (schema stage_b_guidance)")
+    parser.add_argument(
+        "--guidance", type=Path, required=True, help="guidance file the run starts from (schema stage_b_guidance)"
+    )
     parser.add_argument("--checkpoint", type=Path, required=True, help="model folder (hf) or tokenizer folder (openai)")
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True, help="without the files of an earlier run")
     parser.add_argument("--settings", type=json.loads, default={}, help="JSON object: the stage_b config section")
     args = parser.parse_args(argv)
     rank, world, local_rank = torchrun_rank()
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {rank}: error: {exc}", file=sys.stderr)
         return 1
     if world == 1:
-        return _drive(args, section, backend, settings)
+        return _drive(args, backend, settings)
     init_group()
     sharded = ShardedBackend(backend, rank, world)
     if rank:
@@ -64,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         # Each process generates batch_size prompts at a time: a call hands out that many per process.
-        status = _drive(args, section, sharded, dataclasses.replace(settings, batch_size=settings.batch_size * world))
+        status = _drive(args, sharded, dataclasses.replace(settings, batch_size=settings.batch_size * world))
     finally:
         sharded.close()
     leave_group()
     return status
 
 
-def _drive(args: argparse.Namespace, section: dict, backend, settings: Settings) -> int:
+def _drive(args: argparse.Namespace, backend, settings: Settings) -> int:
     try:
         summary = run_stage_b(
             args.stage_a,
@@ -82,7 +84,6 @@ def _drive(args: argparse.Namespace, section: dict, backend, settings: Settings)
             backend,
             settings,
             mode=args.mode,
-            reset_guidance=section["reset_guidance"],
         )
     except (VlqcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,9 @@ test from the demo's ground-truth summaries (`results/data/demo/all_samples.json
 Stage-B's input contract, and running Stage-A as well would add minutes without testing Stage-B further.
 Snakemake then runs with `--allowed-rules` for the two Stage-B rules, so the written file stands as input;
 both run as two gloo ranks under torchrun (`stage_b.cpu_ranks: 2`), so the prompts are split between them.
-The eval runs once more with `backend: openai` against `swift deploy` serving the same checkpoint.
+The train run runs once more (`--forcerun`), to compare the files of the two, together with a new train
+run that continues from its guidance (`stage_b.train_guidance`). The eval runs once more with
+`backend: openai` against `swift deploy` serving the same checkpoint.
 One label is flipped, so that a valid verdict of the model gives the train run a mismatch to reflect on.
 What the tiny model answers is its business; the tests check the contracts that hold whatever it answers
 (the reflection paths themselves are covered with a scripted backend in test_stage_b_engine.py).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from test_stage_b_swift_deploy import completed_requests
@@ -31,14 +34,16 @@ from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
 pytestmark = pytest.mark.e2e
 
 MISSION = "挡风板安装检查"
-RUN = f"results/stage_b/{MISSION}/e2e"
-TRAIN_RUN = f"{RUN}_train"
-OPENAI_RUN = f"{RUN}_openai"
+RUN = f"results/stage_b/{MISSION}/eval/e2e"
+TRAIN_RUN = f"results/stage_b/{MISSION}/train/e2e"
+MORE_RUN = f"results/stage_b/{MISSION}/train/e2e_more"  # continues from TRAIN_RUN's guidance
+OPENAI_RUN = f"results/stage_b/{MISSION}/eval/e2e_openai"
 SERVED_NAME = "vlqc-e2e"
 OVERLAY = f"""
 demo: {{missions: [{MISSION}], tickets_per_mission: 4, seed: 5}}
 train: {{run: stageb, runs: {{stageb: config/train/e2e_stageb.yaml}}}}
 stage_b:
+  train_guidance: {{e2e_more: 'results/stage_b/{{mission}}/train/e2e/guidance.json'}}
   cpu_ranks: 2
   logging_steps: 4
   train_grid: [{{temperature: 0.3, max_new_tokens: 64}}, {{temperature: 0.7, max_new_tokens: 64}}]
@@ -65,6 +70,14 @@ def workflow(tmp_path_factory):
     write_jsonl(workdir / f"results/{MISSION}_stage_a.jsonl", records, schema="stage_a_group")
     targets = [f"{RUN}/verdicts.jsonl", f"{TRAIN_RUN}/verdicts.jsonl"]
     snakemake(workdir, "--configfile", "e2e.yaml", "--allowed-rules", "stage_b_eval", "stage_b_train", "--", *targets)
+    first_train = run_files(workdir / TRAIN_RUN)
+    first_written = (workdir / TRAIN_RUN / "verdicts.jsonl").stat().st_mtime_ns
+    # The same train target again, from an emptied folder, and a new run from the guidance it learned.
+    more = ("--configfile", "e2e.yaml", "--allowed-rules", "stage_b_train")
+    plan = snakemake(workdir, *more, "-n", "--", f"{MORE_RUN}/verdicts.jsonl").stdout
+    snakemake(
+        workdir, *more, "--forcerun", f"{TRAIN_RUN}/verdicts.jsonl", "--", *targets[1:], f"{MORE_RUN}/verdicts.jsonl"
+    )
     # The same eval through the openai backend, against swift deploy serving the same checkpoint.
     with swift_deploy(workdir / "results/train/sft/stageb/merged", workdir, SERVED_NAME) as server:
         (workdir / "openai.yaml").write_text(
@@ -82,16 +95,60 @@ def workflow(tmp_path_factory):
             f"{OPENAI_RUN}/verdicts.jsonl",
         )
         served = completed_requests(server)
-    return workdir, {f"{r['group_id']}::{r['label']}" for r in records}, served
+    tickets = {f"{r['group_id']}::{r['label']}" for r in records}
+    rerun = (workdir / TRAIN_RUN / "verdicts.jsonl").stat().st_mtime_ns != first_written
+    return Workflow(workdir, tickets, served, first_train, rerun, plan)
+
+
+class Workflow(NamedTuple):
+    workdir: Path
+    tickets: set[str]
+    served: int  # requests swift deploy answered
+    first_train: dict[str, Any]  # run_files of TRAIN_RUN's first run
+    train_rerun: bool  # TRAIN_RUN's files were written again
+    more_plan: str  # the dry run of MORE_RUN once TRAIN_RUN was built
+
+
+def run_files(run_dir: Path) -> dict[str, Any]:
+    """Every file of a run folder by its path in it; metrics rows without their timing fields."""
+    files = {str(path.relative_to(run_dir)): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    timing = ("elapsed_seconds", "groups_per_second", "eta_seconds")
+    metrics = read_jsonl(run_dir / "metrics.jsonl", schema=JSONL_SCHEMAS["metrics.jsonl"])
+    files["metrics.jsonl"] = [{k: v for k, v in row.items() if k not in timing} for row in metrics]
+    return files
 
 
 def rows(workdir: Path, run: str, name: str) -> list[dict]:
     return list(read_jsonl(workdir / run / name, schema=JSONL_SCHEMAS[name]))
 
 
-@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, OPENAI_RUN])
+def job_log(workdir: Path, run: str) -> str:
+    return (workdir / f"{run.replace('results/', 'results/logs/', 1)}.log").read_text(encoding="utf-8")
+
+
+def test_the_same_train_target_gives_the_same_files(workflow):
+    again = run_files(workflow.workdir / TRAIN_RUN)
+    assert workflow.train_rerun and "verdicts.jsonl" in again and "guidance.json" in again
+    assert again == workflow.first_train
+
+
+def test_a_continued_train_run_starts_from_its_parents_guidance(workflow):
+    workdir = workflow.workdir
+    # The dry run: the parent's guidance is the new run's input, and the parent is up to date.
+    (planned,) = re.findall(r"^rule stage_b_train:\n    input: (.*)$", workflow.more_plan, flags=re.M)
+    assert f"{TRAIN_RUN}/guidance.json" in planned.split(", ")
+    assert f"output: {MORE_RUN}/verdicts.jsonl" in workflow.more_plan
+    parent = read_json(workdir / TRAIN_RUN / "guidance.json")[MISSION]
+    assert f"guidance from {TRAIN_RUN}/guidance.json (step {parent['step']})" in job_log(workdir, MORE_RUN)
+    # What it started from: its first snapshot when it saved over the copy, else the copy itself.
+    snapshots = sorted((workdir / MORE_RUN / "snapshots").glob("guidance-*.json"), key=lambda p: int(p.stem[9:]))
+    start = snapshots[0] if snapshots else workdir / MORE_RUN / "guidance.json"
+    assert read_json(start)[MISSION] == parent
+
+
+@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, MORE_RUN, OPENAI_RUN])
 def test_every_ticket_ends_in_verdicts_or_failure_malformed(workflow, run):
-    workdir, tickets, _ = workflow
+    workdir, tickets = workflow.workdir, workflow.tickets
     verdicts = {row["ticket_key"] for row in rows(workdir, run, "verdicts.jsonl")}
     failed = {row["ticket_key"] for row in rows(workdir, run, "failure_malformed.jsonl") if "label" in row}
     assert not verdicts & failed
@@ -100,7 +157,7 @@ def test_every_ticket_ends_in_verdicts_or_failure_malformed(workflow, run):
 
 @pytest.mark.parametrize(("run", "candidates"), [(RUN, 1), (TRAIN_RUN, 2), (OPENAI_RUN, 1)])
 def test_a_ticket_without_a_valid_vote_keeps_every_answer_of_the_model(workflow, run, candidates):
-    workdir, _, _ = workflow
+    workdir = workflow.workdir
     for failure in rows(workdir, run, "failure_malformed.jsonl"):
         if failure["code"] in ("format_error", "no_valid_candidates"):
             assert len(failure["raw"]) == candidates and all(failure["raw"]), failure
@@ -108,9 +165,9 @@ def test_a_ticket_without_a_valid_vote_keeps_every_answer_of_the_model(workflow,
             assert failure["code"].startswith("reflection_"), failure  # the prompts fit; the backend answered
 
 
-@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, OPENAI_RUN])
+@pytest.mark.parametrize("run", [RUN, TRAIN_RUN, MORE_RUN, OPENAI_RUN])
 def test_every_artifact_is_written_and_valid(workflow, run):
-    workdir, tickets, _ = workflow
+    workdir, tickets = workflow.workdir, workflow.tickets
     for name in OUTPUT_FILES:
         assert (workdir / run / name).is_file(), name
     report = rows(workdir, run, "group_report.jsonl")
@@ -120,20 +177,20 @@ def test_every_artifact_is_written_and_valid(workflow, run):
     read_json(workdir / run / "need_review.json", schema="stage_b_need_review")
     read_json(workdir / run / "guidance.json", schema="stage_b_guidance")
     read_json(workdir / run / "hypotheses.json", schema="stage_b_hypotheses")
-    log = (workdir / f"results/logs/stage_b/{MISSION}/{Path(run).name}.log").read_text(encoding="utf-8")
+    log = job_log(workdir, run)
     assert "FALSE PASS (human fail, model pass)" in log
 
 
 @pytest.mark.parametrize("run", [RUN, TRAIN_RUN])
 def test_both_cpu_ranks_answer_prompts(workflow, run):
-    workdir, _, _ = workflow
-    log = (workdir / f"results/logs/stage_b/{MISSION}/{Path(run).name}.log").read_text(encoding="utf-8")
+    workdir = workflow.workdir
+    log = job_log(workdir, run)
     served = re.search(r"rank 1 of 2: answered (\d+) prompts in (\d+) calls", log)
     assert served and int(served.group(1)) > 0, log[-2000:]
 
 
 def test_openai_eval_sends_every_prompt_to_the_server(workflow):
-    workdir, tickets, served = workflow
+    workdir, tickets, served = workflow.workdir, workflow.tickets, workflow.served
     too_long = {
         row["ticket_key"]
         for row in rows(workdir, OPENAI_RUN, "failure_malformed.jsonl")
@@ -144,7 +201,7 @@ def test_openai_eval_sends_every_prompt_to_the_server(workflow):
 
 
 def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):
-    workdir, tickets, _ = workflow
+    workdir, tickets = workflow.workdir, workflow.tickets
     trajectories = rows(workdir, RUN, "trajectories.jsonl")
     too_long = {
         row["ticket_key"] for row in rows(workdir, RUN, "failure_malformed.jsonl") if row["code"] == "prompt_too_long"
@@ -157,7 +214,7 @@ def test_eval_samples_the_eval_grid_once_and_keeps_the_seed_guidance(workflow):
 
 
 def test_train_reflects_exactly_when_a_ticket_asks_for_it(workflow):
-    workdir, _, _ = workflow
+    workdir = workflow.workdir
     selections = rows(workdir, TRAIN_RUN, "selections.jsonl")
     assert {row["sampler"]["temperature"] for row in rows(workdir, TRAIN_RUN, "trajectories.jsonl")} == {0.3, 0.7}
     wanting = [s for s in selections if s["failure"] is None and (s["verdict"] != s["label"] or s["low_agreement"])]

@@ -1,8 +1,12 @@
-"""End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation, the eval rule."""
+"""End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation, the eval rule,
+and reruns when a file a job reads changes."""
 
 from __future__ import annotations
 
 import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +88,48 @@ def test_eval_rule_scores_the_merged_model_on_val(trained):
     for name, goal in TARGETS.items():
         assert report["target_met"][name] == (report[name] >= goal)
     assert "eval verdicts" in (trained / "results/logs/eval_sft/lora.log").read_text()  # progress reaches the log
+
+
+def planned_reasons(workdir, *targets: str, allowed: tuple[str, ...] = ()) -> dict[str, str]:
+    """Rule → why Snakemake would run it, from a dry run of `targets` (empty: nothing to do). With `allowed`
+    rules only, the outputs of the others count as plain files, so a job of an allowed rule shows which of
+    its own inputs changed rather than waiting for an upstream job."""
+    only = ("--allowed-rules", *allowed) if allowed else ()
+    plan = snakemake(workdir, "--configfile", "e2e.yaml", "-n", *only, "--", *targets)
+    blocks = re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
+    return {block[1]: re.search(r"^    reason: (.*)$", block[2], flags=re.M)[1] for block in blocks}
+
+
+@contextmanager
+def edited(path: Path):
+    """`path` with a comment added (Snakemake compares the content of a newer input with what the outputs
+    were made from: a mere touch reruns nothing), the old text restored afterwards."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "\n# edited\n", encoding="utf-8")
+    try:
+        yield path
+    finally:
+        path.write_text(text, encoding="utf-8")
+
+
+def test_editing_a_parent_config_or_the_missions_file_reruns_what_reads_it(trained):
+    target = "results/train/sft/lora/eval.json"
+    data, checkpoint = "results/train/sft/lora/data", "results/train/sft/lora/checkpoint"
+    snakemake(trained, "--configfile", "e2e.yaml", "--", target)  # a no-op after the eval test
+    assert planned_reasons(trained, target) == {}
+    # lora.yaml extends base.yaml: the run's jobs read the parent, so editing it reruns them.
+    with edited(trained / "config/train/base.yaml"):
+        reasons = planned_reasons(trained, target)
+        assert {"sft_dataset", "train_sft", "merge_adapter", "eval_sft"} <= set(reasons), reasons
+        assert "Updated input files: config/train/base.yaml" in reasons["sft_dataset"]
+        assert "demo_tickets" not in reasons
+        reasons = planned_reasons(trained, target, checkpoint, allowed=("train_sft", "eval_sft"))
+        assert set(reasons) == {"train_sft", "eval_sft"}, reasons
+        assert all("Updated input files: config/train/base.yaml" in why for why in reasons.values()), reasons
+    with edited(trained / "config/missions.yaml"):
+        reasons = planned_reasons(trained, target)
+        assert "Updated input files: config/missions.yaml" in reasons.get("demo_tickets", ""), reasons
+        reasons = planned_reasons(trained, target, data, allowed=("sft_dataset", "eval_sft"))
+        assert set(reasons) == {"sft_dataset", "eval_sft"}, reasons
+        assert all("Updated input files: config/missions.yaml" in why for why in reasons.values()), reasons
+    assert planned_reasons(trained, target) == {}  # the same content again: nothing to do

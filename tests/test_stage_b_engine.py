@@ -183,10 +183,8 @@ class Run:
         self.seed = seed or write_seed(tmp_path / "seed.json")
         self.stage_a = stage_a or write_stage_a(tmp_path / "stage_a.jsonl")
 
-    def __call__(self, backend: ScriptedBackend, mode: str = "train", reset: bool = False, **kwargs) -> dict:
-        return run_stage_b(
-            self.stage_a, MISSION, MISSIONS, self.seed, self.dir, backend, settings(**kwargs), mode, reset
-        )
+    def __call__(self, backend: ScriptedBackend, mode: str = "train", **kwargs) -> dict:
+        return run_stage_b(self.stage_a, MISSION, MISSIONS, self.seed, self.dir, backend, settings(**kwargs), mode)
 
     def rows(self, name: str) -> list[dict]:
         return list(read_jsonl(self.dir / name, schema=JSONL_SCHEMAS.get(name)))
@@ -204,7 +202,7 @@ class Run:
         return {row["ticket_key"]: row["verdict"] for row in self.rows("verdicts.jsonl")}
 
     def snapshots(self) -> list[Path]:
-        return sorted((self.dir / "snapshots").glob("guidance-*.json"))
+        return sorted((self.dir / "snapshots").glob("guidance-*.json"), key=lambda path: int(path.stem[9:]))
 
 
 @pytest.fixture
@@ -518,52 +516,67 @@ def test_a_prune_that_would_add_errors_is_refused_by_the_gate(tmp_path):
 # --- guidance files -----------------------------------------------------------------------------
 
 
-def test_snapshots_keep_the_previous_guidance_up_to_the_retention(run):
-    fixes = [FIX, "挡风板缺少固定螺丝或松动时判不通过。", "挡风板缺螺丝即判不通过。"]
-    policy = lambda n, user: LABELS[n] if any(f in user for f in fixes) else default_policy(n, user)  # noqa: E731
-    backend = ScriptedBackend(policy, ops=[citing(op="add", text=fixes[0])])
-    run(backend, retention=2)
-    for text in fixes[1:]:  # each rerun breaks ticket 0 again by a new seed copy and fixes it with another add
-        backend = ScriptedBackend(policy, ops=[citing(op="add", text=text)])
-        run(backend, reset=True, retention=2)
-    older, newest = (read_json(path)[MISSION]["experiences"] for path in run.snapshots())
-    assert older["G2"] == fixes[1]  # what the second run learned, replaced by the third run's reset
-    assert "G2" not in newest  # the third run's seed copy, replaced by its accepted add
+def test_snapshots_number_the_versions_a_run_replaced_and_keep_the_newest(tmp_path):
+    # A seed rule learned from ticket 2, judged right every epoch: a hit and a save per epoch.
+    learned = {"updated_at": "2026-01-01T00:00:00+00:00", "reflection_id": "seed", "sources": [key(2)]}
+    seed = write_seed(tmp_path / "seed.json", {"G2": "BBU需挡风板时判不通过。"}, {"G2": learned})
+    run = Run(tmp_path, seed=seed)
+    run(ScriptedBackend(lambda n, user: LABELS[n]), epochs=3, retention=2)
+    assert [path.name for path in run.snapshots()] == ["guidance-2.json", "guidance-3.json"]
+    hits = [read_json(path)[MISSION]["metadata"]["G2"]["hit_count"] for path in run.snapshots()]
+    assert hits == [1, 2] and run.guidance()["metadata"]["G2"]["hit_count"] == 3  # guidance-1: the seed copy
 
 
-def test_a_train_rerun_continues_from_the_learned_guidance(run):
+def test_a_run_refuses_a_folder_holding_an_earlier_runs_files(run):
     run(ScriptedBackend(ops=[citing(op="add", text=FIX)]))
     again = ScriptedBackend()
-    summary = run(again)
-    assert run.guidance()["experiences"]["G2"] == FIX and summary["guidance_step"] == 1
-    assert all(FIX in user for user in again.calls["verdict"])
-    assert not again.calls["decision"]  # nothing left to learn: every verdict is right
-    hypotheses_before = read_json(run.dir / "hypotheses.json")
-    assert hypotheses_before == {"hypotheses": []}
+    with pytest.raises(
+        VlqcError, match=r"run holds verdicts\.jsonl, .*guidance\.json, hypotheses\.json, snapshots of an"
+    ):
+        run(again)
+    with pytest.raises(VlqcError, match="of an earlier run"):
+        run(again, mode="eval")
+    assert not again.calls  # refused before judging anything
+    assert run.guidance()["experiences"]["G2"] == FIX  # and nothing of the earlier run was touched
 
 
-def test_reset_guidance_starts_from_the_seed_and_keeps_the_learned_one_as_a_snapshot(run):
-    run(ScriptedBackend(ops=[citing(op="add", text=FIX)]))
-    again = ScriptedBackend()
-    run(again, reset=True)
-    assert "G2" not in run.guidance()["experiences"]
-    assert not any(FIX in user for user in again.calls["verdict"])
-    assert any(read_json(s)[MISSION]["experiences"].get("G2") == FIX for s in run.snapshots())
+def comparable(run: Run) -> dict[str, bytes | list]:
+    """Every file of a run folder by its path in the folder; metrics rows without their timing fields."""
+    files = {}
+    for path in sorted(run.dir.rglob("*")):
+        if path.is_file():
+            files[str(path.relative_to(run.dir))] = path.read_bytes()
+    timing = ("elapsed_seconds", "groups_per_second", "eta_seconds")
+    files["metrics.jsonl"] = [{k: v for k, v in row.items() if k not in timing} for row in run.rows("metrics.jsonl")]
+    return files
 
 
-def test_cycles_go_on_across_reruns(run):
-    text = "挡风板缺螺丝则不通过"
-    run(ScriptedBackend(ops=[hypothesis_answer(text)]), retry_budget_per_group_per_epoch=0)
-    run(ScriptedBackend(ops=[hypothesis_answer(text)]), retry_budget_per_group_per_epoch=0)
-    (entry,) = read_json(run.dir / "hypotheses.json")["hypotheses"]
-    assert entry["cycles"] == [1, 2]
+def test_the_same_inputs_give_the_same_files(tmp_path):
+    first, second = Run(tmp_path, name="first"), Run(tmp_path, name="second")
+    for run in (first, second):  # an accepted change, a snapshot and a review-queue entry in each
+        run(ScriptedBackend(decisions=[decision([key(1)])], ops=[citing(op="add", text=FIX)]), epochs=2)
+    assert first.snapshots() and first.rows("need_review_queue.jsonl")
+    assert comparable(first) == comparable(second)
 
 
-# --- eval mode ----------------------------------------------------------------------------------
+def test_a_new_run_from_an_earlier_runs_guidance_continues_learning(tmp_path):
+    earlier = Run(tmp_path, name="earlier")
+    earlier(ScriptedBackend(ops=[citing(op="add", text=FIX)]))
+    later = Run(tmp_path, seed=earlier.dir / "guidance.json", name="later")
+    backend = ScriptedBackend()
+    summary = later(backend)
+    assert all(FIX in user for user in backend.calls["verdict"])
+    assert not backend.calls["decision"]  # nothing left to learn: every verdict is right
+    # It starts from the earlier run's guidance as it was (its first snapshot, the copy replaced once
+    # the rule's two source tickets scored hits), and goes on from there.
+    assert read_json(later.snapshots()[0])[MISSION] == earlier.guidance()
+    assert later.guidance()["experiences"] == earlier.guidance()["experiences"] and summary["guidance_step"] == 1
+    hits = [run.guidance()["metadata"]["G2"]["hit_count"] for run in (earlier, later)]
+    assert hits == [1, 3]
+    assert read_json(later.dir / "hypotheses.json") == {"hypotheses": []}  # its own pool, from nothing
 
 
 def test_eval_judges_once_with_the_given_guidance_frozen(run):
-    run(ScriptedBackend(ops=[citing(op="add", text=FIX)]))  # the folder now holds learned guidance
     backend = ScriptedBackend(ops=[citing(op="add", text=FIX)])
     summary = run(backend, mode="eval", epochs=3)
     assert not backend.calls["decision"] and not backend.calls["ops"]
@@ -572,6 +585,7 @@ def test_eval_judges_once_with_the_given_guidance_frozen(run):
     assert summary["final"]["fp"] == 2 and summary["final"]["fp_rate"] == 0.4
     assert not run.rows("reflection.jsonl") and not run.rows("need_review_queue.jsonl")
     assert {row["epoch"] for row in run.rows("selections.jsonl")} == {1}
+    assert not (run.dir / "snapshots").exists()  # a train output only
 
 
 def test_an_unknown_mode_is_refused(run):
@@ -608,7 +622,11 @@ def test_every_output_is_written_and_matches_its_schema(run):
         assert (run.dir / name).is_file(), name
     for name in JSONL_SCHEMAS:
         run.rows(name)  # validates every row
-    assert (run.dir / "guidance.json").is_file() and (run.dir / "hypotheses.json").is_file()
+    read_json(run.dir / "need_review.json", schema="stage_b_need_review")
+    read_json(run.dir / "hypotheses.json", schema="stage_b_hypotheses")
+    # Nothing else: every file a run writes is an output (snapshots/ holds the seed copy the add replaced).
+    written = {str(path.relative_to(run.dir)) for path in run.dir.rglob("*") if path.is_file()}
+    assert written == {*OUTPUT_FILES, "snapshots/guidance-1.json"}
 
 
 def test_metrics_rows_per_window_and_epoch_with_the_false_pass_rate(run):
@@ -690,23 +708,64 @@ def dry_run(workdir: Path, target: str, *args: str) -> subprocess.CompletedProce
 
 
 def test_the_eval_target_plans_the_chain_from_the_demo_tickets(workflow_copy):
-    plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/demo/verdicts.jsonl")
+    plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/eval/demo/verdicts.jsonl")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     for rule in ("demo_tickets", "train_sft", "stage_a_merge", "stage_b_eval"):
         assert f"rule {rule}:" in plan.stdout, rule
     assert "stage_b_train" not in plan.stdout
 
 
+def planned_guidance(plan: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """The guidance input of every `rule` job of a dry run, in plan order (the second input of both rules)."""
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    return [m[1].split(", ")[1] for m in re.finditer(rf"^rule {rule}:\n    input: (.*)$", plan.stdout, flags=re.M)]
+
+
 def test_the_train_target_and_an_eval_with_trained_guidance(workflow_copy):
-    plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/demo_train/verdicts.jsonl")
-    assert plan.returncode == 0 and "rule stage_b_train:" in plan.stdout and "stage_b_eval" not in plan.stdout
-    guidance = "results/stage_b/{mission}/demo_train/guidance.json"
+    plan = dry_run(workflow_copy, f"results/stage_b/{MISSION}/train/demo/verdicts.jsonl")
+    assert planned_guidance(plan, "stage_b_train") == [f"config/stage_b/{MISSION}.json"]
+    assert "stage_b_eval" not in plan.stdout
+    guidance = "results/stage_b/{mission}/train/demo/guidance.json"
     plan = dry_run(
         workflow_copy,
-        f"results/stage_b/{MISSION}/new/verdicts.jsonl",
+        f"results/stage_b/{MISSION}/eval/new/verdicts.jsonl",
         "--config",
         f'stage_b={{"eval_guidance": "{guidance}"}}',
     )
-    # That guidance is state a train run leaves, not a rule's output: the plan names it as missing.
+    # The learned guidance is an output of the train run: the plan runs it first.
+    assert planned_guidance(plan, "stage_b_train") == [f"config/stage_b/{MISSION}.json"]
+    assert planned_guidance(plan, "stage_b_eval") == [guidance.format(mission=MISSION)]
+
+
+def test_a_train_run_continues_from_an_earlier_run_that_runs_first(workflow_copy):
+    chain = '{"more": "results/stage_b/{mission}/train/demo/guidance.json"}'
+    target = f"results/stage_b/{MISSION}/train/more/verdicts.jsonl"
+    plan = dry_run(workflow_copy, target, "--config", f'stage_b={{"train_guidance": {chain}}}')
+    assert planned_guidance(plan, "stage_b_train") == [
+        f"config/stage_b/{MISSION}.json",  # demo, from the seed
+        f"results/stage_b/{MISSION}/train/demo/guidance.json",  # more, from what demo learned
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "loop"),
+    [
+        (
+            '{"train_guidance": {"demo": "results/stage_b/{mission}/train/demo/guidance.json"}}',
+            "train/demo → train/demo",
+        ),
+        (
+            '{"eval_guidance": "results/stage_b/{mission}/train/a/guidance.json", '
+            '"train_guidance": {"a": "results/stage_b/{mission}/eval/demo/guidance.json"}}',
+            "eval/demo → train/a → eval/demo",
+        ),
+    ],
+)
+def test_a_run_that_would_start_from_its_own_guidance_is_refused_naming_the_loop(workflow_copy, settings, loop):
+    kind = loop.split("/")[0]
+    plan = dry_run(
+        workflow_copy, f"results/stage_b/{MISSION}/{kind}/demo/verdicts.jsonl", "--config", f"stage_b={settings}"
+    )
     assert plan.returncode != 0
-    assert f"results/stage_b/{MISSION}/demo_train/guidance.json" in plan.stdout + plan.stderr
+    assert f"Stage-B runs of {MISSION} that start from each other's guidance: {loop}" in plan.stdout + plan.stderr
+    assert "CyclicGraphException" not in plan.stdout + plan.stderr

@@ -1,4 +1,4 @@
-"""The guidance store: loading and validation, the op engine rules, rule lifecycle, snapshots and reruns."""
+"""The guidance store: loading and validation, the op engine rules, rule lifecycle, snapshots, timestamps."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from vlqc.stage_b.guidance import (
     Operation,
     confidence,
     load_mission,
-    load_run,
     read_guidance_file,
     rule_text_problem,
 )
@@ -259,27 +258,40 @@ def test_save_round_trips_through_the_schema(tmp_path):
     assert (again.experiences, again.metadata, again.step) == (g.experiences, g.metadata, 1)
 
 
-def test_snapshots_keep_the_previous_files_up_to_retention(tmp_path):
+def test_snapshots_number_the_previous_files_and_keep_the_newest(tmp_path):
     g = load_mission(SEED, MISSION)
     g.save(tmp_path, retention=2)
     assert not (tmp_path / SNAPSHOT_DIR).exists()  # nothing to snapshot before the first write
     for n in range(1, 5):
         g.apply(Operation("update", key="G1", text=f"第{n}版规则。"), f"r{n}")
         g.save(tmp_path, retention=2)
-    snapshots = sorted((tmp_path / SNAPSHOT_DIR).glob("guidance-*.json"))
-    assert len(snapshots) == 2
+    snapshots = sorted((tmp_path / SNAPSHOT_DIR).iterdir())
+    assert [p.name for p in snapshots] == ["guidance-3.json", "guidance-4.json"]
     assert [load_mission(p, MISSION).step for p in snapshots] == [2, 3]  # the newest previous versions
     assert load_mission(tmp_path / GUIDANCE_FILE, MISSION).step == 4
 
 
-def test_rerun_continues_from_the_run_guidance_and_reset_starts_from_the_seed(tmp_path):
-    assert load_run(tmp_path, SEED, MISSION).experiences == load_mission(SEED, MISSION).experiences
-    learned = load_run(tmp_path, SEED, MISSION)
-    learned.apply(Operation("add", text="单台BBU一般免装挡风板。"), "r1")
-    learned.save(tmp_path, retention=1)
-    assert load_run(tmp_path, SEED, MISSION).experiences["G2"] == "单台BBU一般免装挡风板。"
-    reset = load_run(tmp_path, SEED, MISSION, reset=True)
-    assert "G2" not in reset.experiences and reset.step == 0
+def test_snapshot_numbers_sort_as_numbers_past_nine(tmp_path):
+    g = guidance()
+    for n in range(12):
+        g.apply(Operation("update", key="G1", text=f"第{n}版规则。"), f"r{n}")
+        g.save(tmp_path, retention=3)
+    assert sorted(p.name for p in (tmp_path / SNAPSHOT_DIR).iterdir()) == [f"guidance-{n}.json" for n in (10, 11, 9)]
+
+
+def test_changes_are_stamped_with_the_guidance_time_not_the_clock(tmp_path):
+    """The same changes give the same file, whenever they are made."""
+    files = []
+    for name in ("a", "b"):
+        g = guidance()
+        g.apply(Operation("add", text="挡风板被杂物挡住时以全局图为准。", evidence=("A::fail",)), "r1")
+        g.record_miss("G1")  # a seed rule without metadata gets some
+        g.prune(min_misses=1)
+        files.append(g.save(tmp_path / name, retention=1).read_bytes())
+    assert files[0] == files[1]
+    section = read_json(tmp_path / "a" / GUIDANCE_FILE)[MISSION]
+    assert section["step"] == 2 and "G1" not in section["experiences"]  # added one rule, pruned the other
+    assert section["updated_at"] == STAMP and section["metadata"]["G2"]["updated_at"] == STAMP
 
 
 @pytest.mark.parametrize("g0", [None, PLACEHOLDER_G0])

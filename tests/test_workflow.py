@@ -122,3 +122,25 @@ def test_default_target_runs_stage_a_and_stage_b_of_every_demo_mission():
     # With other tickets the demo missions' names mean nothing: the default target stops at the model.
     jobs = planned_jobs("--config", 'stage_a={"input_root": "/data/tickets"}')
     assert "stage_a_merge" not in jobs and "stage_b_eval" not in jobs and jobs["eval_sft"] == 1
+
+
+def planned_inputs(*args: str) -> dict[str, set[str]]:
+    """Rule → the inputs of its (last) job, from a dry run of everything the targets need."""
+    result = run(str(BIN / "snakemake"), "-n", "--forceall", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    blocks = re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", result.stdout, flags=re.M)
+    inputs = {}
+    for block in blocks:
+        line = re.search(r"^    input: (.*)$", block[2], flags=re.M)
+        inputs[block[1]] = set(line[1].split(", ")) if line else set()
+    return inputs
+
+
+def test_jobs_that_read_a_training_config_have_its_parents_and_the_missions_file_as_inputs():
+    inputs = planned_inputs("results/train/sft/demo/eval.json")
+    # config/train/demo.yaml extends base.yaml: a job that reads one reads both.
+    for rule in ("sft_dataset", "train_sft", "eval_sft"):
+        assert {"config/train/demo.yaml", "config/train/base.yaml"} <= inputs[rule], rule
+    for rule in ("demo_tickets", "sft_dataset", "eval_sft"):
+        assert "config/missions.yaml" in inputs[rule], rule
+    assert "results/data/demo/images" in inputs["eval_sft"]  # it opens the val photos

@@ -17,10 +17,15 @@ it), so every ticket is in exactly one of them; group_report.jsonl (one row per 
 (the queue by reason code), hypotheses.json. failure_malformed.jsonl also holds every Stage-A line that is
 not a ticket (`bad_stage_a_row`) and every reflection call that failed (`reflection_*`), never dropped.
 
-State that outlives the run's files, and is therefore not a Snakemake output: guidance.json with its
-snapshots/, and hypotheses.json. A train rerun in the same folder continues from them (`reset_guidance`
-starts from the seed again, the old guidance kept as a snapshot); an eval run always starts from the
-guidance it is given, so that it judges with what was trained last.
+A run is a function of its inputs (the Stage-A file, the guidance file it is given, the missions, the
+checkpoint, the settings with their seeds): it reads nothing from an earlier run and refuses a folder that
+holds one's files (OUTPUT_FILES, and snapshots/ in train mode; Snakemake deletes a job's outputs before it
+runs). guidance.json starts as a copy of the given guidance; in train mode every accepted change, and every
+epoch's new hit and miss counts, is saved over it, the version replaced going to snapshots/
+(`vlqc.stage_b.guidance`). To continue learning, start a new run from an earlier run's guidance.json: its
+hypothesis pool and cycle numbers start afresh. The same inputs give the same files, except the timing
+fields of metrics.jsonl (elapsed_seconds, groups_per_second, eta_seconds), wherever the backend answers
+the same prompts and seeds alike (hf on the same hardware and software does; a server may not).
 
 False pass (human fail, model pass) is the headline risk: the final rate is logged last, with a warning
 over FALSE_PASS_TARGET.
@@ -39,10 +44,10 @@ from typing import Any
 from tqdm import tqdm
 
 from vlqc.errors import VlqcError
-from vlqc.jsonl import read_json, write_json, write_jsonl
+from vlqc.jsonl import write_json, write_jsonl
 from vlqc.schemas import check, schema_path, validate, with_defaults
 from vlqc.stage_b.gate import Thresholds
-from vlqc.stage_b.guidance import GUIDANCE_FILE, Guidance, load_mission, load_run
+from vlqc.stage_b.guidance import GUIDANCE_FILE, SNAPSHOT_DIR, Guidance, load_mission
 from vlqc.stage_b.hypotheses import EVENT_SCHEMA, HypothesisPool
 from vlqc.stage_b.metrics import Judgement, MetricsWindow, confusion
 from vlqc.stage_b.reflect_loop import (
@@ -93,9 +98,9 @@ JSONL_SCHEMAS = {
     FAILURE_FILE: "stage_b_failure_malformed",
     EVENTS_FILE: EVENT_SCHEMA,
 }
-# What every run writes afresh: the Snakemake outputs. guidance.json, snapshots/ and hypotheses.json are
-# state a rerun continues from, and Snakemake deletes a job's outputs before it runs.
-OUTPUT_FILES = (*JSONL_SCHEMAS, NEED_REVIEW_FILE)
+# Every file a run writes (the Snakemake outputs); a train run writes snapshots/ as well.
+OUTPUT_FILES = (*JSONL_SCHEMAS, NEED_REVIEW_FILE, GUIDANCE_FILE, HYPOTHESES_FILE)
+TRAIN_OUTPUT_DIRS = (SNAPSHOT_DIR,)
 BAD_STAGE_A_ROW = "bad_stage_a_row"
 FALSE_PASS_TARGET = 0.05
 
@@ -342,35 +347,37 @@ def run_stage_b(
     stage_a_path: str | Path,
     mission: str,
     missions: Mapping[str, Mapping[str, Any]],
-    seed_guidance_path: str | Path,
+    guidance_path: str | Path,
     run_dir: str | Path,
     backend: ChatBackend,
     settings: Settings,
     mode: str = EVAL,
-    reset_guidance: bool = False,
 ) -> dict[str, Any]:
-    """Run Stage-B for one mission into `run_dir` (see the module docstring); returns a summary."""
+    """Run Stage-B for one mission into `run_dir`, starting from the guidance in `guidance_path` (see the
+    module docstring); returns a summary."""
     _check_mode(mode)
     run_dir = Path(run_dir)
+    _check_fresh(run_dir, mode)
     loaded = load_tickets(stage_a_path, mission)
     log.info("%s: %d tickets, %d Stage-A lines rejected", mission, len(loaded.tickets), len(loaded.rejects))
     files = RunFiles(run_dir)
     files.add(FAILURE_FILE, [_reject_row(reject) for reject in loaded.rejects])
-    guidance = _start_guidance(run_dir, seed_guidance_path, mission, mode, reset_guidance, settings.snapshot_retention)
+    guidance = load_mission(guidance_path, mission)
+    guidance.save(run_dir, settings.snapshot_retention)
+    log.info("%s: guidance from %s (step %d)", mission, guidance_path, guidance.step)
     epochs = settings.epochs if mode == TRAIN else 1
     rollouts = _Rollouts(loaded.tickets, missions, backend, settings, files, epochs)
     reflector = None
     if mode == TRAIN:
-        pool = _start_pool(run_dir, reset_guidance)
+        (run_dir / SNAPSHOT_DIR).mkdir(exist_ok=True)  # an output even while no change is accepted
         reflector = Reflector(
             guidance,
-            pool,
+            HypothesisPool(),
             rollouts.judge,
             backend,
             settings.reflection,
             files,
             lambda changed: changed.save(run_dir, settings.snapshot_retention),
-            first_cycle=_next_cycle(pool),
         )
     current: dict[str, TicketRollout] = {}
     for epoch in range(1, epochs + 1):
@@ -383,6 +390,16 @@ def run_stage_b(
     return _finish(run_dir, mission, mode, final, rollouts, reflector, guidance, files)
 
 
+def _check_fresh(run_dir: Path, mode: str) -> None:
+    """Refuse a folder with files of an earlier run: they would mix with this run's, or be read by it."""
+    names = OUTPUT_FILES + (TRAIN_OUTPUT_DIRS if mode == TRAIN else ())
+    if left := [name for name in names if (run_dir / name).exists()]:
+        raise VlqcError(
+            f"{run_dir} holds {', '.join(left)} of an earlier run; a run starts without them (Snakemake "
+            "deletes a job's outputs before it runs): remove them, or name another run folder"
+        )
+
+
 def _reject_row(reject: TicketReject) -> dict[str, Any]:
     return {
         "code": BAD_STAGE_A_ROW,
@@ -391,34 +408,6 @@ def _reject_row(reject: TicketReject) -> dict[str, Any]:
         "message": reject.message,
         "ticket_key": reject.ticket_key,
     }
-
-
-def _start_guidance(
-    run_dir: Path, source: str | Path, mission: str, mode: str, reset: bool, retention: int
-) -> Guidance:
-    """Train: the run's own guidance when there is one (unless reset), else `source`; eval: `source`.
-    A guidance taken from `source` is copied into the run folder."""
-    if mode == TRAIN and not reset and (run_dir / GUIDANCE_FILE).is_file():
-        guidance = load_run(run_dir, source, mission)
-        log.info("%s: continuing from %s at guidance step %d", mission, run_dir / GUIDANCE_FILE, guidance.step)
-        return guidance
-    guidance = load_mission(source, mission)
-    guidance.save(run_dir, retention)
-    log.info("%s: guidance from %s (step %d)", mission, source, guidance.step)
-    return guidance
-
-
-def _start_pool(run_dir: Path, reset: bool) -> HypothesisPool:
-    path = run_dir / HYPOTHESES_FILE
-    if reset or not path.is_file():
-        return HypothesisPool()
-    return HypothesisPool.from_json(read_json(path), str(path))
-
-
-def _next_cycle(pool: HypothesisPool) -> int:
-    """Cycles go on across reruns, so that support from two runs counts as two cycles."""
-    cycles = [cycle for entry in pool.to_json()["hypotheses"] for cycle in entry["cycles"]]
-    return max(cycles, default=0) + 1
 
 
 def _finish(

@@ -23,10 +23,13 @@ Engine rules for ops (§7), and the choices made where the origin is loose:
 - `prune` removes learnable rules (never G0 or S*) with confidence < 0.35 after ≥ 3 misses, one
   step per removed rule.
 
-Snapshots: `save` copies the previous `guidance.json` of the run to
-`snapshots/guidance-<UTC timestamp, microseconds>.json` before writing the new one, keeping the
-newest `retention` copies. `load_run` continues from the run's guidance.json (rerun continuity)
-unless `reset` is set or there is none yet.
+Timestamps: a change is stamped with the guidance's own `updated_at` (the seed's, carried through
+every run), never with the clock, so that the same inputs give the same file; when a run changed a rule
+is told by its `reflection_id` and `step`, and when the job ran by its log.
+
+Snapshots: `save` copies the previous `guidance.json` of the run folder to `snapshots/guidance-<n>.json`
+(n counts the copies: 1, 2, …) before writing the new one, keeping the newest `retention` copies.
+Nothing here reads a run folder to start from: a run gets the guidance it starts with as an input.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
@@ -158,10 +160,6 @@ def _looks_like_summary_chain(text: str) -> bool:
     return (slashes >= 2 and any(word in text for word in CHAIN_VOCABULARY)) or (slashes >= 1 and "×" in text)
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 @dataclass
 class Guidance:
     """The guidance of one mission; `experiences` is what `verdict_messages` takes."""
@@ -204,14 +202,12 @@ class Guidance:
             change = self._plan(op)
         except _Rejected as rejected:
             return Applied(op, op.key, accepted=False, reason=rejected.code)
-        now = _utc_now()
         for key in change.removed:
             self._remove(key)
         if change.text is not None:
             self.experiences[change.key] = change.text
-            self._credit(change.key, op, reflection_id, [*op.evidence, *batch_group_ids], now)
+            self._credit(change.key, op, reflection_id, [*op.evidence, *batch_group_ids])
         self.step += 1
-        self.updated_at = now
         return Applied(op, change.key, accepted=True, action=change.action)
 
     def _plan(self, op: Operation) -> _Change:
@@ -282,12 +278,12 @@ class Guidance:
     def _next_key(self) -> str:
         return f"G{max(rule_key(key)[1] for key in self._keys('G')) + 1}"
 
-    def _credit(self, key: str, op: Operation, reflection_id: str, sources: list[str], now: str) -> None:
+    def _credit(self, key: str, op: Operation, reflection_id: str, sources: list[str]) -> None:
         """Metadata of a rule an op just wrote: new sources, one more hit."""
         previous = self.metadata.get(key, {})
         hits, misses = previous.get("hit_count", 0) + 1, previous.get("miss_count", 0)
         meta: dict[str, Any] = {
-            "updated_at": now,
+            "updated_at": self.updated_at,
             "reflection_id": reflection_id,
             "sources": list(dict.fromkeys(sources)),
         }
@@ -311,7 +307,7 @@ class Guidance:
     def _count(self, key: str, counter: str) -> None:
         if key not in self.experiences:
             raise VlqcError(f"{self.mission}: no guidance rule {key!r}")
-        meta = self.metadata.setdefault(key, {"updated_at": _utc_now(), "reflection_id": SEED_REFLECTION_ID})
+        meta = self.metadata.setdefault(key, {"updated_at": self.updated_at, "reflection_id": SEED_REFLECTION_ID})
         meta[counter] = meta.get(counter, 0) + 1
         meta["confidence"] = confidence(meta.get("hit_count", 0), meta.get("miss_count", 0))
 
@@ -321,8 +317,6 @@ class Guidance:
         for key in doomed:
             self._remove(key)
             self.step += 1
-        if doomed:
-            self.updated_at = _utc_now()
         return doomed
 
     def _failing(self, key: str, min_confidence: float, min_misses: int) -> bool:
@@ -353,23 +347,25 @@ def _checked_text(text: str | None) -> str:
 
 
 def _snapshot(source: Path, folder: Path) -> None:
-    stamp = datetime.now(UTC)
-    target = _snapshot_path(folder, stamp)
-    while target.exists():  # two saves within one microsecond
-        stamp += timedelta(microseconds=1)
-        target = _snapshot_path(folder, stamp)
-    with atomic_open(target, "wb") as fh:
+    number = max(_snapshot_numbers(folder), default=0) + 1
+    with atomic_open(folder / f"guidance-{number}.json", "wb") as fh:
         fh.write(source.read_bytes())
 
 
-def _snapshot_path(folder: Path, stamp: datetime) -> Path:
-    return folder / f"guidance-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+def _snapshot_numbers(folder: Path) -> dict[int, Path]:
+    """Snapshot number → file, of the snapshots in `folder`."""
+    found = {}
+    for path in folder.glob("guidance-*.json"):
+        number = path.stem.removeprefix("guidance-")
+        if number.isdigit():
+            found[int(number)] = path
+    return found
 
 
 def _keep_newest(folder: Path, retention: int) -> None:
-    # The timestamp format sorts by name in time order.
-    for old in sorted(folder.glob("guidance-*.json"), reverse=True)[retention:]:
-        old.unlink()
+    numbers = _snapshot_numbers(folder)
+    for number in sorted(numbers, reverse=True)[retention:]:
+        numbers[number].unlink()
 
 
 def read_guidance_file(path: str | Path) -> dict[str, Guidance]:
@@ -386,10 +382,3 @@ def load_mission(path: str | Path, mission: str) -> Guidance:
     if mission not in guidance:
         raise VlqcError(f"guidance file {path} has no section for mission {mission!r}; it has: {', '.join(guidance)}")
     return guidance[mission]
-
-
-def load_run(run_dir: str | Path, seed_file: str | Path, mission: str, reset: bool = False) -> Guidance:
-    """The guidance a run continues with: its own guidance.json (a rerun keeps what it learned),
-    or the seed when there is none yet or `reset` is set. Nothing is written until `save`."""
-    current = Path(run_dir) / GUIDANCE_FILE
-    return load_mission(seed_file if reset or not current.is_file() else current, mission)

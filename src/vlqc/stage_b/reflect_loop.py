@@ -157,7 +157,6 @@ class Reflector:
         settings: ReflectionSettings,
         sink: Sink,
         save_guidance: Callable[[Guidance], None],
-        first_cycle: int = 1,
     ):
         self.guidance = guidance
         self.pool = pool
@@ -166,7 +165,7 @@ class Reflector:
         self.settings = settings
         self.sink = sink
         self.save_guidance = save_guidance
-        self.cycle = first_cycle - 1  # the last cycle run
+        self.cycle = 0  # the last cycle run
         self.queued: dict[str, dict[str, Any]] = {}  # ticket key → its review item
         self.reflections: dict[str, list[str]] = defaultdict(list)  # ticket key → reflection ids that saw it
 
