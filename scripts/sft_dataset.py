@@ -22,7 +22,7 @@ from vlqc.train.sft_data import data_config, write_dataset
 
 
 def _guidance(path: Path) -> dict[str, dict[str, str]]:
-    """Mission → experiences from a guidance file (origin-facts §5: mission → {experiences, …})."""
+    """Mission → experiences from a guidance file (docs/guidance.md#the-guidance-file: mission → {experiences, …})."""
     doc = read_json(path)
     if not isinstance(doc, dict) or not all(
         isinstance(s, dict) and isinstance(s.get("experiences"), dict) for s in doc.values()

@@ -11,7 +11,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
-# origin-facts §1b worked example, drawn on a 1200x1600 photo.
+# The worked example of docs/export-format.md#worked-example, drawn on a 1200x1600 photo.
 EXAMPLE_EXPORT = {
     "info": {"width": 1200, "height": 1600, "depth": 3},
     "markResult": {

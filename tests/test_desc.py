@@ -1,4 +1,4 @@
-"""Tests for vlqc.data.taxonomy and vlqc.data.desc: desc strings per origin-facts §1–§3."""
+"""Tests for vlqc.data.taxonomy and vlqc.data.desc: desc strings per docs/export-format.md and docs/taxonomy.md."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SHIELD_Q = "这个BBU设备是否需要安装挡风板，结合图片中机柜�
 CHECK_Q = "这个螺丝/插头连接是否符合要求"
 REMARK_Q = "如果有特殊情况，请具体描述"
 
-# The three features of the §1b BBU example: (content.label, contentZh).
+# The three features of the BBU example (docs/export-format.md#worked-example): (content.label, contentZh).
 EXAMPLE1_FEATURES = [
     (
         "bbu",
@@ -47,7 +47,7 @@ EXAMPLE1_FEATURES = [
         },
     ),
 ]
-# The §1b RRU image: (content.label, contentZh, group ids).
+# The RRU photo (docs/summary-format.md#rru-photo): (content.label, contentZh, group ids).
 EXAMPLE2_FEATURES = [
     ("station", {"距离": "35"}, []),
     ("rru", {}, []),
@@ -78,7 +78,7 @@ def error_code(func, *args) -> str:
     return info.value.code
 
 
-# --- worked examples (§3e) -------------------------------------------------------------
+# --- worked examples (docs/summary-format.md#worked-examples) ---------------------------------------------------------
 
 
 def test_example1_current_descs():
@@ -187,7 +187,7 @@ def test_legacy_hierarchy_table():
     assert set(LEGACY_HIERARCHY) == {"螺丝、光纤插头", "标签", "BBU设备", "光纤", "电线", "挡风板"}
 
 
-# --- dataList objects (§1a) ------------------------------------------------------------
+# --- dataList objects (docs/export-format.md#datalist-variant) --------------------------------------------------------
 
 
 def test_datalist_example_descs():

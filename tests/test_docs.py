@@ -156,7 +156,6 @@ def test_citation_pattern_reads_paths_and_anchors():
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="citations replaced after merge")
 def test_nothing_cites_notes_outside_the_repository():
     hits = []
     for path in _citing_files():

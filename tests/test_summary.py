@@ -1,4 +1,5 @@
-"""Tests for vlqc.data.summary: the JSON summary (§3c) and the cc1d856 ×N summary (§3d)."""
+"""Tests for vlqc.data.summary: the JSON summary (docs/summary-format.md#json-summary) and the cc1d856 ×N
+summary (docs/summary-format.md#legacy-n-summary)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def error_code(func, *args) -> str:
     return info.value.code
 
 
-# --- worked examples (§3e) -------------------------------------------------------------
+# --- worked examples (docs/summary-format.md#worked-examples) ---------------------------------------------------------
 
 
 def test_example1_summary():

@@ -1,7 +1,7 @@
 """Per-object desc strings: the current key=value form and the legacy slash form.
 
-Current (origin-facts §3a): `类别=BBU安装螺丝,可见性=完整,符合性=符合`: `类别` first, then the
-type's keys in KEY_ORDER, then `组` for types that keep groups. Legacy (§3b, cc1d856):
+Current (docs/taxonomy.md#desc-keyvalue-form): `类别=BBU安装螺丝,可见性=完整,符合性=符合`: `类别` first, then the
+type's keys in KEY_ORDER, then `组` for types that keep groups. Legacy (docs/taxonomy.md#legacy-slash-desc, cc1d856):
 `螺丝、光纤插头/BBU安装螺丝,符合要求`: levels joined with `/`, uncompressed values.
 
 A raw answer that no taxonomy choice accepts raises `SampleError("unknown_value")`
@@ -239,7 +239,8 @@ def _groups(obj: RawObject) -> list[str]:
 
 
 def _datalist_parts(obj: RawObject) -> tuple[str, str, str]:
-    """Type, property and remark of a dataList object, filtered by LEGACY_HIERARCHY (§1a)."""
+    """Type, property and remark of a dataList object, filtered by LEGACY_HIERARCHY
+    (docs/export-format.md#datalist-variant)."""
     if obj.legacy_label is None:
         raise SampleError("unknown_category", "object has neither a type key nor a 标签 text")
     parts = obj.legacy_label.split("/")
@@ -258,7 +259,8 @@ def _datalist_parts(obj: RawObject) -> tuple[str, str, str]:
 
 
 def build_desc(obj: RawObject) -> str:
-    """The key=value desc of one object (origin-facts §3a; dataList objects per §1a)."""
+    """The key=value desc of one object (docs/taxonomy.md#desc-keyvalue-form;
+    dataList objects per docs/export-format.md#datalist-variant)."""
     if obj.type_key is None:
         category, prop, remark = _datalist_parts(obj)
         pairs = [("类别", category), ("属性", prop), ("备注", remark.translate(_ESCAPE_FREE))]
@@ -290,7 +292,7 @@ def _render(pairs: list[tuple[str, str]]) -> str:
 
 
 def build_legacy_desc(obj: RawObject) -> str:
-    """The cc1d856 slash-form desc of one object (origin-facts §3b), review flagger applied."""
+    """The cc1d856 slash-form desc of one object (docs/taxonomy.md#legacy-slash-desc), review flagger applied."""
     if obj.type_key is None:
         category, prop, remark = _datalist_parts(obj)
         return _with_remark(category, f"{category}/{prop}" if prop else category, remark)

@@ -1,4 +1,4 @@
-"""Read one annotation export (origin-facts §1) into `RawObject`s.
+"""Read one annotation export (docs/export-format.md) into `RawObject`s.
 
 Both variants are accepted: `markResult.features` (native geometry) and the legacy
 `dataList` (rectangles only; it wins when both are present). Whole-file problems

@@ -6,7 +6,7 @@ in [0, width] x [0, height] and a box over the whole image is (0, 0, width, heig
 A bbox is (x1, y1, x2, y2) with x1 <= x2, y1 <= y2 on that same grid (x2, y2 are
 edges, not the last pixel index). y points down, as in image files.
 
-Order of post-processing (see origin-facts §1): EXIF orientation (`orient_points`),
+Order of post-processing (docs/export-format.md#post-processing-order): EXIF orientation (`orient_points`),
 rescale to the real image size and then to the `smart_resize` size
 (`scale_points`), then `clamp_round`, then canonical vertex order and object sort.
 """

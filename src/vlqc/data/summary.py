@@ -1,9 +1,9 @@
 """Per-image summaries built from the object descs of one image.
 
-Current (origin-facts §3c): one JSON line,
+Current (docs/summary-format.md#json-summary): one JSON line,
 `{"统计": [{"类别": …, <key>: {value: count}, …}, …], "备注": [...]}` for BBU or
 `{"统计": [...], "分组统计": {"<id>": n}}` for RRU.
-Legacy (§3d, cc1d856): identical slash descs counted, `desc×N` joined with `，`.
+Legacy (docs/summary-format.md#legacy-n-summary, cc1d856): identical slash descs counted, `desc×N` joined with `，`.
 
 An image without objects gets the literal `无关图片` from both builders: callers
 write it as the summary and the model learns to answer it on a single line.

@@ -1,4 +1,4 @@
-"""The BBU and RRU object taxonomies (origin-facts §2) as data tables.
+"""The BBU and RRU object taxonomies (docs/taxonomy.md) as data tables.
 
 Each object type lists its attributes in desc key order. An attribute names the
 `contentZh` questions it is read from (the question text, then the `content`
@@ -328,7 +328,7 @@ _NAME_TO_TYPE = _names_to_types()
 
 
 def resolve_type(content_label: str | None, content_zh: dict) -> str | None:
-    """Taxonomy type of a markResult feature, or None when nothing matches (origin-facts §1b)."""
+    """Taxonomy type of a markResult feature, or None when nothing matches (docs/export-format.md#type-resolution)."""
     label = (content_label or "").strip()
     if label == "fiber" and any(key.startswith("尾纤") for key in content_zh):
         return "fiber_rru"

@@ -1,4 +1,4 @@
-"""Write a scene's objects as an annotation-platform export (origin-facts §1), either variant.
+"""Write a scene's objects as an annotation-platform export (docs/export-format.md), either variant.
 
 Attributes arrive in the compressed desc vocabulary (`符合性=不符合`, `问题=露铜`); the export
 carries the raw platform answers (`不符合要求/露铜`) under the platform's question keys, so

@@ -2,7 +2,7 @@
 
 `tickets.py` plans a photo semantically (`PhotoPlan`: which objects, with which attributes);
 `build_scene` places them in pixels. Attributes use the compressed desc vocabulary of
-origin-facts §2 (`类别` plus keys such as `品牌`, `符合性`); `export.py` maps them to the raw
+docs/taxonomy.md#questions-and-answers (`类别` plus keys such as `品牌`, `符合性`); `export.py` maps them to the raw
 annotation answers. Geometry is in the displayed frame (what a viewer sees after EXIF
 orientation); `render.py` draws it.
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 BRANDS = ("华为", "中兴", "爱立信")
 BRAND_WEIGHTS = (0.45, 0.35, 0.2)
-SHIELD_BRANDS = ("华为", "中兴")  # Ericsson BBUs never get a shield (origin-facts §4 priors)
+SHIELD_BRANDS = ("华为", "中兴")  # Ericsson BBUs never get a shield (docs/missions.md#the-seven-missions)
 PROTECTIONS = ("蛇形管", "铠装", "蛇形管+铠装")
 BEND_OK = "半径合理"
 BEND_BAD = "半径不合理<4cm或成环"

@@ -176,8 +176,9 @@ def verdict_messages(
 ) -> tuple[str, str]:
     """System and user text asking for a ticket's verdict.
 
-    `guidance` is the mission's experiences map (`G0`, `S<n>`, `G<n>`; origin-facts §5) or None,
-    in which case the focus comes from missions.yaml. Summaries may still carry their header line.
+    `guidance` is the mission's experiences map (`G0`, `S<n>`, `G<n>`;
+    docs/guidance.md#how-the-verdict-prompt-shows-it) or None, in which case the focus comes from
+    missions.yaml. Summaries may still carry their header line.
     """
     spec = _mission(mission, missions)
     if not per_image_summaries:

@@ -1,4 +1,4 @@
-"""The strict two-line verdict contract (origin-facts §6).
+"""The strict two-line verdict contract (docs/verdict.md#the-two-line-contract).
 
     Verdict: 通过 | 不通过
     Reason: <one line>

@@ -1,6 +1,6 @@
 """Find the ticket photo groups of a mission and draw a reproducible sample of them.
 
-Layout (origin-facts §4): `<root>/<mission>/{审核通过|审核不通过}/<group_dir>/*.{jpg,jpeg,png}`.
+Layout (docs/stage-a.md#input-layout): `<root>/<mission>/{审核通过|审核不通过}/<group_dir>/*.{jpg,jpeg,png}`.
 审核不通过 is scanned before 审核通过, group folders in name order, images in natural order of
 their file names. A group without images is kept (with `images=()`) so that the caller records
 it as a failure instead of dropping it silently.

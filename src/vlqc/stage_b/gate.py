@@ -1,4 +1,4 @@
-"""The rule-search gate: accept a guidance change only when it measurably helps (stage-b-origin.md).
+"""The rule-search gate: accept a guidance change only when it measurably helps (docs/guidance.md#rule-search-gate).
 
 The candidate guidance is rolled out on the same train pool as the current one, giving each ticket a
 verdict before and after. The change is accepted when all hold:

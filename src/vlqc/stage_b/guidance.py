@@ -1,12 +1,12 @@
 """The Stage-B guidance store: one mission's rules, the reflection ops that change them, snapshots.
 
-A guidance file (schema `stage_b_guidance`, origin-facts §5) maps mission → section
+A guidance file (schema `stage_b_guidance`, docs/guidance.md#the-guidance-file) maps mission → section
 `{step, updated_at, experiences, metadata}`. `experiences` holds `S<n>` (structural invariants, never
 touched by ops), `G0` (the mission checklist: may be updated or merged into, never deleted or merged
 away) and `G1+` (learnable rules). A legacy `focus` is promoted to G0 when G0 is missing or is the
 placeholder text. The experiences map is exactly what `vlqc.inference.prompts.verdict_messages` renders.
 
-Engine rules for ops (§7), and the choices made where the origin is loose:
+Engine rules for ops (docs/guidance.md#applying-operations), and the choices made where the origin is loose:
 - An op that is not applied returns `Applied(accepted=False, reason=<code>)`; nothing is dropped
   silently. Codes: no_op, unknown_op, add_has_key, missing_key, bad_key, structural_key, unknown_key,
   g0_protected, merge_into_self, missing_merged_from, missing_text, text_too_long, forbidden_phrase,
@@ -90,7 +90,7 @@ OPS = ("add", "update", "delete", "merge")
 
 @dataclass(frozen=True)
 class Operation:
-    """One reflection op, as the reflection parser builds it (origin-facts §7)."""
+    """One reflection op, as the reflection parser builds it (docs/guidance.md#ops-pass)."""
 
     op: str  # add | update | delete | merge | none
     key: str | None = None  # G<n>; none for add

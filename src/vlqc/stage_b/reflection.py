@@ -1,4 +1,4 @@
-"""The two reflection passes (origin-facts §7): prompts, strict answer parsing, learnability closure.
+"""The two reflection passes (docs/guidance.md#reflection): prompts, strict answer parsing, learnability closure.
 
 Decision pass (sees the ground-truth labels) answers exactly
 
