@@ -175,6 +175,14 @@ def test_export_size_that_cannot_be_a_rescale(export_root, tmp_path):
     assert error.code == "size_mismatch" and "1600x900" in error.message
 
 
+def test_a_photo_too_long_for_any_resize_is_rejected_not_fatal(export_root, tmp_path):
+    export = example_export()
+    export["info"].update(width=4020, height=20)
+    path = write_sample(export_root, "strip", export, size=(4020, 20))
+    error = sample_error(export_root, tmp_path, path)
+    assert error.code == "extreme_aspect_ratio" and "4020x20" in error.message
+
+
 def test_singleton_group_rejects_the_photo(export_root, tmp_path):
     export = {
         "info": {"width": 1200, "height": 1600},

@@ -100,6 +100,8 @@ def _convert(json_path: Path, source: str, settings: ConvertSettings, result: Sa
     orientation = geo.exif_orientation(image)
     raw_w, raw_h = image.size
     width, height = geo.oriented_size(raw_w, raw_h, orientation)
+    if max(width, height) / min(width, height) > geo.MAX_ASPECT_RATIO:  # smart_resize refuses these
+        raise SampleError("extreme_aspect_ratio", f"{width}x{height} is longer than {geo.MAX_ASPECT_RATIO}:1")
     new_w, new_h = geo.smart_resize(width, height, settings.factor, settings.max_pixels)
     to_displayed = _frame_mapper(parsed, raw_w, raw_h, orientation, result)
     sx, sy = new_w / width, new_h / height
