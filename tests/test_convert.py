@@ -11,6 +11,7 @@ from PIL import Image
 
 from vlqc.data.convert import ConvertSettings, convert_sample
 from vlqc.data.dataset import convert_dataset
+from vlqc.data.desc import parse_desc
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_jsonl
 
@@ -245,6 +246,19 @@ def test_fail_fast_stops_at_the_first_bad_sample_naming_it(export_root, tmp_path
     with pytest.raises(VlqcError, match=r"b_bad\.json.*malformed_json"):
         convert_dataset(settings_for(export_root, tmp_path), mode="fail_fast", workers=1)
     assert not (tmp_path / "out" / "all_samples.jsonl").exists()
+
+
+def test_a_remark_with_commas_is_kept_whole_and_written(export_root, tmp_path):
+    # Free text keeps its commas (docs/taxonomy.md): the pieces after the first read back as the remark's.
+    export = example_export()
+    answers = export["markResult"]["features"][0]["properties"]["contentZh"]
+    answers["如果有特殊情况，请具体描述"] = "无法判断品牌,标签被挡住一半"
+    write_sample(export_root, "photo", export)
+    convert_dataset(settings_for(export_root, tmp_path), mode="fail_fast", workers=1)
+    (record,) = read_jsonl(tmp_path / "out" / "all_samples.jsonl", schema="sample")
+    desc = record["objects"][0]["desc"]
+    assert desc.endswith(",备注=无法判断品牌,标签被挡住一半")
+    assert parse_desc(desc)["备注"] == ["无法判断品牌,标签被挡住一半"]
 
 
 def test_lenient_records_bad_samples_and_keeps_the_rest(export_root, tmp_path):
