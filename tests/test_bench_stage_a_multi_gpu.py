@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vlqc.train.base_model import build_tiny_base
 
 REPO = Path(__file__).resolve().parents[1]
+# Whole benchmark runs under torchrun (four of them, ~1 min on 2 cores): end to end, not a unit test.
+pytestmark = pytest.mark.e2e
 
 
 def test_runs_both_modes_on_one_and_two_ranks_and_compares_them(tmp_path):
