@@ -67,9 +67,6 @@ LABEL_READABLE = Attribute(
 )
 DISTANCE_QUESTIONS = ("距离", "distance")
 
-# Occlusion questions are asked by the tool but never reach a desc.
-DROPPED_QUESTIONS = ("这个挡风板是否被杂物遮挡", "这条光纤是否被遮挡", "这条电线是否被遮挡")
-
 #                     raw answer           value        legacy value
 VISIBILITY = _choices(("显示完整", "完整", "显示完整"), ("只显示部分", "部分", "只显示部分"))
 BRANDS = _choices(("华为", "华为", "华为"), ("中兴", "中兴", "中兴"), ("爱立信", "爱立信", "爱立信"))
