@@ -31,14 +31,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model, repo_path  # bench/machine.py, beside this script
+from machine import REPO, cpu_model, repo_path  # bench/machine.py, beside this script
+
+sys.path.insert(0, str(REPO / "tests"))  # the harness the tests use: tests/support
+
+from support.ground_truth import ground_truth_records
 
 from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset
 from vlqc.demo import generate
 from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 from vlqc.missions import load_missions
-from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import (
@@ -55,7 +58,6 @@ from vlqc.stage_b.engine import (
 from vlqc.train.base_model import build_tiny_base
 from vlqc.train.manifest import package_versions
 
-REPO = Path(__file__).resolve().parents[1]
 MISSIONS_FILE = REPO / "config/missions.yaml"
 DEFAULT_CHECKPOINT = REPO / "results/train/sft/demo/merged"
 SERVED_NAME = "vlqc-bench"

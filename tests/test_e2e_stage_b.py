@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from support.ground_truth import ground_truth_records
 from test_stage_b_swift_deploy import completed_requests
 from workflow_env import snakemake, trained_workflow
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
-from vlqc.stage_a.ground_truth import ground_truth_records
 from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
 

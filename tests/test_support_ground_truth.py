@@ -1,7 +1,8 @@
 """Stage-A records from ground-truth summaries: one per ticket, photos in discovery order."""
 
+from support.ground_truth import ground_truth_records
+
 from vlqc.schemas import validate
-from vlqc.stage_a.ground_truth import ground_truth_records
 
 MISSION = "挡风板安装检查"
 
