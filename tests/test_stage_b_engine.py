@@ -33,7 +33,7 @@ from vlqc.stage_b.engine import (
 from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.reflect_loop import ReflectionSettings
 from vlqc.stage_b.reflection import DECISION_SYSTEM
-from vlqc.stage_b.rollout import SamplerConfig
+from vlqc.stage_b.rollout import SamplerConfig, sampler_grid
 
 MISSIONS = load_missions(REPO / "config" / "missions.yaml")
 MISSION = "挡风板安装检查"
@@ -679,6 +679,12 @@ def test_settings_from_the_config_section_pick_the_mode_grid():
     assert [s.temperature for s in train.grid] == [0.3, 0.5, 0.7]
     assert train.reflection.patience == 5 and train.reflection.gate == Thresholds()
     assert train.reflection.max_prompt_tokens == 4096
+
+
+def test_the_library_defaults_are_the_schema_defaults():
+    # Settings, ReflectionSettings and Thresholds built without arguments are the stage_b section's defaults.
+    section = stage_b_config({})
+    assert Settings(grid=sampler_grid(section["eval_grid"])) == Settings.from_config(section, "eval")
 
 
 def test_the_config_section_is_checked_by_dotted_path():
