@@ -130,17 +130,25 @@ class Settings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any], mode: str) -> Settings:
         """Settings of `mode` from the `stage_b` config section with its defaults filled (`stage_b_config`;
-        a script's `--settings` arrive so from `vlqc.cli`)."""
+        a script's `--settings` arrive so from `vlqc.cli`). It reads the keys `config_keys` names: an eval
+        run keeps the defaults of the train-only settings, which it does not use."""
         _check_mode(mode)
-        gate = dict(section["gate"])
-        patience = gate.pop("patience")
-        reflection = ReflectionSettings(
-            **section["reflection"],
-            max_prompt_tokens=section["max_prompt_tokens"],
-            seed=section["seed"],
-            gate=Thresholds(**gate),
-            patience=patience,
-        )
+        train: dict[str, Any] = {}
+        if mode == TRAIN:
+            gate = dict(section["gate"])
+            patience = gate.pop("patience")
+            reflection = ReflectionSettings(
+                **section["reflection"],
+                max_prompt_tokens=section["max_prompt_tokens"],
+                seed=section["seed"],
+                gate=Thresholds(**gate),
+                patience=patience,
+            )
+            train = {
+                "epochs": section["epochs"],
+                "snapshot_retention": section["snapshot_retention"],
+                "reflection": reflection,
+            }
         return cls(
             grid=sampler_grid(section[f"{mode}_grid"]),
             samples_per_decode=section["samples_per_decode"],
@@ -148,10 +156,28 @@ class Settings:
             min_verdict_agreement=section["min_verdict_agreement"],
             logging_steps=section["logging_steps"],
             batch_size=section["batch_size"],
-            epochs=section["epochs"],
-            snapshot_retention=section["snapshot_retention"],
-            reflection=reflection,
+            **train,
         )
+
+
+# Read by every run (Settings.from_config, backend_config), and by train runs only.
+_RUN_KEYS = (
+    "backend",
+    "batch_size",
+    "samples_per_decode",
+    "max_prompt_tokens",
+    "min_verdict_agreement",
+    "logging_steps",
+)
+_TRAIN_KEYS = ("epochs", "seed", "snapshot_retention", "reflection", "gate")
+
+
+def config_keys(section: Mapping[str, Any], mode: str) -> tuple[str, ...]:
+    """The keys of the `stage_b` section a run of `mode` reads, with the section's backend: what the rule
+    passes as `--settings`, so that Snakemake reruns the run when one of them changes, and only then."""
+    _check_mode(mode)
+    backend = ("openai",) if section["backend"] == "openai" else ("gpus",)
+    return (*_RUN_KEYS, *backend, f"{mode}_grid", *(_TRAIN_KEYS if mode == TRAIN else ()))
 
 
 def stage_b_config(doc: Mapping[str, Any], where: str = "stage_b settings") -> dict[str, Any]:
