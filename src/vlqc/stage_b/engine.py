@@ -129,9 +129,9 @@ class Settings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], mode: str) -> Settings:
-        """Settings of `mode` from the `stage_b` config section with its defaults filled (`stage_b_config`;
-        a script's `--settings` arrive so from `vlqc.cli`). It reads the keys `config_keys` names: an eval
-        run keeps the defaults of the train-only settings, which it does not use."""
+        """Settings of `mode` from the `stage_b` config section with its defaults filled (by `stage_b_config`,
+        or as `vlqc.cli` hands a script its `--settings`). It reads the keys `config_keys` names: an eval run
+        keeps the defaults of the train-only settings, which it does not use."""
         _check_mode(mode)
         train: dict[str, Any] = {}
         if mode == TRAIN:
