@@ -168,6 +168,7 @@ def intermediate(paths):
 from snakemake.exceptions import WorkflowError
 
 from vlqc.stage_b.engine import OUTPUT_FILES as STAGE_B_OUTPUT_FILES, TRAIN_OUTPUT_DIRS as STAGE_B_TRAIN_DIRS
+from vlqc.stage_b.engine import config_keys as stage_b_config_keys
 
 STAGE_B = config["stage_b"]
 STAGE_B_KINDS = ("eval", "train")
@@ -233,11 +234,10 @@ def stage_b_guidance(kind):
     return guidance
 
 
-def stage_b_settings():
-    """The stage_b section, defaults filled, for scripts/stage_b.py; which guidance file a run starts
-    from is resolved by the rule into its input, so those keys stay out of the job's params."""
-    guidance_keys = ("guidance_dir", "eval_guidance", "train_guidance")
-    return json.dumps({key: value for key, value in STAGE_B.items() if key not in guidance_keys}, ensure_ascii=False)
+def stage_b_settings(kind):
+    """What scripts/stage_b.py reads of the stage_b section in a run of `kind` (eval: not the train-only
+    keys); which guidance file a run starts from is resolved by the rule into its input."""
+    return settings_json(STAGE_B, *stage_b_config_keys(STAGE_B, kind))
 
 
 # --- the demo ----------------------------------------------------------------------------

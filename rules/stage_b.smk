@@ -44,7 +44,7 @@ rule stage_b_eval:
         gpu=STAGE_B["gpus"],
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        settings=stage_b_settings(),
+        settings=stage_b_settings("eval"),
         ranks=stage_b_ranks(),
         mode="eval",
     shell:
@@ -70,7 +70,7 @@ rule stage_b_train:
         gpu=STAGE_B["gpus"],
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        settings=stage_b_settings(),
+        settings=stage_b_settings("train"),
         ranks=stage_b_ranks(),
         mode="train",
     shell:

@@ -41,6 +41,12 @@ def engines(tiny_folder):
     plain, fast = Generator(tiny_folder, max_pixels=MAX_PIXELS), FastGenerator(tiny_folder, max_pixels=MAX_PIXELS)
     for engine in (plain, fast):
         sharpen(engine.model)
+    defaults = Settings()  # the stage_a settings' defaults, as run_rank would set them
+    fast.max_wave_rows, fast.memory_fraction, fast.compile = (
+        defaults.wave_rows,
+        defaults.wave_memory_fraction,
+        defaults.compile,
+    )
     return plain, fast
 
 
@@ -117,6 +123,13 @@ def test_compiled_small_ops_keep_greedy_outputs_and_are_undone_after_the_call(en
     assert seen and all(seen[0]) and seen[-1] == (False, False)  # the reference ran eager
     assert {name: getattr(qwen3_vl, name) for name in FUSED_FUNCTIONS} == eager
     assert not any("forward" in vars(module) for module in fast.model.modules())
+
+
+def test_a_greedy_call_needs_the_wave_settings_from_the_caller(tiny_folder, requests):
+    fast = FastGenerator(tiny_folder, max_pixels=MAX_PIXELS)
+    fast.max_wave_rows = 4
+    with pytest.raises(ValueError, match="set FastGenerator's memory_fraction, compile before a greedy call"):
+        fast.generate_ids(requests, SAMPLING)
 
 
 def test_an_unknown_compile_choice_is_an_error(engines, requests, monkeypatch):

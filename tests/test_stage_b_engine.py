@@ -27,13 +27,14 @@ from vlqc.stage_b.engine import (
     OUTPUT_FILES,
     Settings,
     backend_config,
+    config_keys,
     run_stage_b,
     stage_b_config,
 )
 from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.reflect_loop import ReflectionSettings
 from vlqc.stage_b.reflection import DECISION_SYSTEM
-from vlqc.stage_b.rollout import SamplerConfig
+from vlqc.stage_b.rollout import SamplerConfig, sampler_grid
 
 MISSIONS = load_missions(REPO / "config" / "missions.yaml")
 MISSION = "挡风板安装检查"
@@ -679,6 +680,42 @@ def test_settings_from_the_config_section_pick_the_mode_grid():
     assert [s.temperature for s in train.grid] == [0.3, 0.5, 0.7]
     assert train.reflection.patience == 5 and train.reflection.gate == Thresholds()
     assert train.reflection.max_prompt_tokens == 4096
+
+
+def test_the_library_defaults_are_the_schema_defaults():
+    # Settings, ReflectionSettings and Thresholds built without arguments are the stage_b section's defaults.
+    section = stage_b_config({})
+    assert Settings(grid=sampler_grid(section["train_grid"])) == Settings.from_config(section, "train")
+
+
+class Recording(dict):
+    """A config section that notes which of its keys are read."""
+
+    def __init__(self, section):
+        super().__init__(section)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("backend", ["hf", "openai"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_run_reads_exactly_its_config_keys(backend, mode):
+    # What the rule passes as --settings: a key left out would silently take its default in the job.
+    section = Recording(stage_b_config({"backend": backend}))
+    Settings.from_config(section, mode)
+    backend_config(section, "ckpt")
+    assert section.read == set(config_keys(section, mode))
+    assert ("epochs" in section.read, "openai" in section.read) == (mode == "train", backend == "openai")
+
+
+def test_an_eval_run_keeps_the_defaults_of_the_train_settings():
+    section = stage_b_config({"epochs": 3, "reflection": {"batch_size": 2}, "gate": {"min_rer": 0.5}})
+    assert Settings.from_config(section, "eval") == Settings.from_config(stage_b_config({}), "eval")
+    train = Settings.from_config(section, "train")
+    assert (train.epochs, train.reflection.batch_size, train.reflection.gate.min_rer) == (3, 2, 0.5)
 
 
 def test_the_config_section_is_checked_by_dotted_path():

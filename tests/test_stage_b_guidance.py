@@ -229,7 +229,8 @@ def test_prune_removes_low_confidence_rules_after_enough_misses_only():
             g.record_hit(key)
         for _ in range(misses):
             g.record_miss(key)
-    assert g.prune() == ["G1"]  # G2: too few misses; G3: confidence 0.4; G0 and S1 are never pruned
+    # Under confidence 0.35 after 3 misses: G2 has too few misses, G3 confidence 0.4; G0 and S1 are never pruned.
+    assert g.prune(0.35, 3) == ["G1"]
     assert sorted(g.experiences) == ["G0", "G2", "G3", "S1"]
     assert "G1" not in g.metadata
     assert g.step == 1
@@ -286,7 +287,7 @@ def test_changes_are_stamped_with_the_guidance_time_not_the_clock(tmp_path):
         g = guidance()
         g.apply(Operation("add", text="挡风板被杂物挡住时以全局图为准。", evidence=("A::fail",)), "r1")
         g.record_miss("G1")  # a seed rule without metadata gets some
-        g.prune(min_misses=1)
+        g.prune(0.35, min_misses=1)
         files.append(g.save(tmp_path / name, retention=1).read_bytes())
     assert files[0] == files[1]
     section = read_json(tmp_path / "a" / GUIDANCE_FILE)[MISSION]

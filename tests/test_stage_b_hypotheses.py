@@ -28,14 +28,14 @@ def test_signature_ignores_width_case_spacing_and_punctuation():
     assert len(signature(TEXT)) == 16 and int(signature(TEXT), 16) >= 0
 
 
-def test_promotion_needs_two_cycles_and_twelve_distinct_tickets():
+def test_promotion_needs_the_cycles_and_distinct_tickets_it_is_given():
     pool = HypothesisPool()
     pool.observe(sighting(tickets(0, 12)), cycle=1, reflection_id="r1")
-    assert pool.promotable() == []  # one cycle only
+    assert pool.promotable(2, 12) == []  # one cycle only
     pool.observe(sighting(tickets(0, 12)), cycle=1, reflection_id="r2")
-    assert pool.promotable() == []  # the same cycle again is still one cycle
+    assert pool.promotable(2, 12) == []  # the same cycle again is still one cycle
     pool.observe(sighting(tickets(0, 3)), cycle=2, reflection_id="r3")
-    (ready,) = pool.promotable()
+    (ready,) = pool.promotable(2, 12)
     assert ready.signature == signature(TEXT) and ready.cycles == {1, 2} and len(ready.tickets) == 12
 
 
@@ -43,7 +43,7 @@ def test_tickets_seen_twice_count_once():
     pool = HypothesisPool()
     pool.observe(sighting(tickets(0, 8)), cycle=1, reflection_id="r1")
     pool.observe(sighting(tickets(5, 11)), cycle=2, reflection_id="r2")  # 11 distinct
-    assert pool.promotable() == []
+    assert pool.promotable(2, 12) == []
     assert len(pool.promotable(min_cycles=2, min_tickets=11)) == 1
 
 
@@ -62,7 +62,7 @@ def test_promotable_orders_by_support():
     for cycle in (1, 2):
         pool.observe(sighting(tickets(0, 12), text="若BBU未配备挡风板，则判不通过"), cycle, f"a{cycle}")
         pool.observe(sighting(tickets(0, 20)), cycle, f"b{cycle}")
-    assert [entry.text for entry in pool.promotable()] == [TEXT, "若BBU未配备挡风板，则判不通过"]
+    assert [entry.text for entry in pool.promotable(2, 12)] == [TEXT, "若BBU未配备挡风板，则判不通过"]
 
 
 def test_promote_and_reject_close_a_hypothesis_and_record_events():
@@ -70,13 +70,13 @@ def test_promote_and_reject_close_a_hypothesis_and_record_events():
     for cycle in (1, 2):
         pool.observe(sighting(tickets(0, 12)), cycle, f"r{cycle}")
         pool.observe(sighting(tickets(0, 12), text="若BBU未配备挡风板，则判不通过"), cycle, f"r{cycle}")
-    promoted, rejected = (entry.signature for entry in pool.promotable())
+    promoted, rejected = (entry.signature for entry in pool.promotable(2, 12))
     pool.drain_events()
     assert pool.promote(promoted, cycle=3).status == "promoted"
     assert pool.reject(rejected, cycle=3, reason="gate_rejected").status == "rejected"
-    assert pool.promotable() == []
+    assert pool.promotable(2, 12) == []
     pool.observe(sighting(tickets(40, 52)), cycle=4, reflection_id="r4")
-    assert pool.promotable() == []  # a promoted hypothesis never comes back
+    assert pool.promotable(2, 12) == []  # a promoted hypothesis never comes back
     events = pool.drain_events()
     assert [(e["event"], e["cycle"]) for e in events] == [("promoted", 3), ("rejected", 3), ("observed", 4)]
     assert events[0]["tickets"] == list(tickets(0, 12)) and events[1]["reason"] == "gate_rejected"

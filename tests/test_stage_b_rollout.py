@@ -43,6 +43,8 @@ FAIL = "Verdict: 不通过\nReason: Image1: 螺丝缺少; 总结: 存在与任�
 BROKEN = "通过"  # one line: line_count
 THIRD_STATE = "Verdict: 待复核\nReason: 图片模糊"
 ONE = (SamplerConfig(temperature=0.3),)
+# How a rollout batches and when a vote is weak: the values of the config's defaults, chosen here.
+BATCHING = {"batch_size": 8, "min_agreement": 0.8}
 
 
 def passing(reason: str) -> str:
@@ -87,7 +89,7 @@ class ScriptedBackend:
 
 def run(tickets, script, grid=ONE, samples=1, guidance=None, tokens=None, **kwargs):
     backend = ScriptedBackend({t.per_image[0]: script[n] for n, t in enumerate(tickets)}, tokens)
-    results = rollout(tickets, guidance, MISSIONS, backend, grid, samples, 4096, **kwargs)
+    results = rollout(tickets, guidance, MISSIONS, backend, grid, samples, 4096, **{**BATCHING, **kwargs})
     return results, backend
 
 
@@ -254,7 +256,7 @@ def test_no_valid_vote_with_a_relevant_hard_hit_takes_the_guardrail_reason():
 
 
 def test_select_without_candidates_and_its_failure_code():
-    selection = select(())
+    selection = select((), 0.8)
     assert (selection.verdict, selection.source, dict(selection.votes)) == ("fail", NO_VOTE, {"pass": 0, "fail": 0})
     assert hard_failure(()).code == "no_candidates"
     assert hard_failure([Candidate.from_output(0, ONE[0], 0, PASS)]) is None
@@ -262,8 +264,8 @@ def test_select_without_candidates_and_its_failure_code():
 
 def test_select_applies_the_guardrail_it_is_given():
     candidates = [Candidate.from_output(0, ONE[0], 0, PASS)]
-    assert select(candidates).verdict == "pass"
-    guarded = select(candidates, guardrail=scan([BAD_SCREWS], MissionRule.of(MISSION, MISSIONS[MISSION])))
+    assert select(candidates, 0.8).verdict == "pass"
+    guarded = select(candidates, 0.8, scan([BAD_SCREWS], MissionRule.of(MISSION, MISSIONS[MISSION])))
     assert (guarded.verdict, guarded.source) == ("fail", "guardrail")
 
 
@@ -294,7 +296,7 @@ def test_a_backend_answering_the_wrong_number_of_prompts_is_an_error():
 
     backend = Short({ticket(0).per_image[0]: [PASS]})
     with pytest.raises(VlqcError, match="answered 0 of 1"):
-        rollout([ticket(0)], None, MISSIONS, backend, ONE, 1, 4096)
+        rollout([ticket(0)], None, MISSIONS, backend, ONE, 1, 4096, **BATCHING)
 
 
 # --- outcome and rows ---------------------------------------------------------------------------
@@ -324,20 +326,20 @@ def test_every_ticket_ends_in_verdicts_or_failures_and_rows_match_their_schemas(
 
 
 def test_rollout_of_no_tickets_is_empty():
-    assert rollout([], None, MISSIONS, ScriptedBackend({}), ONE, 1, 4096) == []
+    assert rollout([], None, MISSIONS, ScriptedBackend({}), ONE, 1, 4096, **BATCHING) == []
 
 
 def test_tickets_of_several_missions_are_refused():
     other = Ticket("g::pass", "g", "pass", "挡风板安装检查", ("BBU设备×1",))
     with pytest.raises(VlqcError, match="one mission"):
-        rollout([ticket(0), other], None, MISSIONS, ScriptedBackend({}), ONE, 1, 4096)
+        rollout([ticket(0), other], None, MISSIONS, ScriptedBackend({}), ONE, 1, 4096, **BATCHING)
 
 
 @pytest.mark.parametrize("kwargs", [{"samples_per_decode": 0}, {"max_prompt_tokens": 0}, {"grid": ()}])
 def test_rollout_arguments_are_checked(kwargs):
     args = {"grid": ONE, "samples_per_decode": 1, "max_prompt_tokens": 4096, **kwargs}
     with pytest.raises(VlqcError):
-        rollout([ticket(0)], None, MISSIONS, ScriptedBackend({}), **args)
+        rollout([ticket(0)], None, MISSIONS, ScriptedBackend({}), **args, **BATCHING)
 
 
 # --- sampler grid -------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_greedy_answers_and_token_counts_match_hf(deployment, tiny_dir):
     remote = client(deployment, tiny_dir)
     answers = remote.chat(PROMPTS, GREEDY)
     assert all(isinstance(a, str) and a for a in answers), answers
-    local = HFBackend(tiny_dir)
+    local = HFBackend(tiny_dir, batch_size=len(PROMPTS))
     assert answers == local.chat(PROMPTS, GREEDY)
     assert [server_prompt_tokens(deployment, *p) for p in PROMPTS] == [remote.count_tokens(*p) for p in PROMPTS]
 
@@ -79,7 +79,7 @@ def test_greedy_answers_and_token_counts_match_hf(deployment, tiny_dir):
 def test_repetition_penalty_reaches_the_server_through_extra_body(deployment, tiny_dir):
     penalised = Sampling(max_new_tokens=8, repetition_penalty=2.0)
     answers = client(deployment, tiny_dir).chat(PROMPTS, penalised)
-    assert answers == HFBackend(tiny_dir).chat(PROMPTS, penalised)
+    assert answers == HFBackend(tiny_dir, batch_size=len(PROMPTS)).chat(PROMPTS, penalised)
     assert answers != client(deployment, tiny_dir).chat(PROMPTS, GREEDY), "the penalty changed what the server said"
 
 

@@ -2,6 +2,8 @@
 
 `FastGenerator` is a `Generator` (same constructor, same `generate(requests, sampling) -> list[str]`), so
 `run_rank(load_generator=FastGenerator)` works unchanged, and the plain path stays there as the reference.
+Its settings `max_wave_rows`, `memory_fraction` and `compile` are set by the caller before a greedy call
+(`run_rank` sets them from the `stage_a` settings, whose defaults are in the config schema).
 Greedy settings give what `Generator.generate` gives, token for token. Sampling (temperature > 0), a
 repetition penalty, or generation-config options that change the greedy choice (beams, banned words, ...)
 go to the plain `Generator.generate`; `generation_config.min_new_tokens` is honoured.
@@ -24,7 +26,7 @@ How a greedy call runs:
 milliseconds of host time a call (what makes plain decoding take ~0.1 s a step at batch 1), but inside a
 CUDA graph that cost is gone and its decode kernel measured faster than the others.
 
-`compile` (by default on CUDA only) runs the model's small ops compiled while a call lasts: the RMSNorms and
+`compile` (`always`, or `auto`: on CUDA only) runs the model's small ops compiled while a call lasts: the RMSNorms and
 MLPs, and the text and vision rotary embeddings, each several elementwise kernels in eager mode, become one or
 two fused kernels. On one H200 (4B-shaped model, 512 images, one wave) that cut prefill by about a fifth (14.8 s
 to 11.4 s) and decode steps from 46 to 41 ms: 24.8 to 30.5 images/s.
@@ -205,12 +207,14 @@ class RunStats:
 class FastGenerator(Generator):
     """`Generator` with a fast greedy path; see the module docstring."""
 
-    max_wave_rows = 256
+    # Set by the caller before a greedy call: Stage-A sets them from its settings (stage_a.wave_rows,
+    # wave_memory_fraction, compile), whose defaults live in the config schema.
+    max_wave_rows: int | None = None
+    memory_fraction: float | None = None
+    compile: str | None = None  # one of COMPILE_CHOICES
     prefill_tokens = 16384
-    memory_fraction = 0.5
     cuda_graphs = True
     sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: whatever torch picks
-    compile = "auto"  # one of COMPILE_CHOICES
 
     def __init__(
         self,
@@ -247,6 +251,9 @@ class FastGenerator(Generator):
     @torch.inference_mode()
     def generate_ids(self, requests: list[Request], sampling: Sampling = Sampling()) -> list[list[int]]:
         """New token ids of each request (fast greedy path), up to and including its stop token."""
+        unset = [name for name in ("max_wave_rows", "memory_fraction", "compile") if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"set FastGenerator's {', '.join(unset)} before a greedy call (run_rank sets them)")
         self.stats = RunStats(fast=True)
         greedy = self._greedy()
         max_new = sampling.max_new_tokens

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from vlqc.errors import VlqcError
 from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.inference.prompts import hf_messages
+from vlqc.schemas import defaults
 from vlqc.stage_b.rollout import BackendError, ChatBackend
 
 BACKEND_UNAVAILABLE = "backend_unavailable"
@@ -35,6 +36,8 @@ BAD_RESPONSE = "bad_response"
 BAD_PROMPT = "bad_prompt"
 # How much of an error body a BackendError quotes.
 ERROR_BODY_CHARS = 300
+# The config schema's `stage_b.openai` section is the one home of these defaults.
+OPENAI_DEFAULTS = defaults("config", "stage_b.openai")
 
 
 # --- in-process transformers --------------------------------------------------------------------
@@ -44,7 +47,7 @@ class HFBackend:
     """`vlqc.inference.generation.Generator` on text-only prompts, `batch_size` prompts per generate call."""
 
     def __init__(
-        self, checkpoint: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32", batch_size: int = 8
+        self, checkpoint: str | Path, *, batch_size: int, device: str = "cpu", dtype: str | torch.dtype = "float32"
     ):
         if batch_size < 1:
             raise VlqcError(f"batch_size must be >= 1, not {batch_size}")
@@ -104,10 +107,10 @@ class OpenAIBackend:
         model: str,
         *,
         tokenizer_dir: str | Path,
-        timeout_s: float = 120.0,
-        max_retries: int = 3,
-        concurrency: int = 4,
-        api_key_env: str | None = None,
+        timeout_s: float = OPENAI_DEFAULTS["timeout_s"],
+        max_retries: int = OPENAI_DEFAULTS["max_retries"],
+        concurrency: int = OPENAI_DEFAULTS["concurrency"],
+        api_key_env: str | None = OPENAI_DEFAULTS["api_key_env"],
     ):
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise VlqcError("OpenAIBackend needs concurrency >= 1, max_retries >= 0, timeout_s > 0")

@@ -33,7 +33,6 @@ over FALSE_PASS_TARGET.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,9 +42,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlqc import schemas
 from vlqc.errors import VlqcError
 from vlqc.jsonl import write_json, write_jsonl
-from vlqc.schemas import check, schema_path, validate, with_defaults
 from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.guidance import GUIDANCE_FILE, SNAPSHOT_DIR, Guidance, load_mission
 from vlqc.stage_b.hypotheses import EVENT_SCHEMA, HypothesisPool
@@ -108,16 +107,20 @@ FALSE_PASS_TARGET = 0.05
 # --- settings -----------------------------------------------------------------------------------
 
 
+# The config schema's `stage_b` section is the one home of these defaults.
+DEFAULTS = schemas.defaults("config", "stage_b")
+
+
 @dataclass(frozen=True)
 class Settings:
     grid: tuple[SamplerConfig, ...]
-    samples_per_decode: int = 1
-    max_prompt_tokens: int = 4096
-    min_verdict_agreement: float = 0.8
-    logging_steps: int = 8
-    batch_size: int = 8  # prompts per backend call
-    epochs: int = 1  # train mode only; eval rolls out once
-    snapshot_retention: int = 10
+    samples_per_decode: int = DEFAULTS["samples_per_decode"]
+    max_prompt_tokens: int = DEFAULTS["max_prompt_tokens"]
+    min_verdict_agreement: float = DEFAULTS["min_verdict_agreement"]
+    logging_steps: int = DEFAULTS["logging_steps"]
+    batch_size: int = DEFAULTS["batch_size"]  # prompts per backend call
+    epochs: int = DEFAULTS["epochs"]  # train mode only; eval rolls out once
+    snapshot_retention: int = DEFAULTS["snapshot_retention"]
     reflection: ReflectionSettings = ReflectionSettings()
 
     def __post_init__(self):
@@ -126,17 +129,26 @@ class Settings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], mode: str) -> Settings:
-        """Settings of `mode` from the `stage_b` config section (see `stage_b_config`)."""
+        """Settings of `mode` from the `stage_b` config section with its defaults filled (by `stage_b_config`,
+        or as `vlqc.cli` hands a script its `--settings`). It reads the keys `config_keys` names: an eval run
+        keeps the defaults of the train-only settings, which it does not use."""
         _check_mode(mode)
-        gate = dict(section["gate"])
-        patience = gate.pop("patience")
-        reflection = ReflectionSettings(
-            **section["reflection"],
-            max_prompt_tokens=section["max_prompt_tokens"],
-            seed=section["seed"],
-            gate=Thresholds(**gate),
-            patience=patience,
-        )
+        train: dict[str, Any] = {}
+        if mode == TRAIN:
+            gate = dict(section["gate"])
+            patience = gate.pop("patience")
+            reflection = ReflectionSettings(
+                **section["reflection"],
+                max_prompt_tokens=section["max_prompt_tokens"],
+                seed=section["seed"],
+                gate=Thresholds(**gate),
+                patience=patience,
+            )
+            train = {
+                "epochs": section["epochs"],
+                "snapshot_retention": section["snapshot_retention"],
+                "reflection": reflection,
+            }
         return cls(
             grid=sampler_grid(section[f"{mode}_grid"]),
             samples_per_decode=section["samples_per_decode"],
@@ -144,18 +156,33 @@ class Settings:
             min_verdict_agreement=section["min_verdict_agreement"],
             logging_steps=section["logging_steps"],
             batch_size=section["batch_size"],
-            epochs=section["epochs"],
-            snapshot_retention=section["snapshot_retention"],
-            reflection=reflection,
+            **train,
         )
 
 
-def stage_b_config(section: Mapping[str, Any], where: str = "stage_b settings") -> dict[str, Any]:
-    """The `stage_b` section checked against the config schema, every missing key defaulted."""
-    doc = {"stage_b": dict(section)}
-    check(doc, "config", where)
-    schema = json.loads(schema_path("config").read_text(encoding="utf-8"))
-    return with_defaults(schema, doc)["stage_b"]
+# Read by every run (Settings.from_config, backend_config), and by train runs only.
+_RUN_KEYS = (
+    "backend",
+    "batch_size",
+    "samples_per_decode",
+    "max_prompt_tokens",
+    "min_verdict_agreement",
+    "logging_steps",
+)
+_TRAIN_KEYS = ("epochs", "seed", "snapshot_retention", "reflection", "gate")
+
+
+def config_keys(section: Mapping[str, Any], mode: str) -> tuple[str, ...]:
+    """The keys of the `stage_b` section a run of `mode` reads, with the section's backend: what the rule
+    passes as `--settings`, so that Snakemake reruns the run when one of them changes, and only then."""
+    _check_mode(mode)
+    backend = ("openai",) if section["backend"] == "openai" else ("gpus",)
+    return (*_RUN_KEYS, *backend, f"{mode}_grid", *(_TRAIN_KEYS if mode == TRAIN else ()))
+
+
+def stage_b_config(doc: Mapping[str, Any], where: str = "stage_b settings") -> dict[str, Any]:
+    """`doc` checked as the `stage_b` section of the config schema, every missing key defaulted."""
+    return schemas.section("config", "stage_b", doc, where)
 
 
 def backend_config(section: Mapping[str, Any], checkpoint: str | Path, local_rank: int = 0) -> dict[str, Any]:
@@ -196,7 +223,7 @@ class RunFiles:
     def add(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         kept = self._rows[name]
         for row in rows:
-            validate(row, JSONL_SCHEMAS[name], f"{self.run_dir / name}: row {len(kept) + 1}")
+            schemas.validate(row, JSONL_SCHEMAS[name], f"{self.run_dir / name}: row {len(kept) + 1}")
             kept.append(row)
         self._dirty.add(name)
 

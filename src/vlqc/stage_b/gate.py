@@ -28,12 +28,15 @@ from typing import NamedTuple
 import numpy as np
 
 from vlqc.errors import VlqcError
+from vlqc.schemas import defaults
 from vlqc.stage_b.guidance import OPS
 from vlqc.stage_b.reflection import KEYED_OPS
 
 # Changes to an existing rule can loosen it; an add only constrains further.
 GUARDED_OPS = KEYED_OPS
 VERDICTS = frozenset({"pass", "fail"})
+# The config schema's `stage_b.gate` section is the one home of these defaults.
+DEFAULTS = defaults("config", "stage_b.gate")
 
 
 class Judged(NamedTuple):
@@ -45,11 +48,11 @@ class Judged(NamedTuple):
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_rer: float = 0.1
-    max_changed_fraction: float = 0.05
-    min_bootstrap_prob: float = 0.8
-    max_false_pass_rise: float = 0.01
-    bootstrap_resamples: int = 200
+    min_rer: float = DEFAULTS["min_rer"]
+    max_changed_fraction: float = DEFAULTS["max_changed_fraction"]
+    min_bootstrap_prob: float = DEFAULTS["min_bootstrap_prob"]
+    max_false_pass_rise: float = DEFAULTS["max_false_pass_rise"]
+    bootstrap_resamples: int = DEFAULTS["bootstrap_resamples"]
 
     def __post_init__(self):
         for name in ("max_changed_fraction", "min_bootstrap_prob", "max_false_pass_rise"):
@@ -72,8 +75,8 @@ def decide(
     before: Mapping[str, Judged],
     after: Mapping[str, Judged],
     op_kind: str,
-    thresholds: Thresholds = Thresholds(),
-    seed: int = 0,
+    thresholds: Thresholds,
+    seed: int,
 ) -> GateDecision:
     """Judge a candidate change from per-ticket (label, verdict) before and after it, keyed by ticket."""
     if op_kind not in OPS:
@@ -155,7 +158,7 @@ def _failed_criteria(numbers: Mapping[str, float | int], op_kind: str, t: Thresh
 class EarlyStop:
     """Counts consecutive rounds without an accepted change; stop once `patience` is reached."""
 
-    patience: int = 3
+    patience: int
     idle_rounds: int = 0
 
     def __post_init__(self):

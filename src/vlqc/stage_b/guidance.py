@@ -20,8 +20,8 @@ Engine rules for ops (docs/guidance.md#applying-operations), and the choices mad
 - Every applied op adds 1 to `step`; the changed rule's metadata gets the op's evidence plus the
   batch's group ids as `sources`, one more hit, and confidence = hit / (hit + miss + 1e-5).
   A merged rule keeps the target rule's counts; the rules merged into it are removed.
-- `prune` removes learnable rules (never G0 or S*) with confidence < 0.35 after ≥ 3 misses, one
-  step per removed rule.
+- `prune` removes learnable rules (never G0 or S*) under a confidence after a number of misses
+  (stage_b.reflection.prune_min_confidence and prune_min_misses), one step per removed rule.
 
 Timestamps: a change is stamped with the guidance's own `updated_at` (the seed's, carried through
 every run), never with the clock, so that the same inputs give the same file; when a run changed a rule
@@ -311,7 +311,7 @@ class Guidance:
         meta[counter] = meta.get(counter, 0) + 1
         meta["confidence"] = confidence(meta.get("hit_count", 0), meta.get("miss_count", 0))
 
-    def prune(self, min_confidence: float = 0.35, min_misses: int = 3) -> list[str]:
+    def prune(self, min_confidence: float, min_misses: int) -> list[str]:
         """Remove learnable rules that failed often enough; returns their keys."""
         doomed = [key for key in self._keys("G") if key != CHECKLIST and self._failing(key, min_confidence, min_misses)]
         for key in doomed:

@@ -3,8 +3,9 @@
 A hypothesis from the ops pass is not a rule yet. The pool gathers every sighting of the same
 hypothesis — the same text up to width, case, spacing and punctuation, named by `signature` — across
 reflection cycles, with the distinct tickets that support it. One that is supported in enough cycles
-by enough tickets (origin: ≥ 2 cycles, ≥ 12 tickets) is `promotable`; the caller turns it into a rule
-within its change cap and marks it `promote`d, or `reject`s it (the gate or the guidance refused it).
+by enough tickets (stage_b.reflection.promote_min_cycles, promote_min_tickets) is `promotable`; the
+caller turns it into a rule within its change cap and marks it `promote`d, or `reject`s it (the gate or
+the guidance refused it).
 Promoted and rejected hypotheses keep collecting sightings but never become promotable again.
 
 Every observation, promotion and rejection is recorded as an event row (schema
@@ -118,7 +119,7 @@ class HypothesisPool:
         self._events.append(row)
         return entry
 
-    def promotable(self, min_cycles: int = 2, min_tickets: int = 12) -> list[PooledHypothesis]:
+    def promotable(self, min_cycles: int, min_tickets: int) -> list[PooledHypothesis]:
         """Open hypotheses with enough support, best supported first (ties by signature)."""
         ready = [entry for entry in self._entries.values() if entry.ready(min_cycles, min_tickets)]
         return sorted(ready, key=lambda e: (-len(e.tickets), -len(e.cycles), e.signature))

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple, Protocol
 
 from vlqc.errors import VlqcError
 from vlqc.inference.sampling import Sampling
+from vlqc.schemas import defaults
 from vlqc.stage_b.gate import EarlyStop, Judged, Thresholds, decide
 from vlqc.stage_b.guidance import Guidance, Operation
 from vlqc.stage_b.hypotheses import HypothesisPool
@@ -77,6 +78,9 @@ FORMAT_ERROR = "reflection_format_error"
 BACKEND_ERROR = "reflection_backend_error"
 PROMPT_TOO_LONG = "reflection_prompt_too_long"
 
+# The config schema's `stage_b` section is the one home of these defaults.
+DEFAULTS = defaults("config", "stage_b")
+
 # Pool verdicts by ticket key for a guidance's experiences map: how a candidate change is judged.
 Judge = Callable[[Mapping[str, str]], dict[str, TicketRollout]]
 
@@ -91,22 +95,24 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class ReflectionSettings:
-    batch_size: int = 4
-    max_operations: int = 5
-    format_retries: int = 1
-    retry_budget_per_group_per_epoch: int = 2
-    max_calls_per_epoch: int = 12
-    change_cap_per_epoch: int = 4
-    temperature: float = 0.3
-    max_new_tokens: int = 512
-    promote_min_cycles: int = 2
-    promote_min_tickets: int = 12
-    prune_min_confidence: float = 0.35
-    prune_min_misses: int = 3
-    max_prompt_tokens: int = 4096
-    seed: int = 0
+    """The `stage_b.reflection` section, and the keys of `stage_b` and `stage_b.gate` reflection reads."""
+
+    batch_size: int = DEFAULTS["reflection"]["batch_size"]
+    max_operations: int = DEFAULTS["reflection"]["max_operations"]
+    format_retries: int = DEFAULTS["reflection"]["format_retries"]
+    retry_budget_per_group_per_epoch: int = DEFAULTS["reflection"]["retry_budget_per_group_per_epoch"]
+    max_calls_per_epoch: int = DEFAULTS["reflection"]["max_calls_per_epoch"]
+    change_cap_per_epoch: int = DEFAULTS["reflection"]["change_cap_per_epoch"]
+    temperature: float = DEFAULTS["reflection"]["temperature"]
+    max_new_tokens: int = DEFAULTS["reflection"]["max_new_tokens"]
+    promote_min_cycles: int = DEFAULTS["reflection"]["promote_min_cycles"]
+    promote_min_tickets: int = DEFAULTS["reflection"]["promote_min_tickets"]
+    prune_min_confidence: float = DEFAULTS["reflection"]["prune_min_confidence"]
+    prune_min_misses: int = DEFAULTS["reflection"]["prune_min_misses"]
+    max_prompt_tokens: int = DEFAULTS["max_prompt_tokens"]
+    seed: int = DEFAULTS["seed"]
     gate: Thresholds = Thresholds()
-    patience: int = 3
+    patience: int = DEFAULTS["gate"]["patience"]
 
     def __post_init__(self):
         at_least_one = ("batch_size", "max_calls_per_epoch", "max_new_tokens", "max_prompt_tokens", "patience")

@@ -64,7 +64,6 @@ NO_VALID_CANDIDATES = "no_valid_candidates"
 NO_CANDIDATES = "no_candidates"
 # parse_verdict codes of an answer that is not two `Verdict:` / `Reason:` lines at all.
 FORMAT_ERRORS = frozenset({"line_count", "field_names", "missing_colon", "empty_reason"})
-DEFAULT_MIN_AGREEMENT = 0.8
 
 
 class BackendError(SampleError):
@@ -85,11 +84,15 @@ class ChatBackend(Protocol):
 
 @dataclass(frozen=True)
 class SamplerConfig:
+    """One entry of a sampler grid (`stage_b.train_grid`, `stage_b.eval_grid`). What an entry leaves out is
+    what a plain generate call leaves out (`Sampling`'s defaults), except the seed: 0, so that every sample
+    is seeded."""
+
     temperature: float
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+    top_p: float = Sampling.top_p
+    max_new_tokens: int = Sampling.max_new_tokens
     seed: int = 0
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = Sampling.repetition_penalty
 
     def __post_init__(self):
         rules = {
@@ -176,7 +179,7 @@ class Selection:
 
 def select(
     candidates: Sequence[Candidate],
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_agreement: float,
     guardrail: GuardrailResult = GuardrailResult(),
 ) -> Selection:
     """Majority vote over the valid candidates, then the guardrail (see the module docstring)."""
@@ -244,8 +247,8 @@ def rollout(
     samples_per_decode: int,
     max_prompt_tokens: int,
     *,
-    batch_size: int = 8,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    batch_size: int,
+    min_agreement: float,
 ) -> list[TicketRollout]:
     """Candidates, selection and outcome of every ticket (one mission), in ticket order.
 
