@@ -36,6 +36,7 @@ from machine import REPO, cpu_model, repo_path  # bench/machine.py, beside this 
 sys.path.insert(0, str(REPO / "tests"))  # the harness the tests use: tests/support
 
 from support.ground_truth import ground_truth_records
+from support.swift_deploy import swift_deploy
 
 from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset
@@ -43,7 +44,6 @@ from vlqc.demo import generate
 from vlqc.jsonl import read_jsonl, write_json, write_jsonl
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
-from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import (
     EVAL,
     FAILURE_FILE,

@@ -24,11 +24,11 @@ from typing import Any, NamedTuple
 
 import pytest
 from support.ground_truth import ground_truth_records
+from support.swift_deploy import swift_deploy
 from test_stage_b_swift_deploy import completed_requests
 from workflow_env import snakemake, trained_workflow
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
-from vlqc.stage_b.deploy import swift_deploy
 from vlqc.stage_b.engine import JSONL_SCHEMAS, OUTPUT_FILES
 
 pytestmark = pytest.mark.e2e

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.swift_deploy import Server, swift_deploy
 
 from vlqc.inference.generation import Sampling
 from vlqc.inference.prompts import VERDICT_SYSTEM
 from vlqc.stage_b.backends import HFBackend, OpenAIBackend
-from vlqc.stage_b.deploy import Server, swift_deploy
 from vlqc.stage_b.rollout import BackendError
 
 pytestmark = pytest.mark.e2e
