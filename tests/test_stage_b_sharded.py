@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch.multiprocessing as mp
 
 from vlqc.errors import VlqcError
 from vlqc.inference.sampling import Sampling
+from vlqc.stage_b import sharded
 from vlqc.stage_b.rollout import BackendError
 from vlqc.stage_b.sharded import ShardedBackend, init_group, leave_group
 
@@ -75,6 +77,41 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
     mp.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(WORLD)]
+
+
+class Crashing(RankEcho):
+    """Raises (not a BackendError: a bug, an out-of-memory) on a user text that asks for it."""
+
+    def chat(self, prompts, sampling):
+        if any(user == "crash" for _, user in prompts):
+            raise RuntimeError(f"rank {self.rank} crashed")
+        return super().chat(prompts, sampling)
+
+
+def _crashing_rank_main(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    sharded.COLLECTIVE_TIMEOUT = timedelta(seconds=60)  # a regression fails the test instead of hanging it
+    init_group()
+    backend = ShardedBackend(Crashing(rank), rank, 2)
+    if rank:
+        backend.serve()
+        result = "served"
+    else:
+        try:
+            backend.chat([("s", "crash"), ("s", "ok")], Sampling())
+        except RuntimeError as exc:
+            result = str(exc)
+        finally:
+            backend.close()
+    leave_group()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+def test_a_raising_backend_on_rank_0_lets_every_rank_close_and_leave(tmp_path):
+    mp.spawn(_crashing_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
+    assert results == ["rank 0 crashed", "served"]
 
 
 def test_answers_come_back_in_prompt_order_from_round_robin_ranks(ranks):

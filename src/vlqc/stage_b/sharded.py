@@ -5,7 +5,8 @@ hands prompt i to rank i % world, every rank answers its share with its own in-p
 rank 0 gathers the answers back in prompt order. The other ranks only `serve` until rank 0 calls
 `close`. Prompts and answers are Python objects, so the ranks talk over gloo whatever the device.
 
-If any rank dies, torchrun stops the others (`--max-restarts=0`), so nobody waits forever.
+If any rank dies, torchrun stops the others (`--max-restarts=0`), so nobody waits forever. A backend that raises
+is not a death: its rank finishes the call's collective first, then raises (on rank 0: before `close`).
 """
 
 from __future__ import annotations
@@ -77,9 +78,21 @@ class ShardedBackend:
         dist.broadcast_object_list([None], src=0)
 
     def _answer_share(self, prompts: Sequence[tuple[str, str]], sampling: Sampling) -> list[str | BackendError]:
-        share = self.local.chat(prompts[self.rank :: self.world], sampling)
+        # A rank whose backend raises still joins the gather (with no share) and raises after it: the ranks
+        # stay in step, so rank 0 can go on to `close` instead of meeting peers stuck in another collective.
+        try:
+            share, failure = self.local.chat(prompts[self.rank :: self.world], sampling), None
+        except Exception as exc:  # re-raised below, once this collective is over
+            share, failure = None, exc
         shares: list = [None] * self.world
         dist.all_gather_object(shares, share)
+        if failure is not None:
+            raise failure
+        if self.rank:  # a serving rank only answers; rank 0 puts the answers together
+            return []
+        failed = [rank for rank, answered in enumerate(shares) if answered is None]
+        if failed:
+            raise VlqcError(f"rank(s) {failed} could not answer their share of the prompts (see their log)")
         answers: list[str | BackendError | None] = [None] * len(prompts)
         for rank, answered in enumerate(shares):
             answers[rank :: self.world] = answered
