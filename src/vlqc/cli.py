@@ -17,7 +17,7 @@ setting comes as `--settings JSON`, one section of the workflow config (a rule p
 defaults, so a default is written once, in the schema, for the pipeline and for a script run by
 hand alike.
 
-`cli.main` sets up logging (INFO, to stderr), turns a `VlqcError` or `OSError` into one line
+`cli.main` sets up logging (INFO, timestamped, to stderr), turns a `VlqcError` or `OSError` into one line
 `error: …` on stderr and exit status 1, and prints the summary `run` returns as one JSON line
 on stdout (exit status 0). A `prefix` (`rank 1: ` under torchrun, where ranks share one log)
 starts each of these lines.
@@ -74,7 +74,8 @@ def main(
 ) -> int:
     """Parse `argv`, call `run(args)` and report as the module docstring says."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"{prefix}%(levelname)s %(message)s")
+    # Timestamps: a job log is read after the fact, and long jobs (training, Stage-B) need their pace.
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(levelname)s %(message)s")
     try:
         if parser.section:
             args.settings = section("config", parser.section, args.settings, "--settings")
