@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from vlqc.data.taxonomy import LABEL_READABLE, TYPES
+from vlqc.data.taxonomy import LABEL_READABLE, LEGACY_HIERARCHY, TYPES
 from vlqc.errors import SchemaError
 from vlqc.inference.prompts import category_count, strip_summary_header, summary_entries
 from vlqc.schemas import check
@@ -37,9 +37,15 @@ from vlqc.schemas import check
 PASS, FAIL = "pass", "fail"
 TESTS = ("equals", "prefix", "any_value", "not_equals")
 LEGACY_PROPERTY = "属性"
-LEGACY_CONNECT_POINT = "螺丝、光纤插头"  # its dataList 属性 is the subtype, i.e. the category
-# The attribute a dataList object's one property stands for (docs/taxonomy.md, dataList objects).
-LEGACY_ATTRIBUTE = {"BBU设备": "品牌", "挡风板": "安装方向", "光纤": "保护措施", "电线": "捆扎"}
+LEGACY_CONNECT_POINT = TYPES["connect_point"].category  # its dataList 属性 is the subtype, i.e. the category
+# The attribute a dataList object's one property stands for (docs/taxonomy.md, dataList objects): the one
+# of its type whose values the taxonomy's LEGACY_HIERARCHY lists for that category.
+LEGACY_ATTRIBUTE = {
+    spec.category: attribute.key
+    for spec in TYPES.values()
+    for attribute in spec.attributes
+    if set(LEGACY_HIERARCHY.get(spec.category, ())) & {choice.value for choice in attribute.choices}
+}
 NOT_ATTRIBUTES = ("类别", "组")  # keys of a 统计 entry that hold no object attribute
 
 Photo = Sequence[Mapping[str, Any]] | None
