@@ -10,6 +10,10 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/stage_a.smk"
 include: "rules/stage_b.smk"
+include: "rules/eval.smk"
+include: "rules/golden.smk"
+include: "rules/sweep.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -204,8 +204,13 @@ def with_defaults(schema: dict, doc: dict) -> dict:
     for key, sub in schema.get("properties", {}).items():
         if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
-        if "properties" in sub and key in out:
+        if key in out and ("properties" in sub or isinstance(sub.get("additionalProperties"), dict)):
             out[key] = with_defaults(sub, out[key])
+    # A mapping of named entries (sweeps: name → sweep) fills each entry, as Snakemake's validate does.
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and "properties" in extra:
+        for key in out.keys() - schema.get("properties", {}).keys():
+            out[key] = with_defaults(extra, out[key])
     return out
 
 

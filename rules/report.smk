@@ -1,0 +1,1 @@
+# Plots of every stage's outputs, collected by `snakemake --report` (docs/evaluation.md#the-report).
