@@ -1,4 +1,4 @@
-"""Shared fixtures: a small, valid annotation export with its image."""
+"""Shared fixtures: a small, valid annotation export with its image; the trained e2e workflow."""
 
 from __future__ import annotations
 
@@ -114,3 +114,31 @@ def tiny_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("base") / "tiny"
     build_tiny_base(folder, sizes=None, seed=3)
     return folder
+
+
+# The e2e workflow shared by the e2e modules of training and evaluation (one training for all of them).
+TRAINED_OVERLAY = """
+demo: {tickets_per_mission: 4, seed: 5}  # two tickets per mission and label: one goes to val
+train:
+  run: lora
+  runs: {lora: config/train/e2e_lora.yaml, full: config/train/e2e_full.yaml}
+eval: {rows: 12, golden_rows: 6, batch_size: 4, ablation: {rows: 8}, golden_decoding: {max_new_tokens: 16}}
+sweeps:
+  e2e: {base: config/train/align.yaml, max_steps: 2, axes: {tuner.learning_rate: [1.0e-3, 3.0e-3]}}
+"""
+TRAINED_STEPS = 3
+# Checkpoints at steps 2 and 3: evaluation has more than one to compare.
+STEPS = (
+    f"training: {{epochs: 1, max_steps: {TRAINED_STEPS}, per_device_train_batch_size: 2, save_steps: 2,"
+    " logging_steps: 1}\n"
+)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A workflow copy with runs `lora` and `full` trained for TRAINED_STEPS steps and merged (e2e.yaml is
+    TRAINED_OVERLAY)."""
+    from workflow_env import trained_workflow
+
+    configs = {"lora": "extends: lora.yaml\n" + STEPS, "full": "extends: full.yaml\n" + STEPS}
+    return trained_workflow(tmp_path_factory.mktemp("train"), TRAINED_OVERLAY, configs)

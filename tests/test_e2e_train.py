@@ -1,5 +1,5 @@
 """End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation, the eval rule,
-and reruns when a file a job reads changes."""
+and reruns when a file a job reads changes. The workflow is conftest's `trained`, shared with the other e2e modules."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TRAINED_STEPS
 from PIL import Image
-from workflow_env import snakemake, trained_workflow
+from workflow_env import snakemake
 
 from vlqc.inference.generation import Generator, Request, Sampling
 from vlqc.jsonl import read_jsonl
@@ -21,20 +22,6 @@ from vlqc.train.sft_data import group_tickets
 
 pytestmark = pytest.mark.e2e
 
-OVERLAY = """
-demo: {tickets_per_mission: 4, seed: 5}  # two tickets per mission and label: one goes to val
-train:
-  run: lora
-  runs: {lora: config/train/e2e_lora.yaml, full: config/train/e2e_full.yaml}
-"""
-STEPS = "training: {epochs: 1, max_steps: 3, per_device_train_batch_size: 2, save_steps: 3, logging_steps: 1}\n"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    configs = {"lora": "extends: lora.yaml\n" + STEPS, "full": "extends: full.yaml\n" + STEPS}
-    return trained_workflow(tmp_path_factory.mktemp("train"), OVERLAY, configs)
-
 
 def test_training_outputs_and_run_manifest(trained):
     for run in ("lora", "full"):
@@ -42,7 +29,7 @@ def test_training_outputs_and_run_manifest(trained):
         rows = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
         assert any("loss" in row for row in rows), f"{run}: no loss logged"
         resolved = json.loads((out / "resolved_config.json").read_text())
-        assert resolved["training"]["max_steps"] == 3
+        assert resolved["training"]["max_steps"] == TRAINED_STEPS
         sources = sorted(p.name for p in (out / "sources").glob("*.yaml"))
         assert sources[0].endswith("base.yaml") and sources[-1].endswith(f"e2e_{run}.yaml")
         metadata = json.loads((out / "run_metadata.json").read_text())
