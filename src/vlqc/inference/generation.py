@@ -83,11 +83,15 @@ class Generator:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_pixels: int | None = None,
+        model: torch.nn.Module | None = None,
     ):
+        """`model`: one already loaded (a LoRA adapter on its base); `model_dir` then gives the processor."""
         self.processor = load_processor(model_dir, max_pixels)
         # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        if model is None:
+            model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+        self.model = model.to(device).eval()
         self.device = device
 
     def check_image(self, image: Image.Image, where: str) -> None:
