@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from vlqc import cli
-from vlqc.evaluation.loss import Scorer, load_row_images, summarize
+from vlqc.evaluation.loss import Scorer, load_row_images, load_run_config, summarize
 from vlqc.jsonl import read_json, write_json
-from vlqc.train.config import load_train_config
 
 
 def arguments() -> cli.Parser:
@@ -40,14 +39,9 @@ def arguments() -> cli.Parser:
     return parser
 
 
-def load_config(path: Path) -> dict:
-    """A resolved training config from a config/train YAML or a resolved .json."""
-    return read_json(path, "train_config") if path.suffix == ".json" else load_train_config(path)
-
-
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    cfg = load_config(args.config)
+    cfg = load_run_config(args.config)
     rows = read_json(args.split, "eval_split")["rows"]
     scorer = Scorer(args.checkpoint, args.base, cfg)
     images = load_row_images(rows, args.images, scorer.max_pixels, scorer.factor)
