@@ -52,7 +52,6 @@ checkpoint train_sft:
         runtime_env="results/train/sft/{run}/runtime_env.json",
         metadata="results/train/sft/{run}/run_metadata.json",
         sources=directory("results/train/sft/{run}/sources"),
-        work=temp(directory("results/train/sft/{run}/swift")),
     log:
         "results/logs/train_sft/{run}.log",
     conda:

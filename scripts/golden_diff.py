@@ -1,7 +1,8 @@
 """Which golden answers changed between two golden dumps (by pred_sha256), e.g. two steps of a run.
 
-Prints a table (id, bucket, before, after; long answers cut, line breaks shown as ⏎), or with --json
-one JSON object: the two files, the row count, and the changed rows with their full texts and hashes.
+Prints a table (id, bucket, before, after; long answers cut, line breaks shown as ⏎, other unprintable
+characters escaped), or with --json one JSON object: the two files, the row count, and the changed rows
+with their full texts and hashes.
 Two dumps of different golden sets, or a malformed dump, are an error naming the file.
 
 Example:
@@ -39,13 +40,23 @@ def load_dump(path: Path) -> list[dict]:
 
 
 def width(text: str) -> int:
-    """Terminal columns of `text`: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+    """Terminal columns of `text`: CJK characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks as ⏎, other unprintable characters (tabs, controls) escaped."""
+    return "".join(
+        "⏎" if char == "\n" else char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def cell(text: str, columns: int = CELL) -> str:
     """`text` on one line, cut to at most `columns` columns."""
-    flat = text.replace("\n", "⏎")
+    flat = one_line(text)
     if width(flat) <= columns:
         return flat
     out = ""

@@ -98,3 +98,11 @@ def test_a_malformed_dump_is_named_with_its_line(dumps, tmp_path, capsys):
     broken.write_text("{not json\n", encoding="utf-8")
     assert MAIN["main"]([str(before), str(broken)]) == 1
     assert f"{broken}:1: not valid JSON" in capsys.readouterr().err
+
+
+def test_cells_are_one_line_of_bounded_width():
+    cell, width = MAIN["cell"], MAIN["width"]
+    assert cell("a\tb\nc\x07") == "a\\tb⏎c\\x07"
+    assert width("挡风板") == 6 and width("e\u0301") == 1  # wide characters, a combining accent
+    assert cell("挡" * 40) == "挡" * 29 + "…" and width(cell("挡" * 40)) == 59
+    assert cell("x" * 60) == "x" * 60 and cell("x" * 61) == "x" * 59 + "…"

@@ -2,10 +2,10 @@
 
 ms-swift is the training engine; this module only resolves the config, records
 the run, launches `torchrun -m swift.cli.sft` and moves every checkpoint it kept
-(`training.save_steps`, `training.save_total_limit`) out of its work folder:
-`<out>/steps/step_<S>/` for each, and the last one also at `<out>/checkpoint` (hard
-links), so later rules have one fixed path for the final model and one per step
-(docs/evaluation.md, "Golden set and dumps").
+(`training.save_steps`, `training.save_total_limit`) out of its work folder
+`<out>/swift` (then removed): `<out>/steps/step_<S>/` for each, and the last one
+also at `<out>/checkpoint` (hard links), so later rules have one fixed path for the
+final model and one per step (docs/evaluation.md, "Golden set and dumps").
 """
 
 from __future__ import annotations
@@ -115,4 +115,7 @@ def train(
         raise VlqcError(f"ms-swift training failed (exit {result.returncode}); its output is in the job log above")
     final = keep_checkpoints(work_dir, out_dir)
     shutil.copy2(work_dir / "logging.jsonl", out_dir / "logging.jsonl")
+    # Removed here, not as Snakemake's temp(): train_sft is a Snakemake checkpoint, whose temp outputs stay.
+    # A failed run leaves the folder for a look; the next run starts by removing it.
+    shutil.rmtree(work_dir)
     return final
