@@ -4,8 +4,7 @@ full models), reproduced exactly, and the diff of two dumps. The workflow is con
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import runpy
 
 import pytest
 from conftest import REPO, TRAINED_STEPS
@@ -58,19 +57,15 @@ def test_every_saved_step_of_every_run_has_a_dump_of_the_golden_set(dumped):
     assert "Nothing to be done" in plan.stdout + plan.stderr
 
 
-def test_a_dump_is_reproduced_exactly_and_the_diff_lists_the_changed_answers(dumped):
+def test_a_dump_is_reproduced_exactly_and_the_diff_lists_the_changed_answers(dumped, capsys):
     target = qual(dumped, "lora", 2)
     before = target.read_bytes()
     snakemake(dumped, "--configfile", "e2e.yaml", "--forcerun", "golden_dump", "--", str(target.relative_to(dumped)))
     assert target.read_bytes() == before
     a, b = qual(dumped, "lora", 2), qual(dumped, "lora", TRAINED_STEPS)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/golden_diff.py"), str(a), str(b), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    doc = json.loads(result.stdout)
+    diff = runpy.run_path(str(REPO / "scripts/golden_diff.py"))["main"]
+    assert diff([str(a), str(b), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     old, new = list(read_jsonl(a)), list(read_jsonl(b))
     want = [x["id"] for x, y in zip(old, new) if x["pred_text"] != y["pred_text"]]
     assert doc["rows"] == ROWS and [row["id"] for row in doc["changed"]] == want

@@ -7,7 +7,7 @@
   `eval.golden_decoding` (schema golden_dump_row): `pred_text` as generated (special tokens dropped),
   `pred_tokens_len` its tokens counted as `label_len` is (the base model's tokenizer), `pred_sha256`.
   The model sees each row's system and user messages and its images fitted to the run's pixel cap as
-  training's data preparation fits them, the processor of the base model.
+  training's data preparation fits them (as the eval loss does); the processor is the base model's.
 - Reproducible: rows go in golden-file order, `batch_size` at a time, and the sampler is seeded with
   `seed` before every batch, so a checkpoint, a golden file and the settings give the same dump
   (a row's answer depends on the rows it is batched with: same batches, same answers).
