@@ -94,7 +94,7 @@ def test_stage_a_target_of_a_chinese_mission_plans_the_whole_chain(tmp_path):
         "stage_a_infer",
         "stage_a_merge",
     ):
-        assert re.search(rf"^rule {rule}:", plan, flags=re.M), rule
+        assert re.search(rf"^(?:rule|checkpoint) {rule}:", plan, flags=re.M), rule
     for rank in (0, 1):
         assert f"results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank{rank}.jsonl" in plan
     assert "--nproc_per_node=2 --max-restarts=0" in plan
@@ -128,7 +128,7 @@ def planned_inputs(*args: str) -> dict[str, set[str]]:
     """Rule → the inputs of its (last) job, from a dry run of everything the targets need."""
     result = run(str(BIN / "snakemake"), "-n", "--forceall", *args)
     assert result.returncode == 0, result.stdout + result.stderr
-    blocks = re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", result.stdout, flags=re.M)
+    blocks = re.finditer(r"^(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", result.stdout, flags=re.M)
     inputs = {}
     for block in blocks:
         line = re.search(r"^    input: (.*)$", block[2], flags=re.M)
