@@ -37,8 +37,9 @@ rule golden_dump:
         n=r"\d+",
     conda:
         "../envs/model.yaml"
-    # One thread: a small model's decoding is per-step overhead more than arithmetic (on 2 loaded cores a
-    # 64-row demo dump took 44 s with one thread, 89 s with two), and two dumps can run side by side.
+    # One thread: a small model's decoding is per-step overhead more than arithmetic (a 64-row demo dump
+    # took 21 s with one thread, 17 s with two on 2 idle cores; 44 s and 89 s on busy ones), so two dumps
+    # run side by side.
     threads: 1
     params:
         root=lambda wildcards, input: os.path.dirname(input.images),
