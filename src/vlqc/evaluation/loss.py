@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of a position without loss (ms-swift and transformers)
 # Label positions whose logits are computed at once: bounds the memory of a vocabulary-wide row each.
-LOGIT_CHUNK = 512
+LOGIT_CHUNK = 256
 
 
 @dataclass(frozen=True)
