@@ -11,8 +11,9 @@ the order they are written; each point is a run of its own in `results/sweeps/<n
 - `eval_loss.json`, `ablation.json`: its final checkpoint on the shared eval set.
 
 A point's name joins `<key>-<value>` for every axis with `__` (the key's last part; the whole
-dotted key where two axes share a last part), with anything outside `[A-Za-z0-9._+-]` written
-as `_`: `learning_rate-0.001__train_vit_norms-false`.
+dotted key where two axes share a last part): `learning_rate-0.001__train_vit_norms-false`. A value
+is written as JSON (a list as its items joined by `+`), anything outside `[A-Za-z0-9._+-]` as `_`;
+two values of an axis that come out the same are an error.
 
 Its score is `eval_loss − weight·(delta_shuffle + delta_zero)`: low loss, and a loss that rises
 when the photos are taken away (a model that reads them). Lower is better. `summary.csv` has one
@@ -78,6 +79,8 @@ def grid(sweep_name: str, sweep: Mapping[str, Any]) -> list[Point]:
 
 
 def _value_text(value: Any) -> str:
+    if isinstance(value, list):  # target_modules [q_proj, v_proj] → q_proj+v_proj
+        return "+".join(_value_text(item) for item in value)
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return UNSAFE.sub("_", text)
 
@@ -91,10 +94,10 @@ def _check_key(sweep_name: str, key: str) -> None:
         properties = node.get("properties", {})
         if part not in properties:
             where = ".".join(key.split(".")[:depth]) or "the top level"
-            known = ", ".join(properties) or "nothing (not a mapping)"
+            known = f"{where} has: {', '.join(properties)}" if properties else f"{where} is a value, not a section"
             raise VlqcError(
                 f"sweeps.{sweep_name}.axes: {key} is not a training-config key "
-                f"(schemas/{TRAIN_SCHEMA}.schema.json); {where} has {known}"
+                f"(schemas/{TRAIN_SCHEMA}.schema.json); {known}"
             )
         node = properties[part]
 
