@@ -117,3 +117,50 @@ rule sweep_summary:
     shell:
         "python scripts/sweep_summary.py --sweep {wildcards.sweep} --root results/sweeps/{wildcards.sweep}"
         " --summary {output.summary} --winner {output.winner} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule sweep_eval_loss:
+    input:
+        checkpoint=f"{SWEEP_RUN}/checkpoint",
+        base=base_model_dir(),
+        config=f"{SWEEP_RUN}/config.json",
+        split=lambda wildcards: eval_split_file(),
+        images=f"results/data/{config['eval']['dataset']}/images",
+    output:
+        f"{SWEEP_RUN}/eval_loss.json",
+    log:
+        "results/logs/sweep_eval_loss/{sweep}/{point}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json(config["eval"], "batch_size"),
+        # The rows' image paths are relative to the dataset's folder.
+        images=lambda wildcards, input: os.path.dirname(input.images),
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_loss.py --checkpoint {input.checkpoint} --base {input.base}"
+        " --config {input.config} --split {input.split} --images {params.images} --out {output}"
+        " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule sweep_ablation:
+    input:
+        checkpoint=f"{SWEEP_RUN}/checkpoint",
+        base=base_model_dir(),
+        config=f"{SWEEP_RUN}/config.json",
+        candidates=lambda wildcards: eval_candidates_file(),
+        images=f"results/data/{config['eval']['dataset']}/images",
+    output:
+        f"{SWEEP_RUN}/ablation.json",
+    log:
+        "results/logs/sweep_ablation/{sweep}/{point}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    params:
+        settings=settings_json(config["eval"], "batch_size", "ablation"),
+        images=lambda wildcards, input: os.path.dirname(input.images),
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_ablation.py --checkpoint {input.checkpoint}"
+        " --base {input.base} --config {input.config} --candidates {input.candidates} --images {params.images}"
+        " --out {output} --settings {params.settings:q} > {log} 2>&1"
