@@ -381,7 +381,7 @@ def image_texts(
     mission: str | None,
     missions: Mapping[str, Mapping[str, Any]],
     *,
-    no_mission: bool = False,
+    no_mission: bool,
 ) -> tuple[str, str, str]:
     """System, user and answer of a dense or summary row for a canonical record (its image as prepared);
     a summary prompt names `mission` unless it is None or `no_mission` is set. Evaluation builds its
