@@ -1,1 +1,339 @@
 # Plots of every stage's outputs, collected by `snakemake --report` (docs/evaluation.md#the-report).
+# Each plot is its own job, so it reruns only when the files it plots change. report_targets() lists
+# what the default target adds; sweeps train models, so their plots are the separate target report_sweeps.
+import shlex
+
+
+report: "../report/workflow.rst"
+
+
+REPORT = config["report"]
+PLOT_KINDS = "|".join(STAGE_B_KINDS)
+
+
+def report_missions():
+    """Missions whose Stage-A and Stage-B plots the report shows: report.missions, else the missions
+    whose Stage-A and Stage-B the default target runs."""
+    if REPORT["missions"] is not None:
+        return REPORT["missions"]
+    return config["demo"]["missions"] if demo_stage_targets() else []
+
+
+def final_eval_loss(run):
+    """The eval-loss file of a run's last saved checkpoint."""
+    return f"results/train/sft/{run}/eval_loss/step_{max(saved_steps(run))}.json"
+
+
+def training_plots(run):
+    return expand("results/plots/train/{run}/{plot}.png", run=run, plot=["loss", "eval_loss_buckets", "ablation"])
+
+
+def stage_plots():
+    """Stage-A plot and the Stage-B plots of report.stage_b_run, for report_missions()."""
+    missions = report_missions()
+    if not missions:
+        return []
+    run = REPORT["stage_b_run"]
+    plots = ["results/plots/stage_a/summary.png"] if REPORT["stage_a"] else []
+    plots += expand(
+        "results/plots/stage_b/{mission}/eval/{run}/{plot}.png",
+        mission=missions,
+        run=run,
+        plot=["confusion", "metrics", "outcomes"],
+    )
+    return plots + [f"results/plots/stage_b/eval/{run}/false_pass.png"]
+
+
+def report_targets():
+    """Every plot of the training runs and of the stages the report shows, and the headline page:
+    what rule all builds so that `snakemake --report` has it."""
+    plots = [plot for run in config["train"]["runs"] for plot in training_plots(run)]
+    return plots + stage_plots() + ["results/plots/headline.html"]
+
+
+def sweep_report_targets():
+    """The table and heatmap of every configured sweep (each point trains a model: not in rule all)."""
+    return expand(
+        "results/plots/sweeps/{sweep}/{plot}", sweep=list(config["sweeps"]), plot=["summary.html", "heatmap.png"]
+    )
+
+
+def headline_args(wildcards, input):
+    """Arguments of scripts/report_headline.py, the inputs in the order of report_headline's input."""
+    args = [f"--serving-run {shlex.quote(config['train']['run'])}"]
+    for run in config["train"]["runs"]:
+        args.append(shlex.join(["--run", run, final_eval_loss(run), f"results/train/sft/{run}/ablation.json"]))
+    if input.stage_a:
+        args.append(shlex.join(["--stage-a", *input.stage_a]))
+    for mission in report_missions():
+        folder = f"results/stage_b/{mission}/eval/{REPORT['stage_b_run']}"
+        files = [f"{folder}/metrics.jsonl", f"{folder}/group_report.jsonl", f"{folder}/need_review.json"]
+        args.append(shlex.join(["--stage-b", mission, *files]))
+    return " ".join(args + [f"--stage-b-run {shlex.quote(REPORT['stage_b_run'])}"])
+
+
+def headline_labels(wildcards, output):
+    """Labels of the headline entry: the serving run's eval loss and the worst false-pass rate."""
+    from vlqc.jsonl import read_json
+    from vlqc.report.headline import SCHEMA, labels
+
+    return labels(read_json(output.json, schema=SCHEMA))
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+rule plot_loss:
+    input:
+        "results/train/sft/{run}/logging.jsonl",
+    output:
+        report(
+            "results/plots/train/{run}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+    log:
+        "results/logs/plots/train/{run}/loss.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_training.py loss --run {wildcards.run:q} --logging {input} --out {output} > {log} 2>&1"
+
+
+rule plot_eval_buckets:
+    input:
+        lambda wildcards: expand(
+            "results/train/sft/{run}/eval_loss/step_{step}.json", run=wildcards.run, step=saved_steps(wildcards.run)
+        ),
+    output:
+        report(
+            "results/plots/train/{run}/eval_loss_buckets.png",
+            caption="../report/eval_loss_buckets.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+    log:
+        "results/logs/plots/train/{run}/eval_loss_buckets.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_training.py buckets --run {wildcards.run:q} --out {output} {input} > {log} 2>&1"
+
+
+rule plot_ablation:
+    input:
+        "results/train/sft/{run}/ablation.json",
+    output:
+        report(
+            "results/plots/train/{run}/ablation.png",
+            caption="../report/ablation.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+    log:
+        "results/logs/plots/train/{run}/ablation.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_training.py ablation --run {wildcards.run:q} --ablation {input} --out {output} > {log} 2>&1"
+
+
+# --- Stage-A and Stage-B -----------------------------------------------------------------
+
+
+rule plot_stage_a:
+    input:
+        lambda wildcards: expand("results/stage_a/{mission}/stats.json", mission=report_missions()),
+    output:
+        report("results/plots/stage_a/summary.png", caption="../report/stage_a.rst", category="Stage-A"),
+    log:
+        "results/logs/plots/stage_a/summary.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_stage_a.py --out {output} {input:q} > {log} 2>&1"
+
+
+rule plot_stage_b_confusion:
+    input:
+        "results/stage_b/{mission}/{kind}/{run}/group_report.jsonl",
+    output:
+        report(
+            "results/plots/stage_b/{mission}/{kind}/{run}/confusion.png",
+            caption="../report/stage_b_confusion.rst",
+            category="Stage-B",
+            subcategory="{mission}",
+        ),
+    log:
+        "results/logs/plots/stage_b/{mission}/{kind}/{run}/confusion.log",
+    wildcard_constraints:
+        kind=PLOT_KINDS,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_stage_b.py confusion --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
+        " --group-report {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_stage_b_metrics:
+    input:
+        "results/stage_b/{mission}/{kind}/{run}/metrics.jsonl",
+    output:
+        report(
+            "results/plots/stage_b/{mission}/{kind}/{run}/metrics.png",
+            caption="../report/stage_b_metrics.rst",
+            category="Stage-B",
+            subcategory="{mission}",
+        ),
+    log:
+        "results/logs/plots/stage_b/{mission}/{kind}/{run}/metrics.log",
+    wildcard_constraints:
+        kind=PLOT_KINDS,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_stage_b.py metrics --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
+        " --metrics {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_stage_b_outcomes:
+    input:
+        group_report="results/stage_b/{mission}/{kind}/{run}/group_report.jsonl",
+        need_review="results/stage_b/{mission}/{kind}/{run}/need_review.json",
+    output:
+        report(
+            "results/plots/stage_b/{mission}/{kind}/{run}/outcomes.png",
+            caption="../report/stage_b_outcomes.rst",
+            category="Stage-B",
+            subcategory="{mission}",
+        ),
+    log:
+        "results/logs/plots/stage_b/{mission}/{kind}/{run}/outcomes.log",
+    wildcard_constraints:
+        kind=PLOT_KINDS,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_stage_b.py outcomes --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
+        " --group-report {input.group_report:q} --need-review {input.need_review:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_stage_b_false_pass:
+    input:
+        lambda wildcards: expand(
+            "results/stage_b/{mission}/{kind}/{run}/metrics.jsonl",
+            mission=report_missions(),
+            kind=wildcards.kind,
+            run=wildcards.run,
+        ),
+    output:
+        report(
+            "results/plots/stage_b/{kind}/{run}/false_pass.png",
+            caption="../report/stage_b_false_pass.rst",
+            category="Stage-B",
+            subcategory="all missions",
+        ),
+    log:
+        "results/logs/plots/stage_b/{kind}/{run}/false_pass.log",
+    wildcard_constraints:
+        kind=PLOT_KINDS,
+    conda:
+        "../envs/report.yaml"
+    params:
+        runs=lambda wildcards, input: " ".join(
+            shlex.join(["--run", mission, path]) for mission, path in zip(report_missions(), input)
+        ),
+    shell:
+        "python scripts/plot_stage_b.py false_pass --title 'false-pass rate, {wildcards.kind} run {wildcards.run}'"
+        " {params.runs} --out {output:q} > {log:q} 2>&1"
+
+
+# --- headline ----------------------------------------------------------------------------
+
+
+rule report_headline:
+    input:
+        eval_loss=lambda wildcards: [final_eval_loss(run) for run in config["train"]["runs"]],
+        ablation=expand("results/train/sft/{run}/ablation.json", run=config["train"]["runs"]),
+        stage_a=lambda wildcards: (
+            expand("results/stage_a/{mission}/stats.json", mission=report_missions()) if REPORT["stage_a"] else []
+        ),
+        stage_b=lambda wildcards: expand(
+            "results/stage_b/{mission}/eval/{run}/{file}",
+            mission=report_missions(),
+            run=REPORT["stage_b_run"],
+            file=["metrics.jsonl", "group_report.jsonl", "need_review.json"],
+        ),
+    output:
+        html=report(
+            "results/plots/headline.html",
+            caption="../report/headline.rst",
+            category="Headline",
+            labels=headline_labels,
+        ),
+        json="results/plots/headline.json",
+    log:
+        "results/logs/plots/headline.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        args=headline_args,
+    shell:
+        "python scripts/report_headline.py {params.args} --html {output.html} --json {output.json} > {log} 2>&1"
+
+
+# --- sweeps ------------------------------------------------------------------------------
+
+
+def sweep_axes(wildcards):
+    """The sweep's axes, in config order, as arguments."""
+    return shlex.join(config["sweeps"][wildcards.sweep]["axes"])
+
+
+rule plot_sweep_table:
+    input:
+        "results/sweeps/{sweep}/summary.csv",
+    output:
+        report(
+            "results/plots/sweeps/{sweep}/summary.html",
+            caption="../report/sweep_table.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        "results/logs/plots/sweeps/{sweep}/summary.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        axes=sweep_axes,
+    shell:
+        "python scripts/plot_sweep.py table --sweep {wildcards.sweep} --summary {input} --axes {params.axes}"
+        " --out {output} > {log} 2>&1"
+
+
+rule plot_sweep_heatmap:
+    input:
+        "results/sweeps/{sweep}/summary.csv",
+    output:
+        report(
+            "results/plots/sweeps/{sweep}/heatmap.png",
+            caption="../report/sweep_heatmap.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        "results/logs/plots/sweeps/{sweep}/heatmap.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        axes=sweep_axes,
+    shell:
+        "python scripts/plot_sweep.py heatmap --sweep {wildcards.sweep} --summary {input} --axes {params.axes}"
+        " --out {output} > {log} 2>&1"
+
+
+# `snakemake --cores all report_sweeps`, then `snakemake --report results/report.html all report_sweeps`.
+rule report_sweeps:
+    input:
+        sweep_report_targets(),

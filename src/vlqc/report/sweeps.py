@@ -1,0 +1,111 @@
+"""Sweep plots: the summary table and a heatmap of the score over the grid (docs/evaluation.md#sweeps).
+
+Input: `results/sweeps/<sweep>/summary.csv`, one row per point, a column per axis (the dotted
+training-config key) and the point's numbers, `score` among them (lower is better).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+from collections.abc import Sequence
+
+from vlqc.errors import VlqcError
+from vlqc.report import figure
+
+SCORE = "score"
+
+
+def read_summary(path: str | os.PathLike, axes: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of summary.csv; it must have a column for each axis and the score."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [column for column in (*axes, SCORE) if column not in (reader.fieldnames or [])]
+        if missing:
+            raise VlqcError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(reader.fieldnames or [])})")
+        rows = list(reader)
+    if not rows:
+        raise VlqcError(f"{path}: no sweep point")
+    return rows
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def _cell(text: str) -> str:
+    value = _float(text)
+    return text if value is None or text.strip().lower() in ("true", "false") else figure.number(value)
+
+
+def winner_index(rows: list[dict[str, str]]) -> int | None:
+    scored = [(score, i) for i, row in enumerate(rows) if (score := _float(row[SCORE])) is not None]
+    return min(scored)[1] if scored else None
+
+
+def write_table(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: str, axes: Sequence[str]) -> dict:
+    """summary.csv as an HTML table, the winner (lowest score) in bold."""
+    rows = read_summary(summary_csv, axes)
+    header = list(rows[0])
+    best = winner_index(rows)
+    table = figure.html_table(header, ([_cell(row[c]) for c in header] for row in rows), [] if best is None else [best])
+    note = "no point has a score" if best is None else f"winner (lowest {SCORE}): row {best + 1}, in bold"
+    figure.write_html(out, f"Sweep {sweep}", f"<p>{len(rows)} points; {note}.</p>\n{table}")
+    return {"points": len(rows), "winner_row": best}
+
+
+def _values(rows: list[dict[str, str]], axis: str) -> list[str]:
+    """An axis's values in grid order: numeric ascending when all are numbers, else as first seen."""
+    seen = list(dict.fromkeys(row[axis] for row in rows))
+    numbers = [_float(v) for v in seen]
+    return [v for _, v in sorted(zip(numbers, seen))] if None not in numbers else seen
+
+
+def _ink(image, value: float | None) -> str:
+    """Black on light cells, white on dark ones."""
+    if value is None:
+        return "black"
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+
+
+def plot_heatmap(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: str, axes: Sequence[str]) -> dict:
+    """Score over the grid: the first axis down, the other axes' combinations across; each cell gives the score
+    and the point's eval loss; the winner is framed."""
+    rows = read_summary(summary_csv, axes)
+    down = _values(rows, axes[0])
+    across = list(itertools.product(*(_values(rows, axis) for axis in axes[1:])))
+    index = {(row[axes[0]], *(row[a] for a in axes[1:])): row for row in rows}
+    grid = [[_float(index[(d, *a)][SCORE]) if (d, *a) in index else None for a in across] for d in down]
+    fig, (ax,) = figure.new(width=max(4.5, 1.8 * len(across) + 2.5), height=max(3.5, 0.9 * len(down) + 2))
+    ax.grid(False)
+    values = [v for line in grid for v in line if v is not None]
+    masked = [[math.nan if v is None else v for v in line] for line in grid]
+    image = ax.imshow(masked, cmap="viridis_r", aspect="auto")
+    if values:
+        fig.colorbar(image, ax=ax, label=f"{SCORE} (lower is better)")
+    best = min(values) if values else None
+    for i, d in enumerate(down):
+        for j, a in enumerate(across):
+            row = index.get((d, *a))
+            if row is None:
+                ax.text(j, i, "missing", ha="center", va="center")
+                continue
+            loss = _float(row.get("eval_loss", ""))
+            text = f"{_cell(row[SCORE])}" + ("" if loss is None else f"\nloss {figure.number(loss)}")
+            ax.text(j, i, text, ha="center", va="center", color=_ink(image, grid[i][j]), fontsize=9)
+            if best is not None and grid[i][j] == best:
+                ax.add_patch(figure.plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
+    ax.set_yticks(range(len(down)), down)
+    ax.set_ylabel(axes[0])
+    ax.set_xticks(range(len(across)), [", ".join(a) or "-" for a in across])
+    ax.set_xlabel(", ".join(axes[1:]) or "(one axis)")
+    ax.set_title(f"sweep {sweep}: {SCORE}")
+    figure.save(fig, out)
+    return {"points": len(rows), "cells": len(down) * len(across)}
