@@ -34,6 +34,7 @@ MISSIONS = load_missions(config["missions_file"])
 wildcard_constraints:
     mission="|".join(re.escape(name) for name in MISSIONS),
     dataset="|".join(re.escape(name) for name in config["datasets"]),
+    step=r"\d+",
 
 
 def dataset_root(wildcards):
@@ -97,6 +98,17 @@ def canonical_splits(run, part):
 def canonical_images(run):
     datasets = {d["dataset"] for part in ("train", "val") for d in TRAIN_CONFIGS[run]["data"][part]}
     return [f"results/data/{dataset}/images" for dataset in sorted(datasets)]
+
+
+# A saved checkpoint's folder under results/train/sft/<run>/steps/ (vlqc.train.run).
+STEP_DIR = re.compile(r"step_(\d+)")
+
+
+def saved_steps(run):
+    """The steps at which run `run` saved a checkpoint, ascending. Known once train_sft (a Snakemake
+    checkpoint) ran: until then the call makes Snakemake plan training first and ask again."""
+    steps = Path(checkpoints.train_sft.get(run=run).output.steps)
+    return sorted(int(found[1]) for p in steps.iterdir() if (found := STEP_DIR.fullmatch(p.name)) and p.is_dir())
 
 
 def serving_model():

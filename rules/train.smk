@@ -36,7 +36,8 @@ rule sft_dataset:
         " --missions {input.missions} --out {output} > {log} 2>&1"
 
 
-rule train_sft:
+# A checkpoint (Snakemake's): which steps it saved is known once it ran (saved_steps).
+checkpoint train_sft:
     input:
         base=base_model_dir(),
         data="results/train/sft/{run}/data",
@@ -44,6 +45,8 @@ rule train_sft:
         config_parents=train_config_parents,
     output:
         checkpoint=directory("results/train/sft/{run}/checkpoint"),
+        # Every checkpoint training saved, step_<S>/ each (the last one's files are those of checkpoint/).
+        steps=directory("results/train/sft/{run}/steps"),
         logging="results/train/sft/{run}/logging.jsonl",
         resolved="results/train/sft/{run}/resolved_config.json",
         runtime_env="results/train/sft/{run}/runtime_env.json",

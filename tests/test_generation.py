@@ -41,3 +41,35 @@ def test_batch_of_different_image_sizes_equals_one_by_one(generator):
 def test_image_count_must_match_tags(generator):
     with pytest.raises(Exception, match="<image> tags"):
         generator.generate([Request("", "<image><image>", [Image.new("RGB", (64, 64))])])
+
+
+@pytest.mark.parametrize("temperature, top_p, spread", [(0.2, 0.9, 3.0), (1.0, 0.5, 8.0), (0.7, 0.95, 0.01)])
+def test_nucleus_filters_as_the_transformers_warpers_do(temperature, top_p, spread):
+    """Peaked rows take the short path, a flat one (spread 0.01: the nucleus is most of the vocabulary) the sort."""
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from vlqc.inference.generation import Nucleus
+
+    scores = torch.randn(4, 5000, generator=torch.Generator().manual_seed(1)) * spread
+    want = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores.clone()))
+    got = Nucleus(temperature, top_p)(None, scores.clone())
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got[~got.isinf()], want[~want.isinf()])
+    assert 1 <= (~got.isinf()).sum(dim=-1).min() and (~got.isinf()).sum() < got.numel()  # it did filter
+
+
+def test_seeded_sampling_gives_what_transformers_sampling_gives(generator):
+    import torch
+
+    request = Request("你是质检助手。", "<image>总结这张图片。", [Image.new("RGB", (96, 64), (200, 30, 30))])
+    sampling = Sampling(max_new_tokens=12, temperature=0.7, top_p=0.9, seed=5)
+    got = generator.generate([request], sampling)
+    batch = generator.encode([request])
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        ids = generator.model.generate(
+            **batch, max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.9, top_k=None
+        )
+    assert got == generator.processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert got == generator.generate([request], sampling), "the seed makes it reproducible"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TopPLogitsWarper
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vlqc.errors import SampleError
@@ -51,6 +52,28 @@ def check_image(processor, image: Image.Image, where: str) -> None:
         raise SampleError("unprocessable_image", str(exc), where) from exc
 
 
+class Nucleus(LogitsProcessor):
+    """Temperature, then top-p: what transformers' temperature and top-p warpers give, without sorting the
+    whole vocabulary every step (~50 ms a row on 2 CPU cores for Qwen's 152k tokens, 30 times a tiny model's
+    step). The nucleus is looked for among the `first` most likely tokens (a handful at a low temperature);
+    only a row whose nucleus is larger takes the full sort."""
+
+    def __init__(self, temperature: float, top_p: float, first: int = 64):
+        self.temperature, self.top_p, self.first = temperature, top_p, first
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        if self.top_p >= 1:
+            return scores
+        top, index = scores.softmax(dim=-1).topk(min(self.first, scores.shape[-1]), dim=-1)
+        above = top.cumsum(dim=-1) - top  # probability of the tokens ranked above each
+        if (above[:, -1] + top[:, -1] < self.top_p).any():
+            return TopPLogitsWarper(self.top_p)(input_ids, scores)
+        # A token stays while the ones above it hold less than top_p (the most likely one always stays).
+        kept = scores.gather(-1, index).masked_fill(above >= self.top_p, -float("inf"))
+        return torch.full_like(scores, -float("inf")).scatter(-1, index, kept)
+
+
 class Generator:
     """Greedy or sampled batched generation; left padding is set here, every time."""
 
@@ -60,11 +83,15 @@ class Generator:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_pixels: int | None = None,
+        model: torch.nn.Module | None = None,
     ):
+        """`model`: one already loaded (a LoRA adapter on its base); `model_dir` then gives the processor."""
         self.processor = load_processor(model_dir, max_pixels)
         # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        if model is None:
+            model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+        self.model = model.to(device).eval()
         self.device = device
 
     def check_image(self, image: Image.Image, where: str) -> None:
@@ -96,8 +123,10 @@ class Generator:
             **batch,
             max_new_tokens=sampling.max_new_tokens,
             do_sample=do_sample,
-            temperature=sampling.temperature if do_sample else None,
-            top_p=sampling.top_p if do_sample else None,
+            # Temperature and top-p are Nucleus's; transformers' own warpers stay off (1.0 turns them off).
+            logits_processor=LogitsProcessorList([Nucleus(sampling.temperature, sampling.top_p)] if do_sample else []),
+            temperature=1.0 if do_sample else None,
+            top_p=1.0 if do_sample else None,
             top_k=None,
             repetition_penalty=sampling.repetition_penalty,
         )

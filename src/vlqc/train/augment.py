@@ -107,6 +107,27 @@ def warp(
     """Map an RGB image and its record by `matrix` (source edge coords → a `canvas` of float
     size), then resize the canvas to `smart_resize` of it, all in one resample. Objects are
     clipped, dropped or marked partial as the module notes say."""
+    image, m = resample(image, matrix, canvas, max_pixels=max_pixels, factor=factor, fill=fill)
+    width, height = image.size
+    objects = [moved for obj in record["objects"] if (moved := _move(obj, m, width, height, min_coverage)) is not None]
+    objects.sort(key=lambda o: sort_key(_kind(o), o[_kind(o)]))
+    out = copy.deepcopy(record)
+    out.update(width=width, height=height, objects=objects, summary=_summary(record, objects))
+    return image, out
+
+
+def resample(
+    image: Image.Image,
+    matrix: np.ndarray,
+    canvas: tuple[float, float],
+    *,
+    max_pixels: int,
+    factor: int,
+    fill: tuple[int, int, int],
+) -> tuple[Image.Image, np.ndarray]:
+    """The pixel part of `warp`: the image mapped by `matrix` onto `canvas`, resized to `smart_resize`
+    of it, in one bicubic resample; and the whole map. With the identity, an image already within
+    the cap comes back as it is (evaluation fits val images to a run's cap with this)."""
     cw, ch = canvas
     width, height = smart_resize(max(1, round(cw)), max(1, round(ch)), factor, max_pixels)
     m = np.diag([width / cw, height / ch, 1.0]) @ matrix
@@ -119,12 +140,7 @@ def warp(
             resample=Image.Resampling.BICUBIC,
             fillcolor=fill,
         )
-
-    objects = [moved for obj in record["objects"] if (moved := _move(obj, m, width, height, min_coverage)) is not None]
-    objects.sort(key=lambda o: sort_key(_kind(o), o[_kind(o)]))
-    out = copy.deepcopy(record)
-    out.update(width=width, height=height, objects=objects, summary=_summary(record, objects))
-    return image, out
+    return image, m
 
 
 # --- photometric ---------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Run one SFT job: manifest, then ms-swift under torchrun, then the final checkpoint in place.
+"""Run one SFT job: manifest, then ms-swift under torchrun, then the saved checkpoints in place.
 
 ms-swift is the training engine; this module only resolves the config, records
-the run, launches `torchrun -m swift.cli.sft` and moves the last checkpoint to
-`<out>/checkpoint` so later rules have one fixed path.
+the run, launches `torchrun -m swift.cli.sft` and moves every checkpoint it kept
+(`training.save_steps`, `training.save_total_limit`) out of its work folder:
+`<out>/steps/step_<S>/` for each, and the last one also at `<out>/checkpoint` (hard
+links), so later rules have one fixed path for the final model and one per step
+(docs/evaluation.md, "Golden set and dumps").
 """
 
 from __future__ import annotations
@@ -39,13 +42,41 @@ def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
     ]
 
 
-def last_checkpoint(work_dir: Path) -> Path:
+def saved_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `checkpoint-<step>` ms-swift left in `work_dir`, by step."""
     found = sorted(
         (int(m.group(1)), p) for p in work_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()
     )
     if not found:
         raise VlqcError(f"{work_dir}: ms-swift finished without writing a checkpoint")
-    return found[-1][1]
+    return found
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links: a copy reads the same
+        shutil.copy2(src, dst)
+
+
+def keep_checkpoints(work_dir: Path, out_dir: Path) -> Path:
+    """Move the checkpoints of `work_dir` to `out_dir/steps/step_<S>/` and link the last one's files at
+    `out_dir/checkpoint` (no second copy on disk); returns that folder. Each folder appears under its
+    name only when complete."""
+    found = saved_checkpoints(work_dir)
+    steps, final = out_dir / "steps", out_dir / "checkpoint"
+    for done in (steps, final):
+        if done.exists():
+            shutil.rmtree(done)
+    building = work_dir / "steps"
+    building.mkdir()
+    for step, folder in found:
+        folder.rename(building / f"step_{step}")
+    last = building / f"step_{found[-1][0]}"
+    shutil.copytree(last, work_dir / "checkpoint", copy_function=_link_or_copy)
+    building.rename(steps)
+    (work_dir / "checkpoint").rename(final)
+    return final
 
 
 def train(
@@ -82,10 +113,6 @@ def train(
     result = subprocess.run(launch_command(args, nproc, use_gpu=gpus > 0), env=env)
     if result.returncode != 0:
         raise VlqcError(f"ms-swift training failed (exit {result.returncode}); its output is in the job log above")
-    checkpoint = last_checkpoint(work_dir)
-    final = out_dir / "checkpoint"
-    if final.exists():
-        shutil.rmtree(final)
-    checkpoint.rename(final)
+    final = keep_checkpoints(work_dir, out_dir)
     shutil.copy2(work_dir / "logging.jsonl", out_dir / "logging.jsonl")
     return final

@@ -366,11 +366,47 @@ def _row(system: str, user: str, answer: str, images: list[str] | None, meta: di
     return row
 
 
-def _record_domain(record: Mapping[str, Any], missions: Mapping[str, Mapping[str, Any]]) -> str | None:
+def record_domain(record: Mapping[str, Any], missions: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The record's domain, else its mission's (upper case); None when it has neither."""
     if record["domain"]:
         return record["domain"]
     mission = record.get("ticket", {}).get("mission")
     return missions[mission]["domain"].upper() if mission in missions else None
+
+
+def image_texts(
+    mode: str,
+    record: Mapping[str, Any],
+    domain: str,
+    mission: str | None,
+    missions: Mapping[str, Mapping[str, Any]],
+    *,
+    no_mission: bool = False,
+) -> tuple[str, str, str]:
+    """System, user and answer of a dense or summary row for a canonical record (its image as prepared);
+    a summary prompt names `mission` unless it is None or `no_mission` is set. Evaluation builds its
+    rows with this too (vlqc.evaluation.candidates), so they are the rows training sees."""
+    if mode == "dense":
+        return (*dense_messages(domain), dense_target({**record, "domain": domain}))
+    if mode == "summary":
+        return (
+            *summary_messages(mission, domain, missions, no_mission=no_mission),
+            summary_target(record["summary"], domain),
+        )
+    raise VlqcError(f"{mode!r} is not an image row mode (dense, summary)")
+
+
+def ticket_texts(
+    ticket: Ticket,
+    records: Sequence[Mapping[str, Any]],
+    rule: MissionRule,
+    missions: Mapping[str, Mapping[str, Any]],
+    guidance: Mapping[str, str] | None = None,
+) -> tuple[str, str, str]:
+    """System, user and answer of a ticket's verdict row: its ground-truth summaries in photo order,
+    `guidance` (the mission's experiences) or else the mission's focus in the prompt."""
+    summaries = [records[i]["summary"] for i in ticket.indices]
+    return (*verdict_messages(ticket.mission, guidance, summaries, missions), verdict_answer(ticket, records, rule)[0])
 
 
 def build_epoch(
@@ -407,17 +443,13 @@ def build_epoch(
         if mode == "verdict":
             ticket = tickets[ticket_id]
             if ticket_id not in verdicts:
-                summaries = [records[i]["summary"] for i in ticket.indices]
                 rules = guidance.get(ticket.mission) if guidance else None
-                verdicts[ticket_id] = (
-                    *verdict_messages(ticket.mission, rules, summaries, missions),
-                    verdict_answer(ticket, records, rule_of[ticket.mission])[0],
-                )
+                verdicts[ticket_id] = ticket_texts(ticket, records, rule_of[ticket.mission], missions, rules)
             meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": ticket.key}
             rows.append(_row(*verdicts[ticket_id], None, meta))
             continue
 
-        domain = _record_domain(record, missions)
+        domain = record_domain(record, missions)
         if domain is None:
             raise VlqcError(f"{source}: record {index}: no domain and no mission, so it cannot be prompted")
         if index not in prepared:
@@ -426,15 +458,11 @@ def build_epoch(
         if augment and cfg.augmentation is not None:
             rel, sample = _augmented(sample, rel, index, epoch, cfg, source, out_dir)
         meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": record["sample_id"]}
-        if mode == "dense":
-            system, user = dense_messages(domain)
-            answer = dense_target({**sample, "domain": domain})
-        else:
-            mission = ticket_id[0] if ticket_id else None
-            no_mission = _rng(cfg.seed, epoch, index, "no_mission", split).random() < cfg.no_mission_prob
-            system, user = summary_messages(mission, domain, missions, no_mission=no_mission)
-            answer = summary_target(sample["summary"], domain)
-        rows.append(_row(system, user, answer, [rel], meta))
+        no_mission = (
+            mode == "summary" and _rng(cfg.seed, epoch, index, "no_mission", split).random() < cfg.no_mission_prob
+        )
+        texts = image_texts(mode, sample, domain, ticket_id[0] if ticket_id else None, missions, no_mission=no_mission)
+        rows.append(_row(*texts, [rel], meta))
     return rows
 
 
