@@ -16,7 +16,7 @@ from conftest import REPO
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.train.config import config_problems, config_sources, load_train_config, swift_invocation
 
-SHIPPED = ["base", "lora", "full", "demo"]
+SHIPPED = ["base", "lora", "full", "demo", "align"]
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -2,17 +2,19 @@
 
 A file may name parents with `extends:` (a path or a list of paths, relative to the file).
 Parents merge left to right and the file itself last: mappings merge key by key, anything
-else (lists included) is replaced. The merged document is checked against
-`schemas/train_config.schema.json` with every problem in one error, then schema defaults
-and derived values are filled in. `swift_invocation` turns the result into the `swift sft`
-arguments and environment of ms-swift 4.6.
+else (lists included) is replaced. Dotted overrides (a sweep point's `tuner.learning_rate`)
+apply last. The merged document is checked against `schemas/train_config.schema.json` with
+every problem in one error, then schema defaults and derived values are filled in. A `.json`
+file is a config resolved that way (`resolved_config.json` of a run, `config.json` of a sweep
+point): it loads through the same checks and resolves to itself. `swift_invocation` turns the
+result into the `swift sft` arguments and environment of ms-swift 4.6.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,30 @@ SCHEMA = "train_config"
 # Qwen3-VL: patch 16 × spatial merge 2, so one visual token per 32×32 pixels.
 PIXELS_PER_TOKEN = 32 * 32
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+# tuner.train_vit_norms: the LayerNorms of Qwen3-VL's vision blocks (the model type is always qwen3_vl);
+# ms-swift searches each parameter name with it. The aligner's norms (visual.merger.norm,
+# visual.deepstack_merger_list.*.norm) are not matched: they follow freeze_aligner.
+VIT_NORMS_REGEX = r"^model\.visual\.blocks\.\d+\.norm[12]\."
 
 
-def load_train_config(path: str | Path) -> dict[str, Any]:
-    """The merged, validated config of `path` with every default and derived value filled in."""
+def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The merged, validated config of `path` with every default and derived value filled in.
+
+    `overrides`: dotted key (`tuner.learning_rate`) → value, set on the merged document before it
+    is checked, so an override is held to the schema as the files are.
+    """
     given, sources = _merge(Path(path))
     top = sources[-1]
     where = str(top) if len(sources) == 1 else f"{top} (merged with {', '.join(map(str, sources[:-1]))})"
+    if overrides:
+        where += " with " + ", ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
+        for key, value in overrides.items():
+            _set_dotted(given, key, value, where)
     found = config_problems(given)
     if not found:
         cfg = with_defaults(load(SCHEMA), given)
-        found = _consistency_problems(cfg, given)
+        # A resolved .json holds every default, so which keys were written by hand is unknown there.
+        found = _consistency_problems(cfg, {} if top.suffix == ".json" else given)
     if found:
         raise SchemaError(f"{where} does not match schema {SCHEMA}:\n  " + "\n  ".join(found))
 
@@ -79,8 +94,12 @@ def _read(path: Path, extended_by: Path | None) -> dict:
     if not path.is_file():
         by = f" (extended by {extended_by})" if extended_by else ""
         raise VlqcError(f"{path}: training config not found{by}")
+    text = path.read_text(encoding="utf-8")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # JSON through its own parser: YAML 1.1 reads JSON's 1e-05 as a string.
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise VlqcError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
     except yaml.YAMLError as exc:
         raise VlqcError(f"{path}: not valid YAML: {exc}") from exc
     if doc is None:  # an empty file is an empty config
@@ -88,6 +107,18 @@ def _read(path: Path, extended_by: Path | None) -> dict:
     if not isinstance(doc, dict):
         raise VlqcError(f"{path}: a training config is a mapping, not a {type(doc).__name__}")
     return doc
+
+
+def _set_dotted(doc: dict, key: str, value: Any, where: str) -> None:
+    """Set `a.b.c` in `doc`, making the mappings on the way; a key that is unknown to the schema is
+    left for the schema check to name."""
+    *parents, last = key.split(".")
+    node = doc
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise VlqcError(f"{where}: {'.'.join(parents[: depth + 1])} is not a mapping, so {key} cannot be set")
+    node[last] = copy.deepcopy(value)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -125,6 +156,13 @@ def _consistency_problems(cfg: dict, given: dict) -> list[str]:
     for rate, switch in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
         if tuner[rate] is not None and tuner[switch]:
             found.append(f"tuner.{rate}: has no effect while tuner.{switch} is true")
+    if tuner["train_vit_norms"] and tuner["train_type"] != "full":
+        found.append(
+            f"tuner.train_vit_norms: needs train_type full (ms-swift trains extra parameters only there), "
+            f"not {tuner['train_type']}"
+        )
+    if tuner["train_vit_norms"] and not tuner["freeze_vit"]:
+        found.append("tuner.train_vit_norms: has no effect while tuner.freeze_vit is false (the whole tower trains)")
     if sum(cfg["data"]["modes"].values()) <= 0:
         found.append("data.modes: the weights must sum to more than 0")
     cap = cfg["template"]["max_pixels"]
@@ -177,6 +215,8 @@ def swift_invocation(
         "learning_rate": tuner["learning_rate"],
         "vit_lr": tuner["vit_lr"],
         "aligner_lr": tuner["aligner_lr"],
+        # Applied after the freeze switches: these train although freeze_vit holds the rest of the tower.
+        "trainable_parameters_regex": VIT_NORMS_REGEX if tuner["train_vit_norms"] else None,
         "dataset": [str(p) for p in dataset_paths],
         "val_dataset": [str(p) for p in val_dataset_paths],
         "split_dataset_ratio": 0,  # evaluation data comes only from val_dataset
@@ -228,7 +268,8 @@ def swift_invocation(
 
 
 def _text_only_batches_possible(cfg: dict[str, Any]) -> bool:
-    vision_trains = not (cfg["tuner"]["freeze_vit"] and cfg["tuner"]["freeze_aligner"])
+    tuner = cfg["tuner"]
+    vision_trains = not (tuner["freeze_vit"] and tuner["freeze_aligner"]) or tuner["train_vit_norms"]
     verdict_rows = cfg["data"]["modes"]["verdict"] > 0 or cfg["data"]["recombined_verdicts"] > 0
     return vision_trains and verdict_rows
 
