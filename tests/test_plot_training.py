@@ -37,23 +37,31 @@ def eval_loss_doc(step: int, overall: float, buckets=(1.0, 2.0, 3.0)) -> dict:
         "eval_examples_total": 12,
         "eval_truncated_pct": 0.0,
         "bucket_counts": {"short": 4, "medium": 4, "long": 4},
-        "mode_counts": {"dense": 6, "summary": 6},
+        "mode_counts": {"dense": 6, "summary": 6, "verdict": 0},
         "step": step,
         "checkpoint": f"results/train/sft/demo/steps/step_{step}",
         "split": "results/eval/demo/split_seed17_eval12.json",
+        "seconds": 2.0,
     }
 
 
 def ablation_doc(correct=2.0, shuffle=2.5, zero=3.0, noise=3.25) -> dict:
-    loss = {"correct": correct, "shuffle": shuffle, "zero": zero, "noise": noise}
+    holds = correct < shuffle < min(zero, noise)
     return {
-        "loss": loss,
+        "loss": {"correct": correct, "shuffled": shuffle, "zero": zero, "noise": noise},
         "delta_shuffle": shuffle - correct,
         "delta_zero": zero - correct,
         "delta_noise": noise - correct,
-        "ordering_holds": correct < shuffle < min(zero, noise),
+        "ordering_holds": holds,
+        "ordering": f"correct {correct} < shuffled {shuffle} < min(zero {zero}, noise {noise}): "
+        + ("holds" if holds else "does not hold"),
         "rows": 8,
         "seed": 29,
+        "noise_std": 0.5,
+        "label_tokens": 120,
+        "checkpoint": "results/train/sft/demo/checkpoint",
+        "candidates": "results/eval/demo/candidates.jsonl",
+        "seconds": 1.5,
     }
 
 
@@ -113,6 +121,6 @@ def test_eval_loss_files_are_validated(tmp_path):
 def test_ablation_bars_carry_the_ordering_line(tmp_path, doc, verdict):
     path = tmp_path / "ablation.json"
     write_json(path, doc, schema="eval_ablation")
-    assert training.ordering_line(doc) == f"ordering correct < shuffled < black/noise: {verdict}"
+    assert training.ordering_verdict(doc) == verdict
     assert training.plot_ablation(path, tmp_path / "ablation.png", "demo") == {"ordering_holds": verdict == "PASS"}
     png_size(tmp_path / "ablation.png")

@@ -20,7 +20,7 @@ from vlqc.jsonl import read_json, write_json
 from vlqc.report import figure
 from vlqc.report.stage_a import read_stats
 from vlqc.report.stage_b import FALSE_PASS_TARGET, final_metrics, outcome_counts, read_group_report
-from vlqc.report.training import BUCKET_KEYS, ordering_line
+from vlqc.report.training import BUCKET_KEYS, ordering_verdict
 
 SCHEMA = "report_headline"
 DELTAS = ("delta_shuffle", "delta_zero", "delta_noise")
@@ -123,7 +123,7 @@ def _training(doc: dict) -> str:
             *(figure.number(row[key]) for key in BUCKET_KEYS),
             row["eval_examples_total"],
             *(f"{row[key]:+.4f}" for key in DELTAS),
-            ordering_line(row).rpartition(": ")[2],
+            ordering_verdict(row),
         ]
         for row in doc["runs"]
     ]

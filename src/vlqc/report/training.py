@@ -17,8 +17,10 @@ from vlqc.jsonl import read_json
 from vlqc.report import figure
 
 BUCKET_KEYS = ("eval_loss_short", "eval_loss_medium", "eval_loss_long")
-# The variants of docs/evaluation.md#image-ablations, in the order a model that reads its photos ranks them.
-ABLATION_VARIANTS = ("correct", "shuffle", "zero", "noise")
+# The variants of docs/evaluation.md#image-ablations, in the order a model that reads its photos ranks them,
+# and the key of each one's delta over the correct images.
+ABLATION_VARIANTS = ("correct", "shuffled", "zero", "noise")
+DELTA_KEYS = {"shuffled": "delta_shuffle", "zero": "delta_zero", "noise": "delta_noise"}
 
 
 class LossLog(NamedTuple):
@@ -87,13 +89,14 @@ def plot_eval_buckets(step_files: Iterable[str | os.PathLike], out: str | os.Pat
         figure.empty(ax, "no saved checkpoint")
     else:
         steps = [doc["step"] for doc in docs]
-        ax.plot(steps, [doc["eval_loss"] for doc in docs], "o-", color="black", linewidth=2, label="overall")
-        for key, color in zip(BUCKET_KEYS, ("tab:green", "tab:blue", "tab:purple")):
+        for key, color in zip(("eval_loss", *BUCKET_KEYS), ("black", "tab:green", "tab:blue", "tab:purple")):
             points = [(doc["step"], doc[key]) for doc in docs if doc.get(key) is not None]
-            if points:
-                count = docs[-1]["bucket_counts"].get(key.removeprefix("eval_loss_"), 0)
-                label = f"{key.removeprefix('eval_loss_')} ({count} rows)"
-                ax.plot(*zip(*points), "o--", color=color, label=label)
+            if points and key == "eval_loss":
+                label = f"overall ({docs[-1]['eval_examples_total']} rows)"
+                ax.plot(*zip(*points), "o-", color=color, linewidth=2, label=label)
+            elif points:
+                bucket = key.removeprefix("eval_loss_")
+                ax.plot(*zip(*points), "o--", color=color, label=f"{bucket} ({docs[-1]['bucket_counts'][bucket]} rows)")
         ax.set_xticks(steps)
         ax.set_xlabel("checkpoint step")
         ax.set_ylabel("eval loss (token-weighted)")
@@ -103,10 +106,9 @@ def plot_eval_buckets(step_files: Iterable[str | os.PathLike], out: str | os.Pat
     return {"steps": [doc["step"] for doc in docs]}
 
 
-def ordering_line(ablation: dict) -> str:
-    """The pass/fail line of docs/evaluation.md#image-ablations."""
-    verdict = "PASS" if ablation["ordering_holds"] else "FAIL"
-    return f"ordering correct < shuffled < black/noise: {verdict}"
+def ordering_verdict(ablation: dict) -> str:
+    """PASS when correct < shuffled < black/noise holds (docs/evaluation.md#image-ablations), else FAIL."""
+    return "PASS" if ablation["ordering_holds"] else "FAIL"
 
 
 def plot_ablation(ablation_json: str | os.PathLike, out: str | os.PathLike, run: str) -> dict:
@@ -118,15 +120,17 @@ def plot_ablation(ablation_json: str | os.PathLike, out: str | os.PathLike, run:
     colors = ["tab:green" if v == "correct" else "tab:gray" for v in variants]
     bars = ax.bar(variants, [losses[v] for v in variants], color=colors)
     for variant, bar in zip(variants, bars):
-        delta = ablation.get(f"delta_{variant}")
+        delta = ablation.get(DELTA_KEYS.get(variant, ""))
         text = figure.number(losses[variant]) + ("" if delta is None else f"\nΔ {delta:+.4f}")
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
     ax.set_ylabel("eval loss")
     ax.margins(y=0.2)
     holds = ablation["ordering_holds"]
     ax.set_title(
-        f"run {run}: image ablations ({ablation['rows']} rows)\n{ordering_line(ablation)}",
+        f"run {run}: image ablations ({ablation['rows']} rows), ordering {ordering_verdict(ablation)}\n"
+        + ablation["ordering"],
         color="darkgreen" if holds else "darkred",
+        fontsize=10,
     )
     figure.save(fig, out)
     return {"ordering_holds": holds}
