@@ -218,7 +218,8 @@ rule report_headline:
 
 rule plot_sweep_table:
     input:
-        "results/sweeps/{sweep}/summary.csv",
+        summary="results/sweeps/{sweep}/summary.csv",
+        winner="results/sweeps/{sweep}/winner.json",
     output:
         report(
             "results/plots/sweeps/{sweep}/summary.html",
@@ -233,13 +234,15 @@ rule plot_sweep_table:
     params:
         axes=sweep_axes,
     shell:
-        "python scripts/plot_sweep.py table --sweep {wildcards.sweep} --summary {input} --axes {params.axes}"
+        "python scripts/plot_sweep.py table --sweep {wildcards.sweep} --summary {input.summary} --winner {input.winner}"
+        " --axes {params.axes}"
         " --out {output} > {log} 2>&1"
 
 
 rule plot_sweep_heatmap:
     input:
-        "results/sweeps/{sweep}/summary.csv",
+        summary="results/sweeps/{sweep}/summary.csv",
+        winner="results/sweeps/{sweep}/winner.json",
     output:
         report(
             "results/plots/sweeps/{sweep}/heatmap.png",
@@ -254,7 +257,8 @@ rule plot_sweep_heatmap:
     params:
         axes=sweep_axes,
     shell:
-        "python scripts/plot_sweep.py heatmap --sweep {wildcards.sweep} --summary {input} --axes {params.axes}"
+        "python scripts/plot_sweep.py heatmap --sweep {wildcards.sweep} --summary {input.summary} --winner {input.winner}"
+        " --axes {params.axes}"
         " --out {output} > {log} 2>&1"
 
 

@@ -5,7 +5,8 @@ one down and the others' combinations across.
 
 Example:
     python scripts/plot_sweep.py heatmap --sweep demo --summary results/sweeps/demo/summary.csv \
-        --axes tuner.learning_rate tuner.train_vit_norms --out results/plots/sweeps/demo/heatmap.png
+        --winner results/sweeps/demo/winner.json --axes tuner.learning_rate tuner.train_vit_norms \
+        --out results/plots/sweeps/demo/heatmap.png
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def arguments() -> cli.Parser:
     parser.add_argument("plot", choices=("table", "heatmap"), help="table: HTML page; heatmap: PNG")
     parser.add_argument("--sweep", required=True)
     parser.add_argument("--summary", type=Path, required=True, help="the sweep's summary.csv")
+    parser.add_argument("--winner", type=Path, required=True, help="the sweep's winner.json")
     parser.add_argument("--axes", nargs="+", required=True, help="the sweep's axes (summary.csv columns)")
     parser.add_argument("--out", type=Path, required=True)
     return parser
@@ -30,7 +32,7 @@ def arguments() -> cli.Parser:
 
 def run(args: argparse.Namespace) -> dict:
     plot = sweeps.write_table if args.plot == "table" else sweeps.plot_heatmap
-    return plot(args.summary, args.out, args.sweep, args.axes)
+    return plot(args.summary, args.winner, args.out, args.sweep, args.axes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,28 +1,32 @@
 """Sweep plots: the summary table and a heatmap of the score over the grid (docs/evaluation.md#sweeps).
 
-Input: `results/sweeps/<sweep>/summary.csv`, one row per point, a column per axis (the dotted
-training-config key) and the point's numbers, `score` among them (lower is better).
+Inputs: `results/sweeps/<sweep>/summary.csv`, one row per point (`point`, a column per axis named by
+its dotted training-config key, the point's numbers, `score` among them; an empty cell is null), and
+`winner.json` (schema sweep_winner), which names the best point.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import itertools
 import math
 import os
 from collections.abc import Sequence
 
 from vlqc.errors import VlqcError
+from vlqc.jsonl import read_json
 from vlqc.report import figure
 
 SCORE = "score"
+POINT = "point"
 
 
 def read_summary(path: str | os.PathLike, axes: Sequence[str]) -> list[dict[str, str]]:
     """The rows of summary.csv; it must have a column for each axis and the score."""
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [column for column in (*axes, SCORE) if column not in (reader.fieldnames or [])]
+        missing = [column for column in (POINT, *axes, SCORE) if column not in (reader.fieldnames or [])]
         if missing:
             raise VlqcError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(reader.fieldnames or [])})")
         rows = list(reader)
@@ -44,20 +48,30 @@ def _cell(text: str) -> str:
     return text if value is None or text.strip().lower() in ("true", "false") else figure.number(value)
 
 
-def winner_index(rows: list[dict[str, str]]) -> int | None:
-    scored = [(score, i) for i, row in enumerate(rows) if (score := _float(row[SCORE])) is not None]
-    return min(scored)[1] if scored else None
+def winner(summary_csv: str | os.PathLike, winner_json: str | os.PathLike, rows: list[dict[str, str]]) -> int:
+    """Index of the winner's row."""
+    point = read_json(winner_json, schema="sweep_winner")["point"]
+    found = [i for i, row in enumerate(rows) if row[POINT] == point]
+    if not found:
+        raise VlqcError(f"{winner_json}: the winner {point!r} is not a point of {summary_csv}")
+    return found[0]
 
 
-def write_table(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: str, axes: Sequence[str]) -> dict:
-    """summary.csv as an HTML table, the winner (lowest score) in bold."""
+def write_table(
+    summary_csv: str | os.PathLike,
+    winner_json: str | os.PathLike,
+    out: str | os.PathLike,
+    sweep: str,
+    axes: Sequence[str],
+) -> dict:
+    """summary.csv as an HTML table, the winner in bold."""
     rows = read_summary(summary_csv, axes)
     header = list(rows[0])
-    best = winner_index(rows)
-    table = figure.html_table(header, ([_cell(row[c]) for c in header] for row in rows), [] if best is None else [best])
-    note = "no point has a score" if best is None else f"winner (lowest {SCORE}): row {best + 1}, in bold"
+    best = winner(summary_csv, winner_json, rows)
+    table = figure.html_table(header, ([_cell(row[c]) for c in header] for row in rows), [best])
+    note = f"winner (lowest {SCORE}): {html.escape(rows[best][POINT])}, in bold"
     figure.write_html(out, f"Sweep {sweep}", f"<p>{len(rows)} points; {note}.</p>\n{table}")
-    return {"points": len(rows), "winner_row": best}
+    return {"points": len(rows), "winner": rows[best][POINT]}
 
 
 def _values(rows: list[dict[str, str]], axis: str) -> list[str]:
@@ -75,10 +89,17 @@ def _ink(image, value: float | None) -> str:
     return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
 
 
-def plot_heatmap(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: str, axes: Sequence[str]) -> dict:
+def plot_heatmap(
+    summary_csv: str | os.PathLike,
+    winner_json: str | os.PathLike,
+    out: str | os.PathLike,
+    sweep: str,
+    axes: Sequence[str],
+) -> dict:
     """Score over the grid: the first axis down, the other axes' combinations across; each cell gives the score
     and the point's eval loss; the winner is framed."""
     rows = read_summary(summary_csv, axes)
+    best = rows[winner(summary_csv, winner_json, rows)]
     down = _values(rows, axes[0])
     across = list(itertools.product(*(_values(rows, axis) for axis in axes[1:])))
     index = {(row[axes[0]], *(row[a] for a in axes[1:])): row for row in rows}
@@ -90,7 +111,6 @@ def plot_heatmap(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: 
     image = ax.imshow(masked, cmap="viridis_r", aspect="auto")
     if values:
         fig.colorbar(image, ax=ax, label=f"{SCORE} (lower is better)")
-    best = min(values) if values else None
     for i, d in enumerate(down):
         for j, a in enumerate(across):
             row = index.get((d, *a))
@@ -100,7 +120,7 @@ def plot_heatmap(summary_csv: str | os.PathLike, out: str | os.PathLike, sweep: 
             loss = _float(row.get("eval_loss", ""))
             text = f"{_cell(row[SCORE])}" + ("" if loss is None else f"\nloss {figure.number(loss)}")
             ax.text(j, i, text, ha="center", va="center", color=_ink(image, grid[i][j]), fontsize=9)
-            if best is not None and grid[i][j] == best:
+            if row is best:
                 ax.add_patch(figure.plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
     ax.set_yticks(range(len(down)), down)
     ax.set_ylabel(axes[0])
