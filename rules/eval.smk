@@ -1,1 +1,116 @@
 # Evaluation: the eval set, token-weighted eval loss per checkpoint, image ablations (docs/evaluation.md).
+
+EVAL = config["eval"]
+
+
+def eval_candidates_file():
+    """The candidates of eval.dataset: every row the eval and golden sets draw from."""
+    return f"results/eval/{EVAL['dataset']}/candidates.jsonl"
+
+
+def eval_split_file():
+    """The configured eval set (eval.dataset, eval.split_seed, eval.rows): every checkpoint and sweep point is scored on it."""
+    return f"results/eval/{EVAL['dataset']}/split_seed{EVAL['split_seed']}_eval{EVAL['rows']}.json"
+
+
+def eval_images():
+    """The photos of eval.dataset; rows name them relative to its folder (the parent of images/)."""
+    return f"results/data/{EVAL['dataset']}/images"
+
+
+def eval_loss_files(run):
+    """The eval loss of every checkpoint run `run` saved (known once it trained, see saved_steps)."""
+    return expand("results/train/sft/{run}/eval_loss/step_{step}.json", run=run, step=saved_steps(run))
+
+
+rule eval_candidates:
+    input:
+        val="results/data/{dataset}/val.jsonl",
+        base=base_model_dir(),
+        missions=config["missions_file"],
+    output:
+        "results/eval/{dataset}/candidates.jsonl",
+    log:
+        "results/logs/eval/{dataset}/candidates.log",
+    conda:
+        "../envs/model.yaml"
+    params:
+        settings=settings_json(EVAL, "len_buckets", "modes"),
+    shell:
+        "python scripts/eval_candidates.py --val {input.val} --missions {input.missions} --base {input.base}"
+        " --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule eval_split:
+    input:
+        "results/eval/{dataset}/candidates.jsonl",
+    output:
+        "results/eval/{dataset}/split_seed{seed}_eval{n}.json",
+    log:
+        "results/logs/eval/{dataset}/split_seed{seed}_eval{n}.log",
+    wildcard_constraints:
+        seed=r"-?\d+",
+        n=r"\d+",
+    conda:
+        "../envs/model.yaml"
+    params:
+        settings=settings_json(EVAL, "len_buckets"),
+    shell:
+        "python scripts/eval_split.py --candidates {input} --dataset {wildcards.dataset:q} --seed {wildcards.seed}"
+        " --rows {wildcards.n} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule eval_loss:
+    input:
+        # Every saved step (train_sft is a checkpoint); the job reads step_{step}/.
+        steps="results/train/sft/{run}/steps",
+        base=base_model_dir(),
+        config=train_config,
+        config_parents=train_config_parents,
+        split=eval_split_file(),
+        images=eval_images(),
+    output:
+        "results/train/sft/{run}/eval_loss/step_{step}.json",
+    log:
+        "results/logs/eval/eval_loss/{run}/step_{step}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    params:
+        root=lambda wildcards, input: os.path.dirname(input.images),
+        settings=settings_json(EVAL, "batch_size"),
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_loss.py --checkpoint {input.steps}/step_{wildcards.step}"
+        " --base {input.base} --config {input.config} --split {input.split} --images {params.root:q}"
+        " --step {wildcards.step} --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule eval_ablation:
+    input:
+        checkpoint="results/train/sft/{run}/checkpoint",
+        base=base_model_dir(),
+        config=train_config,
+        config_parents=train_config_parents,
+        candidates=eval_candidates_file(),
+        images=eval_images(),
+    output:
+        "results/train/sft/{run}/ablation.json",
+    log:
+        "results/logs/eval/ablation/{run}.log",
+    conda:
+        "../envs/model.yaml"
+    threads: workflow.cores
+    params:
+        root=lambda wildcards, input: os.path.dirname(input.images),
+        settings=settings_json(EVAL, "batch_size", "ablation"),
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_ablation.py --checkpoint {input.checkpoint}"
+        " --base {input.base} --config {input.config} --candidates {input.candidates} --images {params.root:q}"
+        " --out {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+# `snakemake evaluation`: the eval loss of every saved checkpoint and the ablations of every run.
+rule evaluation:
+    input:
+        lambda wildcards: [path for run in config["train"]["runs"] for path in eval_loss_files(run)],
+        expand("results/train/sft/{run}/ablation.json", run=config["train"]["runs"]),

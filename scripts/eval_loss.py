@@ -1,0 +1,64 @@
+"""Token-weighted eval loss of one checkpoint on the eval set: overall, per length bucket and per mode.
+
+The checkpoint is a step folder (a full model, or a LoRA adapter on --base); rows are encoded as
+the run's training encodes them (docs/evaluation.md#eval-loss). Settings: eval.batch_size.
+
+Example:
+    python scripts/eval_loss.py --checkpoint results/train/sft/demo/steps/step_200 \
+        --base results/train/base/tiny --config config/train/demo.yaml \
+        --split results/eval/demo/split_seed17_eval96.json --images results/data/demo \
+        --step 200 --out results/train/sft/demo/eval_loss/step_200.json --settings '{}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from vlqc import cli
+from vlqc.evaluation.loss import Scorer, load_row_images, load_run_config, summarize
+from vlqc.jsonl import read_json, write_json
+
+
+def arguments() -> cli.Parser:
+    parser = cli.Parser(__doc__, settings="eval")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="step folder: a full model or a LoRA adapter")
+    parser.add_argument("--base", type=Path, required=True, help="base model folder (processor; a LoRA's base)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the run's training config: a config/train YAML (merged and validated here) or a resolved .json",
+    )
+    parser.add_argument("--split", type=Path, required=True, help="eval set JSON (scripts/eval_split.py)")
+    parser.add_argument("--images", type=Path, required=True, help="folder the rows' image paths are relative to")
+    parser.add_argument("--step", type=int, help="training step of the checkpoint, recorded in the output")
+    parser.add_argument("--out", type=Path, required=True, help="eval loss JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    cfg = load_run_config(args.config)
+    rows = read_json(args.split, "eval_split")["rows"]
+    scorer = Scorer(args.checkpoint, args.base, cfg)
+    images = load_row_images(rows, args.images, scorer.max_pixels, scorer.factor)
+    losses = scorer.row_losses(rows, images, args.settings["batch_size"])
+    doc = summarize(losses) | {
+        "step": args.step,
+        "checkpoint": str(args.checkpoint),
+        "split": str(args.split),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(args.out, doc, schema="eval_loss")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, arguments(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
