@@ -87,5 +87,5 @@ rule stage_a_merge:
         # Once merged, the resume entries of the inference job are no longer needed.
         "python scripts/stage_a_merge.py --selection {input.selection} --mission {wildcards.mission:q}"
         " --out {output.merged} --failures {output.failures} --stats {output.stats}"
-        " --rank-stats {input.rank_stats} {input.ranks} > {log} 2>&1"
+        " {input.ranks} --rank-stats {input.rank_stats} > {log} 2>&1"
         " && rm -rf results/stage_a/{wildcards.mission:q}/resume"

@@ -7,8 +7,9 @@ Example:
     python scripts/stage_a_merge.py --mission 挡风板安装检查 \
         --selection results/stage_a/挡风板安装检查/selection.jsonl \
         --out results/挡风板安装检查_stage_a.jsonl --failures results/挡风板安装检查_stage_a.failures.jsonl \
-        --stats results/stage_a/挡风板安装检查/stats.json --rank-stats results/stage_a/挡风板安装检查/rank0.stats.json \
-        results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ...
+        --stats results/stage_a/挡风板安装检查/stats.json \
+        results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ... \
+        --rank-stats results/stage_a/挡风板安装检查/rank0.stats.json ...
 """
 
 from __future__ import annotations

@@ -614,7 +614,7 @@ def test_cli_stats_sum_the_ranks_and_time_the_slowest(tmp_path):
     ]
     out, failures, stats_out = tmp_path / "out.jsonl", tmp_path / "failures.jsonl", tmp_path / "stats.json"
     args = ["--selection", selection, "--out", out, "--failures", failures, "--mission", MISSION]
-    done = _cli(*args, "--stats", stats_out, "--rank-stats", *stats, "--", *ranks)
+    done = _cli(*args, "--stats", stats_out, *ranks, "--rank-stats", *stats)  # as the rule orders them
     assert done.returncode == 0, done.stderr
     doc = json.loads(stats_out.read_text(encoding="utf-8"))
     validate(doc, "stage_a_stats")
