@@ -59,7 +59,7 @@ def test_headline_numbers_serving_run_first(tmp_path):
     assert doc["stage_a"][0]["images_per_s"] == 2.5 and doc["stage_a"][0]["failed"] == 2
     assert headline.labels(doc) == {
         "serving run": "lora",
-        "eval loss": "1.234",
+        "eval loss": "1.2345",
         "worst false-pass rate": "25.0 % (target < 5%)",
     }
 
@@ -70,7 +70,8 @@ def test_page_shows_the_numbers_as_text(tmp_path):
     headline.write(doc, tmp_path / "headline.html", tmp_path / "headline.json")
     page = (tmp_path / "headline.html").read_text(encoding="utf-8")
     assert (
-        '<tr class="marked"><td>lora (serving)</td><td>3</td><td>1.234</td><td>1</td><td>1.25</td><td>n/a</td>' in page
+        '<tr class="marked"><td>lora (serving)</td><td>3</td><td>1.2345</td><td>1.0000</td><td>1.2500</td><td>n/a</td>'
+        in page
     )
     assert "<td>+0.5000</td><td>+1.0000</td><td>+1.2500</td><td>PASS</td>" in page
     assert f"<td>{MISSION}</td><td>25.0 %</td><td>MISSED</td><td>1</td><td>70.0 %</td><td>10</td>" in page
@@ -110,5 +111,5 @@ def test_script_writes_page_and_json_and_prints_the_labels(tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["eval loss"] == "1.234"
+    assert json.loads(done.stdout)["eval loss"] == "1.2345"
     assert read_json(tmp_path / "out.json", schema=headline.SCHEMA)["serving_run"] == "lora"

@@ -83,6 +83,14 @@ def empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
 
 
+def ink(image, value: float | None) -> str:
+    """Text colour on a cell of an imshow `image`: black on light cells, white on dark ones."""
+    if value is None:
+        return "black"
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+
+
 def number(value: float | None, digits: int = 4) -> str:
     """A number for a table: `digits` significant digits; n/a for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -90,6 +98,11 @@ def number(value: float | None, digits: int = 4) -> str:
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
     return f"{value:.{digits}g}"
+
+
+def loss(value: float | None) -> str:
+    """A loss for a table: four decimals (the tiny model's differences sit there); n/a for None."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def percent(value: float | None) -> str:
@@ -108,10 +121,11 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[object]], marked: 
 
 
 STYLE = """
-body { font-family: "DejaVu Sans", "Noto Sans CJK SC", "WenQuanYi Micro Hei", sans-serif; margin: 1.5em;
-       background: #fff; color: #111; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+body { font-family: "DejaVu Sans", "Noto Sans CJK SC", "WenQuanYi Micro Hei", sans-serif; margin: 1em;
+       background: #fff; color: #111; font-size: 14px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 13px; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.45em; text-align: right; }
 th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 tr.marked td { font-weight: bold; background: #f4f8ff; }
 .fail { color: #b00; font-weight: bold; } .pass { color: #070; font-weight: bold; }

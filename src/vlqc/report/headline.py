@@ -104,7 +104,7 @@ def labels(doc: dict) -> dict[str, str]:
     serving = next((row for row in doc["runs"] if row["serving"]), None)
     found = {"serving run": doc["serving_run"]}
     if serving is not None:
-        found["eval loss"] = figure.number(serving["eval_loss"])
+        found["eval loss"] = figure.loss(serving["eval_loss"])
     rates = [m["false_pass_rate"] for m in doc["stage_b"]["missions"] if m["false_pass_rate"] is not None]
     if rates:
         found["worst false-pass rate"] = f"{figure.percent(max(rates))} (target < {doc['stage_b']['target']:.0%})"
@@ -114,13 +114,14 @@ def labels(doc: dict) -> dict[str, str]:
 def _training(doc: dict) -> str:
     if not doc["runs"]:
         return "<p>No training run in this report.</p>"
-    header = ["run", "step", "eval loss", "short", "medium", "long", "rows", *DELTAS, "ablation ordering"]
+    header = ["run", "step", "eval loss", "short", "medium", "long", "rows", "Δ shuffle", "Δ zero", "Δ noise"]
+    header.append("ordering")
     rows = [
         [
             f"{row['run']} (serving)" if row["serving"] else row["run"],
             row["step"],
-            figure.number(row["eval_loss"]),
-            *(figure.number(row[key]) for key in BUCKET_KEYS),
+            figure.loss(row["eval_loss"]),
+            *(figure.loss(row[key]) for key in BUCKET_KEYS),
             row["eval_examples_total"],
             *(f"{row[key]:+.4f}" for key in DELTAS),
             ordering_verdict(row),
@@ -130,8 +131,9 @@ def _training(doc: dict) -> str:
     marked = [i for i, row in enumerate(doc["runs"]) if row["serving"]]
     return (
         "<p>Token-weighted eval loss of each run's last saved checkpoint on the shared eval set, per length "
-        "bucket, and the image ablations' deltas over the correct images (ordering correct &lt; shuffled &lt; "
-        "black/noise: PASS or FAIL).</p>\n" + figure.html_table(header, rows, marked)
+        "bucket; the image ablations' deltas over the correct images (shuffled, black, noise) and whether "
+        "correct &lt; shuffled &lt; black/noise holds (PASS) or not (FAIL).</p>\n"
+        + figure.html_table(header, rows, marked)
     )
 
 

@@ -50,13 +50,14 @@ def plot_confusion(group_report: str | os.PathLike, out: str | os.PathLike, titl
     counts = confusion_counts(read_group_report(group_report))
     fig, (ax,) = figure.new(width=4.8, height=4.2)
     grid = [[counts[label, verdict] for verdict in VERDICTS] for label in VERDICTS]
-    ax.imshow(grid, cmap="Blues", vmin=0, vmax=max(1, max(max(row) for row in grid)))
+    image = ax.imshow(grid, cmap="Blues", vmin=0, vmax=max(1, max(max(row) for row in grid)))
     ax.grid(False)
     names = {("pass", "pass"): "true pass", ("pass", "fail"): "false fail", ("fail", "pass"): "FALSE PASS"}
     names["fail", "fail"] = "true fail"
     for i, label in enumerate(VERDICTS):
         for j, verdict in enumerate(VERDICTS):
-            ax.text(j, i, f"{grid[i][j]}\n{names[label, verdict]}", ha="center", va="center", fontsize=11)
+            text = f"{grid[i][j]}\n{names[label, verdict]}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=11, color=figure.ink(image, grid[i][j]))
     fp_cell = (VERDICTS.index("fail"), VERDICTS.index("pass"))
     ax.add_patch(
         figure.plt.Rectangle((fp_cell[1] - 0.5, fp_cell[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3)
@@ -91,6 +92,7 @@ def plot_metrics(metrics_jsonl: str | os.PathLike, out: str | os.PathLike, title
     if rows:
         ax.axhline(FALSE_PASS_TARGET, **TARGET_STYLE, label=f"false-pass target {FALSE_PASS_TARGET:.0%}")
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("tickets judged (global step)")
         ax.set_ylabel("rate")
         ax.legend(fontsize=8)

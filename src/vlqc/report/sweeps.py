@@ -81,14 +81,6 @@ def _values(rows: list[dict[str, str]], axis: str) -> list[str]:
     return [v for _, v in sorted(zip(numbers, seen))] if None not in numbers else seen
 
 
-def _ink(image, value: float | None) -> str:
-    """Black on light cells, white on dark ones."""
-    if value is None:
-        return "black"
-    red, green, blue, _ = image.cmap(image.norm(value))
-    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
-
-
 def plot_heatmap(
     summary_csv: str | os.PathLike,
     winner_json: str | os.PathLike,
@@ -119,7 +111,7 @@ def plot_heatmap(
                 continue
             loss = _float(row.get("eval_loss", ""))
             text = f"{_cell(row[SCORE])}" + ("" if loss is None else f"\nloss {figure.number(loss)}")
-            ax.text(j, i, text, ha="center", va="center", color=_ink(image, grid[i][j]), fontsize=9)
+            ax.text(j, i, text, ha="center", va="center", color=figure.ink(image, grid[i][j]), fontsize=9)
             if row is best:
                 ax.add_patch(figure.plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
     ax.set_yticks(range(len(down)), down)

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from matplotlib.ticker import MaxNLocator
+
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_json
 from vlqc.report import figure
@@ -67,6 +69,7 @@ def plot_loss(logging_jsonl: str | os.PathLike, out: str | os.PathLike, run: str
     if log.eval:
         ax.plot(*zip(*log.eval), "o-", label="eval loss (ms-swift, val)", color="tab:orange")
     if log.train or log.eval:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
@@ -112,22 +115,32 @@ def ordering_verdict(ablation: dict) -> str:
 
 
 def plot_ablation(ablation_json: str | os.PathLike, out: str | os.PathLike, run: str) -> dict:
-    """Eval loss with correct, shuffled, black and noise images; deltas over correct on the bars."""
+    """Left: eval loss per image variant (points: the differences are small next to the loss). Right: each
+    variant's delta over the correct images, the quantity that says whether the model reads its photos."""
     ablation = read_json(ablation_json, schema="eval_ablation")
     losses = ablation["loss"]
     variants = [v for v in ABLATION_VARIANTS if v in losses] + sorted(set(losses) - set(ABLATION_VARIANTS))
-    fig, (ax,) = figure.new()
+    fig, (loss_ax, delta_ax) = figure.new(ncols=2, width=4.6, height=4.2)
+    values = [losses[v] for v in variants]
     colors = ["tab:green" if v == "correct" else "tab:gray" for v in variants]
-    bars = ax.bar(variants, [losses[v] for v in variants], color=colors)
-    for variant, bar in zip(variants, bars):
-        delta = ablation.get(DELTA_KEYS.get(variant, ""))
-        text = figure.number(losses[variant]) + ("" if delta is None else f"\nΔ {delta:+.4f}")
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-    ax.set_ylabel("eval loss")
-    ax.margins(y=0.2)
+    loss_ax.scatter(variants, values, s=80, color=colors, zorder=3)
+    for variant, value in zip(variants, values):
+        loss_ax.annotate(f"{value:.4f}", (variant, value), textcoords="offset points", xytext=(0, 8), ha="center")
+    loss_ax.margins(x=0.2, y=0.3)
+    loss_ax.set_ylabel("eval loss")
+    loss_ax.set_title("loss per image variant")
+    deltas = [(v, ablation[DELTA_KEYS[v]]) for v in variants if v in DELTA_KEYS]
+    bars = delta_ax.bar(
+        [v for v, _ in deltas], [d for _, d in deltas], color=["tab:green" if d > 0 else "tab:red" for _, d in deltas]
+    )
+    delta_ax.bar_label(bars, labels=[f"{d:+.4f}" for _, d in deltas])
+    delta_ax.axhline(0, color="black", linewidth=1)
+    delta_ax.margins(y=0.3)
+    delta_ax.set_ylabel("loss − correct loss")
+    delta_ax.set_title("delta over the correct images")
     holds = ablation["ordering_holds"]
-    ax.set_title(
-        f"run {run}: image ablations ({ablation['rows']} rows), ordering {ordering_verdict(ablation)}\n"
+    fig.suptitle(
+        f"run {run}: image ablations on {ablation['rows']} rows, ordering {ordering_verdict(ablation)}\n"
         + ablation["ordering"],
         color="darkgreen" if holds else "darkred",
         fontsize=10,
