@@ -9,8 +9,9 @@ is covered by tests/test_plot_stage_b.py. Then Snakemake builds the plots of bot
 Stage-B plots and the headline, and `snakemake --report` writes the page.
 
 In Chromium (Debian's chromium and chromium-driver, driven by selenium) the test opens every result of
-the report through its own view button and checks that each image loads (naturalWidth > 0), and that
-the headline page shows the serving run's eval loss and the mission's false-pass rate as text.
+the report through its own view button and checks that each image loads (naturalWidth > 0) in full
+(no pixel left transparent: a truncated PNG still reports its size), and that the headline page shows
+the serving run's eval loss and the mission's false-pass rate as text.
 Screenshots of the headline and of one plot are left beside the report (results/report_*.png).
 """
 
@@ -141,8 +142,21 @@ def image_width(driver, result: str) -> int | None:
         "const img = Array.from(document.images).find(i => i.src === results[arguments[0]].data_uri);"
         " return img && img.complete ? img.naturalWidth : null"
     )
-    return WebDriverWait(driver, 10).until(lambda d: d.execute_script(shown, result) is not None) and (
-        driver.execute_script(shown, result)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script(shown, result) is not None)
+    return driver.execute_script(shown, result)
+
+
+def transparent_pixels(driver, result: str) -> int:
+    """Pixels of the shown image that the browser drew transparent. A plot is opaque all over, so any
+    is a part that did not decode (a truncated PNG still reports its full size)."""
+    return driver.execute_script(
+        "const img = Array.from(document.images).find(i => i.src === results[arguments[0]].data_uri);"
+        " const canvas = document.createElement('canvas');"
+        " canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;"
+        " const context = canvas.getContext('2d'); context.drawImage(img, 0, 0);"
+        " const data = context.getImageData(0, 0, canvas.width, canvas.height).data;"
+        " let clear = 0; for (let i = 3; i < data.length; i += 4) { if (data[i] < 255) clear++; } return clear;",
+        result,
     )
 
 
@@ -167,6 +181,7 @@ def test_every_plot_and_the_headline_are_in_the_report(report, browser):
         mime = view(browser, result)
         if mime == "image/png":
             assert image_width(browser, result) > 0, f"{result} does not load"
+            assert transparent_pixels(browser, result) == 0, f"{result} loads only in part"
         else:
             assert mime == "text/html" and result == HEADLINE
         if result == STAGE_B_PLOTS[0]:
