@@ -116,6 +116,31 @@ def serving_model():
     return f"results/train/sft/{config['train']['run']}/merged"
 
 
+# --- evaluation (rules/eval.smk) ------------------------------------------------------------
+
+EVAL = config["eval"]
+
+
+def eval_candidates_file():
+    """The candidates of eval.dataset: every row the eval and golden sets draw from."""
+    return f"results/eval/{EVAL['dataset']}/candidates.jsonl"
+
+
+def eval_split_file():
+    """The configured eval set (eval.dataset, eval.split_seed, eval.rows), shared by every checkpoint and sweep point."""
+    return f"results/eval/{EVAL['dataset']}/split_seed{EVAL['split_seed']}_eval{EVAL['rows']}.json"
+
+
+def eval_images():
+    """The photos of eval.dataset; rows name them relative to its folder (the parent of images/)."""
+    return f"results/data/{EVAL['dataset']}/images"
+
+
+def eval_loss_files(run):
+    """The eval loss of every checkpoint run `run` saved (known once it trained, see saved_steps)."""
+    return expand("results/train/sft/{run}/eval_loss/step_{step}.json", run=run, step=saved_steps(run))
+
+
 # --- Stage-A -----------------------------------------------------------------------------
 
 STAGE_A = config["stage_a"]

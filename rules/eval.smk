@@ -1,27 +1,5 @@
 # Evaluation: the eval set, token-weighted eval loss per checkpoint, image ablations (docs/evaluation.md).
 
-EVAL = config["eval"]
-
-
-def eval_candidates_file():
-    """The candidates of eval.dataset: every row the eval and golden sets draw from."""
-    return f"results/eval/{EVAL['dataset']}/candidates.jsonl"
-
-
-def eval_split_file():
-    """The configured eval set (eval.dataset, eval.split_seed, eval.rows): every checkpoint and sweep point is scored on it."""
-    return f"results/eval/{EVAL['dataset']}/split_seed{EVAL['split_seed']}_eval{EVAL['rows']}.json"
-
-
-def eval_images():
-    """The photos of eval.dataset; rows name them relative to its folder (the parent of images/)."""
-    return f"results/data/{EVAL['dataset']}/images"
-
-
-def eval_loss_files(run):
-    """The eval loss of every checkpoint run `run` saved (known once it trained, see saved_steps)."""
-    return expand("results/train/sft/{run}/eval_loss/step_{step}.json", run=run, step=saved_steps(run))
-
 
 rule eval_candidates:
     input:

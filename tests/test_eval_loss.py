@@ -56,6 +56,25 @@ def test_fit_to_cap_resizes_like_data_preparation():
     assert (big.width, big.height) == (288, 192)  # smart_resize: the aspect ratio kept within one patch
 
 
+def test_row_images_are_the_pixels_data_preparation_writes(tmp_path):
+    from test_sft_data import _record, config, write_canonical
+
+    from vlqc.evaluation.loss import load_row_images
+    from vlqc.train.sft_data import prepare_image
+
+    records = [_record("big", [{"bbox_2d": [100, 100, 600, 500], "desc": "类别=BBU设备"}], None, size=(1000, 700))]
+    records.append(_record("small", [], None))  # 96x64: within the cap, used as it is
+    source = write_canonical(tmp_path / "canonical", records, "val.jsonl")
+    cfg = config(max_pixels=65536, resize_to_cap=True)
+    rows = [{"id": r["sample_id"], "images": r["images"]} for r in records]
+    ours = load_row_images(rows, source.parent, cfg.max_pixels, cfg.factor)
+    for n, record in enumerate(records):
+        rel, _ = prepare_image(record, n, cfg, source, tmp_path / "sft")
+        with Image.open(tmp_path / "sft" / rel) as prepared:
+            assert ours[n][0].size == prepared.size and ours[n][0].tobytes() == prepared.convert("RGB").tobytes()
+    assert ours[0][0].size == (288, 192) and rel.startswith("images/source/")
+
+
 # --- against ms-swift -----------------------------------------------------------------------------
 
 

@@ -65,7 +65,7 @@ def build_candidates(
         mission = record.get("ticket", {}).get("mission")
         for mode in image_modes:
             try:
-                texts = image_texts(mode, record, domain, mission, missions)
+                texts = image_texts(mode, record, domain, mission, missions, no_mission=False)
             except VlqcError as exc:
                 raise VlqcError(f"{source}: record {index}: {exc}") from exc
             rows.append(_row(mode, record["sample_id"], texts, list(record["images"])))

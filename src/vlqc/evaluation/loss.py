@@ -4,8 +4,9 @@ Contract:
 - A row is encoded by ms-swift's template for Qwen3-VL in train mode, so its label mask is the one
   training sees: the answer, `<|im_end|>` and the newline after it. Its images are the canonical
   ones fitted to the run's pixel cap (`template.max_pixels`) by `vlqc.train.augment.resample`, the
-  resize of training's data preparation; ms-swift is told not to resize again (as in training), and
-  each row's image grid is checked against that.
+  resize of training's data preparation, and re-encoded as it saves them (the same pixels as the
+  run's own val rows); ms-swift is told not to resize again (as in training), and each row's image
+  grid is checked against that.
 - A row longer than the run's `global_max_length` is cut to it by ms-swift's `right` truncation
   (image tokens are kept, text is cut from the end); its labels that were cut off are not counted,
   and the row counts as truncated.
@@ -22,6 +23,7 @@ The library part (`RowLoss`, `summarize`) needs no torch; `Scorer` loads a check
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -35,7 +37,7 @@ from PIL import Image
 from vlqc.errors import VlqcError
 from vlqc.evaluation.buckets import BUCKETS
 from vlqc.train.augment import resample
-from vlqc.train.sft_data import MODES, data_config, swift_env
+from vlqc.train.sft_data import IMAGE_FORMATS, MODES, SAVE_QUALITY, data_config, swift_env
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +90,26 @@ def fit_to_cap(image: Image.Image, max_pixels: int, factor: int) -> Image.Image:
 def load_row_images(
     rows: Sequence[Mapping[str, Any]], root: Path, max_pixels: int, factor: int
 ) -> list[list[Image.Image]]:
-    """The images of each row (paths relative to `root`), fitted to the cap."""
+    """The images of each row (paths relative to `root`) as training reads them: fitted to the cap
+    and, when that resized one, encoded in its file's format as data preparation saves it (so the
+    pixels are the very ones of the run's val rows)."""
     out = []
     for row in rows:
         images = []
         for rel in row["images"]:
+            path = root / rel
             try:
-                with Image.open(root / rel) as image:
-                    images.append(fit_to_cap(image, max_pixels, factor))
-            except OSError as exc:
-                raise VlqcError(f"row {row['id']}: cannot read image {root / rel}: {exc}") from exc
+                with Image.open(path) as image:
+                    fitted = fit_to_cap(image, max_pixels, factor)
+                    resized = fitted.size != image.size
+                if resized:
+                    buffer = io.BytesIO()
+                    fitted.save(buffer, format=IMAGE_FORMATS[path.suffix.lower()], quality=SAVE_QUALITY)
+                    with Image.open(buffer) as saved:
+                        fitted = saved.convert("RGB")
+            except (OSError, KeyError) as exc:
+                raise VlqcError(f"row {row['id']}: cannot read image {path}: {exc!r}") from exc
+            images.append(fitted)
         out.append(images)
     return out
 

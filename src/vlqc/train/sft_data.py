@@ -79,6 +79,7 @@ TRAIN_DEFAULTS = defaults("train_config")
 DEFAULT_RATIOS = TRAIN_DEFAULTS["data"]["modes"]
 ROW_SCHEMA = "sft_record"
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+SAVE_QUALITY = 95  # JPEG quality of images written here (PNG ignores it)
 # Draws a recombined ticket gets to come out with the label it was meant to have.
 RECOMBINE_DRAWS = 20
 # The smallest image qwen_vl_utils leaves alone is 4 tokens (IMAGE_MIN_TOKEN_NUM); smart_resize agrees.
@@ -256,7 +257,7 @@ def _conforms(width: int, height: int, cfg: DataConfig) -> bool:
 
 def _save(image: Image.Image, path: Path) -> None:
     with atomic_open(path, "wb") as fh:
-        image.save(fh, format=IMAGE_FORMATS[path.suffix.lower()], quality=95)  # PNG ignores quality
+        image.save(fh, format=IMAGE_FORMATS[path.suffix.lower()], quality=SAVE_QUALITY)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -381,7 +382,7 @@ def image_texts(
     mission: str | None,
     missions: Mapping[str, Mapping[str, Any]],
     *,
-    no_mission: bool = False,
+    no_mission: bool,
 ) -> tuple[str, str, str]:
     """System, user and answer of a dense or summary row for a canonical record (its image as prepared);
     a summary prompt names `mission` unless it is None or `no_mission` is set. Evaluation builds its
