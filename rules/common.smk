@@ -141,6 +141,20 @@ def eval_loss_files(run):
     return expand("results/train/sft/{run}/eval_loss/step_{step}.json", run=run, step=saved_steps(run))
 
 
+# --- golden set and dumps (rules/golden.smk) ---------------------------------------------
+
+
+def golden_dumps(run):
+    """The golden dump (of the eval.golden_rows golden set) of every checkpoint run `run` saved; for an
+    input function (the steps are known once the run trained, see saved_steps)."""
+    return expand(
+        "results/train/sft/{run}/qual/step_{step}_golden{n}.jsonl",
+        run=run,
+        step=saved_steps(run),
+        n=config["eval"]["golden_rows"],
+    )
+
+
 # --- Stage-A -----------------------------------------------------------------------------
 
 STAGE_A = config["stage_a"]

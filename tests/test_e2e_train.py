@@ -1,5 +1,6 @@
-"""End to end on the tiny model: SFT through ms-swift (LoRA and full), merge, equal generation, the eval rule,
-and reruns when a file a job reads changes. The workflow is conftest's `trained`, shared with the other e2e modules."""
+"""End to end on the tiny model: SFT through ms-swift (LoRA and full), every saved checkpoint kept, merge, equal
+generation, the eval rule, and reruns when a file a job reads changes. The workflow is conftest's `trained`,
+shared with the other e2e modules."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ def test_training_outputs_and_run_manifest(trained):
         assert not (out / "swift").exists(), "the ms-swift work folder is temporary"
     assert (trained / "results/train/sft/lora/checkpoint/adapter_config.json").is_file()
     assert (trained / "results/train/sft/full/checkpoint/model.safetensors").is_file()
+
+
+def test_every_saved_checkpoint_is_kept_and_the_last_is_the_checkpoint(trained):
+    """save_steps 2 of 3 steps: checkpoints at 2 and at the last step, both kept (save_total_limit: all)."""
+    for run, weights in (("lora", "adapter_model.safetensors"), ("full", "model.safetensors")):
+        out = trained / "results/train/sft" / run
+        assert sorted(p.name for p in (out / "steps").iterdir()) == ["step_2", f"step_{TRAINED_STEPS}"]
+        last = out / "steps" / f"step_{TRAINED_STEPS}"
+        assert json.loads((last / "trainer_state.json").read_text())["global_step"] == TRAINED_STEPS
+        assert json.loads((out / "steps/step_2/trainer_state.json").read_text())["global_step"] == 2
+        assert sorted(p.name for p in (out / "checkpoint").iterdir()) == sorted(p.name for p in last.iterdir())
+        assert (out / "checkpoint" / weights).samefile(last / weights), "the final checkpoint is linked, not copied"
+        assert (out / "steps/step_2" / weights).read_bytes() != (last / weights).read_bytes()
     assert "Train:" in (trained / "results/logs/train_sft/lora.log").read_text()  # progress reaches the log
 
 
@@ -83,7 +97,7 @@ def planned_reasons(workdir, *targets: str, allowed: tuple[str, ...] = ()) -> di
     its own inputs changed rather than waiting for an upstream job."""
     only = ("--allowed-rules", *allowed) if allowed else ()
     plan = snakemake(workdir, "--configfile", "e2e.yaml", "-n", *only, "--", *targets)
-    blocks = re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
+    blocks = re.finditer(r"^(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
     return {block[1]: re.search(r"^    reason: (.*)$", block[2], flags=re.M)[1] for block in blocks}
 
 

@@ -44,32 +44,50 @@ def test_image_count_must_match_tags(generator):
 
 
 @pytest.mark.parametrize("temperature, top_p, spread", [(0.2, 0.9, 3.0), (1.0, 0.5, 8.0), (0.7, 0.95, 0.01)])
-def test_nucleus_filters_as_the_transformers_warpers_do(temperature, top_p, spread):
-    """Peaked rows take the short path, a flat one (spread 0.01: the nucleus is most of the vocabulary) the sort."""
+def test_sampler_draws_from_the_nucleus_of_the_transformers_warpers(temperature, top_p, spread):
+    """Peaked rows take the short path, flat ones (spread 0.01: the nucleus is most of the vocabulary) the sort."""
     import torch
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from vlqc.inference.generation import Nucleus
+    from vlqc.inference.generation import NucleusSampler
 
     scores = torch.randn(4, 5000, generator=torch.Generator().manual_seed(1)) * spread
-    want = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores.clone()))
-    got = Nucleus(temperature, top_p)(None, scores.clone())
-    assert torch.equal(got.isinf(), want.isinf())
-    assert torch.allclose(got[~got.isinf()], want[~want.isinf()])
-    assert 1 <= (~got.isinf()).sum(dim=-1).min() and (~got.isinf()).sum() < got.numel()  # it did filter
+    nucleus = ~TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores.clone())).isinf()
+    sampler = NucleusSampler(temperature, top_p)
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(50):
+        out = sampler(None, scores.clone())
+        assert ((out == 0).sum(dim=-1) == 1).all() and (out.isinf().sum(dim=-1) == 4999).all(), "one token per row"
+        draws.append(out.argmax(dim=-1))
+    drawn = torch.stack(draws, dim=1)  # row → its 50 draws
+    assert nucleus.gather(-1, drawn).all(), "every draw lies in the nucleus"
+    assert nucleus.sum() < nucleus.numel(), "the nucleus left tokens out"
+    torch.manual_seed(0)
+    assert torch.equal(sampler(None, scores.clone()).argmax(dim=-1), drawn[:, 0]), "seeded: the same draws"
 
 
-def test_seeded_sampling_gives_what_transformers_sampling_gives(generator):
+def test_sampler_draws_every_token_of_the_nucleus_at_its_odds():
     import torch
 
+    from vlqc.inference.generation import NucleusSampler
+
+    logits = torch.full((1, 1000), -30.0)
+    logits[0, [7, 3, 500, 9]] = torch.tensor([0.6, 0.3, 0.1, 0.0001]).log()  # top_p 0.95: 7, 3 and 500
+    torch.manual_seed(0)
+    counts = torch.bincount(
+        torch.cat([NucleusSampler(1.0, 0.95)(None, logits).argmax(dim=-1) for _ in range(2000)]), minlength=1000
+    )
+    assert set(counts.nonzero().flatten().tolist()) == {3, 7, 500}
+    assert 1000 < counts[7] < 1400 and 450 < counts[3] < 750 and 120 < counts[500] < 290  # 1200, 600, 200 expected
+
+
+def test_seeded_sampling_is_reproducible_and_the_seed_matters(generator):
     request = Request("你是质检助手。", "<image>总结这张图片。", [Image.new("RGB", (96, 64), (200, 30, 30))])
-    sampling = Sampling(max_new_tokens=12, temperature=0.7, top_p=0.9, seed=5)
-    got = generator.generate([request], sampling)
-    batch = generator.encode([request])
-    torch.manual_seed(5)
-    with torch.inference_mode():
-        ids = generator.model.generate(
-            **batch, max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.9, top_k=None
-        )
-    assert got == generator.processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert got == generator.generate([request], sampling), "the seed makes it reproducible"
+    sampling = Sampling(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=5)
+    got = generator.generate([request, request], sampling)
+    assert got == generator.generate([request, request], sampling)
+    assert got != generator.generate(
+        [request, request], Sampling(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=6)
+    )
+    assert got[0] != got[1], "rows of a batch draw apart"

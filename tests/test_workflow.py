@@ -22,7 +22,7 @@ def rule_blocks():
     """(file, rule name, body) for every rule; a body runs to the next top-level statement."""
     for path in RULE_FILES:
         text = path.read_text(encoding="utf-8")
-        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.M):
+        for match in re.finditer(r"^(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.M):
             yield path.name, match.group(1), match.group(2)
 
 
