@@ -79,6 +79,7 @@ rule sweep_train:
         config=f"{SWEEP_RUN}/config.json",
     output:
         checkpoint=directory(f"{SWEEP_RUN}/checkpoint"),
+        steps=directory(f"{SWEEP_RUN}/steps"),
         logging=f"{SWEEP_RUN}/logging.jsonl",
         resolved=f"{SWEEP_RUN}/resolved_config.json",
         runtime_env=f"{SWEEP_RUN}/runtime_env.json",
@@ -124,8 +125,8 @@ rule sweep_eval_loss:
         checkpoint=f"{SWEEP_RUN}/checkpoint",
         base=base_model_dir(),
         config=f"{SWEEP_RUN}/config.json",
-        split=lambda wildcards: eval_split_file(),
-        images=f"results/data/{config['eval']['dataset']}/images",
+        split=eval_split_file(),
+        images=eval_images(),
     output:
         f"{SWEEP_RUN}/eval_loss.json",
     log:
@@ -148,8 +149,8 @@ rule sweep_ablation:
         checkpoint=f"{SWEEP_RUN}/checkpoint",
         base=base_model_dir(),
         config=f"{SWEEP_RUN}/config.json",
-        candidates=lambda wildcards: eval_candidates_file(),
-        images=f"results/data/{config['eval']['dataset']}/images",
+        candidates=eval_candidates_file(),
+        images=eval_images(),
     output:
         f"{SWEEP_RUN}/ablation.json",
     log:

@@ -48,11 +48,10 @@ def arguments() -> cli.Parser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    resolved = read_json(args.config) if args.config.suffix == ".json" else load_train_config(args.config)
     return write_dataset(
         args.train,
         args.val,
-        data_config(resolved),
+        data_config(load_train_config(args.config)),
         args.out,
         load_missions(args.missions),
         guidance=_guidance(args.guidance) if args.guidance else None,

@@ -70,13 +70,17 @@ def test_summary_has_a_row_per_point_and_the_winner_scores_lowest(swept):
     assert [r["point"] for r in winner["ranking"]][0] == winner["point"]
 
 
-def test_a_new_value_trains_only_its_own_point(swept):
-    (swept / "e2e_sweep_more.yaml").write_text(
-        "sweeps: {e2e: {axes: {tuner.learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]}}}\n", encoding="utf-8"
-    )
-    plan = snakemake(
-        swept, "-n", "--configfile", "e2e.yaml", "e2e_sweep_more.yaml", "--", "results/sweeps/e2e/summary.csv"
-    )
-    jobs = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", plan.stdout, flags=re.M)}
+def planned(workdir, overlay: str) -> tuple[dict[str, int], str]:
+    """Job counts by rule of a dry run of the e2e sweep with `overlay` on top of e2e.yaml, and its plan."""
+    (workdir / "e2e_sweep_change.yaml").write_text(overlay, encoding="utf-8")
+    target = "results/sweeps/e2e/summary.csv"
+    plan = snakemake(workdir, "-n", "--configfile", "e2e.yaml", "e2e_sweep_change.yaml", "--", target).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", plan, flags=re.M)}, plan
+
+
+def test_a_new_value_trains_only_its_own_point_and_a_new_weight_trains_nothing(swept):
+    jobs, plan = planned(swept, "sweeps: {e2e: {axes: {tuner.learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]}}}\n")
     assert jobs["sweep_config"] == jobs["sweep_train"] == jobs["sweep_eval_loss"] == jobs["sweep_ablation"] == 1
-    assert "results/sweeps/e2e/learning_rate-0.01/config.json" in plan.stdout
+    assert "results/sweeps/e2e/learning_rate-0.01/config.json" in plan
+    jobs, _ = planned(swept, "sweeps: {e2e: {weight: 0.5}}\n")
+    assert jobs == {"sweep_summary": 1, "total": 1}

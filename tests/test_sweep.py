@@ -156,6 +156,17 @@ def test_config_json_is_written_resolved_and_loads_back_to_itself(tmp_path):
     assert load_train_config(out) == written  # what scripts/train_sft.py and the eval jobs load
 
 
+def test_a_points_config_job_reads_its_own_values_and_not_the_weight():
+    entry = sweep_entry(axes={"tuner.learning_rate": [0.001, 0.003], "tuner.train_vit_norms": [True]}, weight=0.3)
+    point = sw.grid("s", entry)[1]
+    assert sw.one_point(entry, point) == {
+        "base": ALIGN,
+        "max_steps": 24,
+        "axes": {"tuner.learning_rate": [0.003], "tuner.train_vit_norms": [True]},
+    }
+    assert sw.grid("s", {**entry, **sw.one_point(entry, point)}) == [point]
+
+
 def test_config_job_refuses_a_point_its_settings_do_not_hold(tmp_path, capsys):
     entry = sweep_entry(axes={"tuner.learning_rate": [0.001, 0.003]})
     settings = json.dumps({"s": sw.one_point(entry, sw.grid("s", entry)[0])})

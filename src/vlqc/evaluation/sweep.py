@@ -111,9 +111,14 @@ def find_point(sweep_name: str, sweep: Mapping[str, Any], name: str) -> Point:
 
 
 def one_point(sweep: Mapping[str, Any], point: Point) -> dict[str, Any]:
-    """`sweep` narrowed to `point` (each axis holds only the point's value): what the point's jobs
-    read, so that changing another point's values leaves this one's outputs alone."""
-    return {**sweep, "axes": {key: [value] for key, value in point.values.items()}}
+    """What a point's config job reads of `sweep`: the base, max_steps, and each axis holding only the
+    point's value. So changing another point's values, or the weight (the summary's alone), leaves
+    this point's run alone."""
+    return {
+        "base": sweep["base"],
+        "max_steps": sweep["max_steps"],
+        "axes": {key: [value] for key, value in point.values.items()},
+    }
 
 
 def overrides(sweep_name: str, sweep: Mapping[str, Any], point: Point) -> dict[str, Any]:
