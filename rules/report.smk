@@ -33,9 +33,7 @@ rule plot_loss:
 
 rule plot_eval_buckets:
     input:
-        lambda wildcards: expand(
-            "results/train/sft/{run}/eval_loss/step_{step}.json", run=wildcards.run, step=saved_steps(wildcards.run)
-        ),
+        lambda wildcards: eval_loss_files(wildcards.run),
     output:
         report(
             "results/plots/train/{run}/eval_loss_buckets.png",
