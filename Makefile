@@ -21,8 +21,11 @@ $(STAMP): requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $(STAMP)
 
+# The pipeline, then its report (docs/evaluation.md#the-report) from the outputs of the same target.
 demo: venv
 	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --report results/report.html
+	@echo "Report: $(CURDIR)/results/report.html"
 
 test: venv
 	$(PY) -m pytest

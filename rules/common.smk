@@ -304,3 +304,84 @@ def demo_stage_targets():
     return expand("results/{mission}_stage_a.jsonl", mission=missions) + expand(
         "results/stage_b/{mission}/eval/demo/verdicts.jsonl", mission=missions
     )
+
+
+# --- the report ---------------------------------------------------------------------------
+
+import shlex
+
+REPORT = config["report"]
+
+
+def report_missions():
+    """Missions whose Stage-A and Stage-B plots the report shows: report.missions, else the missions
+    whose Stage-A and Stage-B the default target runs."""
+    if REPORT["missions"] is not None:
+        return REPORT["missions"]
+    return config["demo"]["missions"] if demo_stage_targets() else []
+
+
+def final_eval_loss(run):
+    """The eval-loss file of a run's last saved checkpoint."""
+    return f"results/train/sft/{run}/eval_loss/step_{max(saved_steps(run))}.json"
+
+
+def training_plots(run):
+    return expand("results/plots/train/{run}/{plot}.png", run=run, plot=["loss", "eval_loss_buckets", "ablation"])
+
+
+def stage_plots():
+    """Stage-A plot and the Stage-B plots of report.stage_b_run, for report_missions()."""
+    missions = report_missions()
+    if not missions:
+        return []
+    run = REPORT["stage_b_run"]
+    plots = ["results/plots/stage_a/summary.png"] if REPORT["stage_a"] else []
+    plots += expand(
+        "results/plots/stage_b/{mission}/eval/{run}/{plot}.png",
+        mission=missions,
+        run=run,
+        plot=["confusion", "metrics", "outcomes"],
+    )
+    return plots + [f"results/plots/stage_b/eval/{run}/false_pass.png"]
+
+
+def report_targets():
+    """Every plot of the training runs and of the stages the report shows, and the headline page:
+    what rule all builds so that `snakemake --report` has it."""
+    plots = [plot for run in config["train"]["runs"] for plot in training_plots(run)]
+    return plots + stage_plots() + ["results/plots/headline.html"]
+
+
+def sweep_report_targets():
+    """The table and heatmap of every configured sweep (each point trains a model: not in rule all)."""
+    return expand(
+        "results/plots/sweeps/{sweep}/{plot}", sweep=list(config["sweeps"]), plot=["summary.html", "heatmap.png"]
+    )
+
+
+def headline_args(wildcards, input):
+    """Arguments of scripts/report_headline.py, the inputs in the order of report_headline's input."""
+    args = [f"--serving-run {shlex.quote(config['train']['run'])}"]
+    for run in config["train"]["runs"]:
+        args.append(shlex.join(["--run", run, final_eval_loss(run), f"results/train/sft/{run}/ablation.json"]))
+    if input.stage_a:
+        args.append(shlex.join(["--stage-a", *input.stage_a]))
+    for mission in report_missions():
+        folder = f"results/stage_b/{mission}/eval/{REPORT['stage_b_run']}"
+        files = [f"{folder}/metrics.jsonl", f"{folder}/group_report.jsonl", f"{folder}/need_review.json"]
+        args.append(shlex.join(["--stage-b", mission, *files]))
+    return " ".join(args + [f"--stage-b-run {shlex.quote(REPORT['stage_b_run'])}"])
+
+
+def headline_labels(wildcards, output):
+    """Labels of the headline entry: the serving run's eval loss and the worst false-pass rate."""
+    from vlqc.jsonl import read_json
+    from vlqc.report.headline import SCHEMA, labels
+
+    return labels(read_json(output.json, schema=SCHEMA))
+
+
+def sweep_axes(wildcards):
+    """The sweep's axes, in config order, as arguments."""
+    return shlex.join(config["sweeps"][wildcards.sweep]["axes"])

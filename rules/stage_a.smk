@@ -1,5 +1,8 @@
 # Stage-A: per-image summaries for every selected group of a mission, merged per mission.
 
+# What each inference rank did (images, generate seconds), summed by the merge into stats.json.
+STAGE_A_RANK_STATS = expand("results/stage_a/{{mission}}/rank{rank}.stats.json", rank=range(stage_a_ranks()))
+
 
 rule stage_a_select:
     input:
@@ -43,7 +46,8 @@ rule stage_a_infer:
         checkpoint=stage_a_checkpoint(),
         missions=config["missions_file"],
     output:
-        intermediate(STAGE_A_RANK_FILES),
+        rows=intermediate(STAGE_A_RANK_FILES),
+        stats=intermediate(STAGE_A_RANK_STATS),
     log:
         "results/logs/stage_a/{mission}/infer.log",
     conda:
@@ -53,7 +57,8 @@ rule stage_a_infer:
         gpu=STAGE_A["gpus"],
     params:
         ranks=stage_a_ranks(),
-        out=lambda wildcards, output: output[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
+        out=lambda wildcards, output: output.rows[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
+        stats=lambda wildcards, output: output.stats[0].replace("rank0.stats.json", "rank{rank}.stats.json"),
         settings=stage_a_settings(*STAGE_A_INFER_KEYS),
     shell:
         # Threads split evenly over the ranks: oversubscribed cores slow generation severalfold.
@@ -61,7 +66,7 @@ rule stage_a_infer:
         " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
         " scripts/stage_a_infer.py --selection {input.selection} --mission {wildcards.mission:q}"
         " --missions {input.missions} --checkpoint {input.checkpoint}"
-        " --out {params.out:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
+        " --out {params.out:q} --stats {params.stats:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -69,9 +74,11 @@ rule stage_a_merge:
     input:
         selection="results/stage_a/{mission}/selection.jsonl",
         ranks=STAGE_A_RANK_FILES,
+        rank_stats=STAGE_A_RANK_STATS,
     output:
         merged="results/{mission}_stage_a.jsonl",
         failures="results/{mission}_stage_a.failures.jsonl",
+        stats="results/stage_a/{mission}/stats.json",
     log:
         "results/logs/stage_a/{mission}/merge.log",
     conda:
@@ -79,5 +86,6 @@ rule stage_a_merge:
     shell:
         # Once merged, the resume entries of the inference job are no longer needed.
         "python scripts/stage_a_merge.py --selection {input.selection} --mission {wildcards.mission:q}"
-        " --out {output.merged} --failures {output.failures} {input.ranks} > {log} 2>&1"
+        " --out {output.merged} --failures {output.failures} --stats {output.stats}"
+        " {input.ranks} --rank-stats {input.rank_stats} > {log} 2>&1"
         " && rm -rf results/stage_a/{wildcards.mission:q}/resume"

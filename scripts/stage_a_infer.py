@@ -5,6 +5,7 @@ Launched as `python -m torch.distributed.run --standalone --nproc_per_node=N --m
 scripts/stage_a_infer.py ...`; RANK, WORLD_SIZE and LOCAL_RANK come from torchrun. A rank that
 fails exits non-zero, which fails the whole job with the rank named. Settings: the `stage_a`
 config section (generation settings, sharding_mode, gpus; max_pixels resolved by the rule).
+With --stats, each rank also writes what it did (stage_a_rank_stats), which the merge sums.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vlqc import cli
+from vlqc.jsonl import write_json
 from vlqc.missions import load_missions
 from vlqc.stage_a.infer import Settings, run_rank
 from vlqc.stage_a.jobs import read_selection
@@ -28,6 +30,7 @@ def arguments() -> cli.Parser:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", required=True, help="rank file path with {rank} in it")
     parser.add_argument("--resume-dir", type=Path, required=True, help="finished items of earlier attempts")
+    parser.add_argument("--stats", help="rank stats path with {rank} in it (stage_a_rank_stats)")
     return parser
 
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args: argparse.Namespace) -> dict:
         cuda = args.settings["gpus"] > 0
-        return run_rank(
+        counts = run_rank(
             read_selection(args.selection),
             mission=args.mission,
             missions=load_missions(args.missions),
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             device=f"cuda:{local_rank}" if cuda else "cpu",
             dtype=torch.bfloat16 if cuda else torch.float32,
         )
+        if args.stats:
+            write_json(args.stats.format(rank=rank), {"rank": rank, "world": world, **counts}, "stage_a_rank_stats")
+        return counts
 
     return cli.main(run, arguments(), argv, prefix=f"rank {rank}: ")
 

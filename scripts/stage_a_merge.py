@@ -7,7 +7,9 @@ Example:
     python scripts/stage_a_merge.py --mission 挡风板安装检查 \
         --selection results/stage_a/挡风板安装检查/selection.jsonl \
         --out results/挡风板安装检查_stage_a.jsonl --failures results/挡风板安装检查_stage_a.failures.jsonl \
-        results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ...
+        --stats results/stage_a/挡风板安装检查/stats.json \
+        results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ... \
+        --rank-stats results/stage_a/挡风板安装检查/rank0.stats.json ...
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import sys
 from pathlib import Path
 
 from vlqc import cli
-from vlqc.errors import SchemaError
+from vlqc.errors import SchemaError, VlqcError
 from vlqc.jsonl import read_jsonl
-from vlqc.stage_a.merge import merge, write_merge
+from vlqc.stage_a.merge import merge, merge_stats, write_merge, write_stats
 
 log = logging.getLogger("stage_a_merge")
 
@@ -38,13 +40,20 @@ def arguments() -> cli.Parser:
     parser.add_argument("--out", type=Path, required=True, help="merged records: results/<mission>_stage_a.jsonl")
     parser.add_argument("--failures", type=Path, required=True, help="groups left out, with a reason code")
     parser.add_argument("--mission", required=True)
+    parser.add_argument("--stats", type=Path, help="throughput and failure counts (stage_a_stats), with --rank-stats")
+    parser.add_argument("--rank-stats", type=Path, nargs="+", help="the ranks' stats files (stage_a_rank_stats)")
     parser.add_argument("rank_files", type=Path, nargs="+", help="per-image rows: …rank<r>.jsonl")
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
+    if (args.stats is None) != (args.rank_stats is None):
+        raise VlqcError("--stats and --rank-stats go together: the stats sum the ranks' stats files")
     result = merge(_selection(args.selection), args.rank_files, args.mission)
+    stats = merge_stats(result, args.mission, args.rank_stats) if args.stats else None
     write_merge(result, args.out, args.failures)
+    if stats is not None:
+        write_stats(stats, args.stats)
     counts = result.counts
     reasons = ", ".join(f"{reason} {n}" for reason, n in counts["failed_by_reason"].items()) or "none"
     log.info(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from workflow_env import BIN, snakemake, trained_workflow
 
-from vlqc.jsonl import read_jsonl
+from vlqc.jsonl import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +122,11 @@ def test_rank_files_are_temporary_and_the_merge_is_logged(both_modes):
     assert not (workdir / f"results/stage_a/{MISSION}/resume").exists()
     log = (workdir / f"results/logs/stage_a/{MISSION}/merge.log").read_text(encoding="utf-8")
     assert "selected 4, written" in log
+    # The merge keeps what the ranks did in stats.json; the ranks' own stats files are temporary too.
+    assert not list((workdir / f"results/stage_a/{MISSION}").glob("rank*.stats.json"))
+    stats = read_json(workdir / f"results/stage_a/{MISSION}/stats.json", schema="stage_a_stats")
+    assert stats["selected"] == 4 and stats["written"] + stats["failed"] == 4 and len(stats["ranks"]) == 2
+    assert stats["images"] == sum(len(g["images"]) for g in selection(workdir)) and stats["generate_s"] > 0
 
 
 def test_a_killed_run_resumes_where_it_stopped(both_modes):

@@ -20,7 +20,7 @@ from conftest import REPO
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.schemas import fast_check, validate, validator
-from vlqc.stage_a.merge import REASON_PRIORITY, check_record, merge, rank_of, write_merge
+from vlqc.stage_a.merge import REASON_PRIORITY, check_record, merge, merge_stats, rank_of, write_merge
 
 MISSION = "挡风板安装检查"
 SUMMARY = '{"类别":"BBU设备","品牌":"华为","挡风板需求":"无需安装"}'
@@ -591,3 +591,57 @@ def test_cli_fails_on_invalid_or_missing_inputs_naming_the_file(tmp_path):
     gone = _cli("--selection", selection, "--out", out, "--failures", failures, "--mission", MISSION, rank0, missing)
     assert gone.returncode == 1 and str(missing) in gone.stderr
     assert not out.exists() and not failures.exists()
+
+
+def _rank_stats(folder: Path, rank: int, generated: int, generate_s: float, world: int = 2) -> Path:
+    path = folder / f"rank{rank}.stats.json"
+    stats = {"rank": rank, "world": world, "images": generated + 1, "resumed": 1, "generated": generated}
+    path.write_text(json.dumps({**stats, "failed": 0, "generate_s": generate_s}), encoding="utf-8")
+    return path
+
+
+def test_cli_stats_sum_the_ranks_and_time_the_slowest(tmp_path):
+    groups = [_selected(0, ["a.jpg"]), _selected(1, ["b.jpg"], label="fail")]
+    selection = tmp_path / "selection.jsonl"
+    write_jsonl(selection, groups, schema="stage_a_group_selection")
+    ranks = [
+        _rank_file(tmp_path, 0, [_row(groups[0], 1)]),
+        _rank_file(tmp_path, 1, [_row(groups[1], 1, error={"code": "decode_error", "message": "x"})]),
+    ]
+    stats = [
+        _rank_stats(tmp_path, 1, generated=6, generate_s=4.0),
+        _rank_stats(tmp_path, 0, generated=4, generate_s=2.0),
+    ]
+    out, failures, stats_out = tmp_path / "out.jsonl", tmp_path / "failures.jsonl", tmp_path / "stats.json"
+    args = ["--selection", selection, "--out", out, "--failures", failures, "--mission", MISSION]
+    done = _cli(*args, "--stats", stats_out, *ranks, "--rank-stats", *stats)  # as the rule orders them
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(stats_out.read_text(encoding="utf-8"))
+    validate(doc, "stage_a_stats")
+    assert (doc["mission"], doc["selected"], doc["written"], doc["failed"]) == (MISSION, 2, 1, 1)
+    assert doc["failed_by_reason"] == {"decode_error": 1}
+    # 10 images in the 4 s of the slower rank (the ranks run side by side).
+    assert (doc["generated"], doc["generate_s"], doc["images_per_s"]) == (10, 4.0, 2.5)
+    assert [r["rank"] for r in doc["ranks"]] == [0, 1] and doc["images"] == 12 and doc["resumed"] == 2
+
+
+def test_cli_stats_without_generation_has_no_rate_and_needs_both_flags(tmp_path):
+    groups = [_selected(0, ["a.jpg"])]
+    selection = tmp_path / "selection.jsonl"
+    write_jsonl(selection, groups, schema="stage_a_group_selection")
+    rank = _rank_file(tmp_path, 0, [_row(groups[0], 1)])
+    stats = _rank_stats(tmp_path, 0, generated=0, generate_s=0.0, world=1)
+    args = ["--selection", selection, "--out", tmp_path / "o.jsonl", "--failures", tmp_path / "f.jsonl"]
+    done = _cli(*args, "--mission", MISSION, "--stats", tmp_path / "s.json", "--rank-stats", stats, "--", rank)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["images_per_s"] is None
+    alone = _cli(*args, "--mission", MISSION, "--stats", tmp_path / "t.json", rank)
+    assert alone.returncode == 1 and "--stats and --rank-stats go together" in alone.stderr
+
+
+def test_rank_stats_that_break_the_schema_are_named(tmp_path):
+    bad = tmp_path / "rank0.stats.json"
+    bad.write_text(json.dumps({"rank": 0, "world": 1, "images": 1}), encoding="utf-8")
+    result = merge([_selected(0, [])], [], MISSION)
+    with pytest.raises(SchemaError, match="rank0.stats.json"):
+        merge_stats(result, MISSION, [bad])

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import REPO
 
 BIN = Path(sys.executable).parent
-WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "src", "config", "schemas", "envs", "profiles")
+WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "src", "config", "schemas", "envs", "profiles", "report")
 
 
 def copy_workflow(dest: Path) -> Path:

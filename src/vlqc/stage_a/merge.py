@@ -7,6 +7,9 @@ one reason code and every problem found in `details`. No partial records are wri
 Rank files (`<mission>_stage_a.images.rank<r>.jsonl`, `<mission>_stage_a.rank<r>.jsonl`) are
 streamed line by line and every row is validated against `stage_a_image_row`; a row that does
 not parse or validate stops the merge with an error naming the file and line.
+
+The merge also writes the mission's stats (`stage_a_stats`): its counts, and the throughput summed
+from the ranks' stats files (`stage_a_rank_stats`, one per rank, written by the inference job).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vlqc.errors import SchemaError, VlqcError
-from vlqc.jsonl import atomic_open, dumps
+from vlqc.jsonl import atomic_open, dumps, read_json, write_json
 from vlqc.schemas import validate
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 ROW_SCHEMA = "stage_a_image_row"
 GROUP_SCHEMA = "stage_a_group"
 FAILURE_SCHEMA = "stage_a_failure"
+STATS_SCHEMA = "stage_a_stats"
+RANK_STATS_SCHEMA = "stage_a_rank_stats"
 
 # When one group has several problems, the failure's reason is the first of these that applies;
 # after them comes the error code of the failed row with the lowest image_index.
@@ -224,3 +229,28 @@ def _write(fh: IO, records: list[dict], schema: str, path: str | os.PathLike) ->
     for n, record in enumerate(records, start=1):
         validate(record, schema, f"{path}: record {n}")
         fh.write(dumps(record) + "\n")
+
+
+def merge_stats(result: MergeResult, mission: str, rank_stats: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    """The mission's `stage_a_stats`: the merge's counts plus the ranks' work. The ranks run side by side,
+    so images/s is what they generated together over the generate seconds of the slowest one."""
+    ranks = sorted((read_json(path, schema=RANK_STATS_SCHEMA) for path in rank_stats), key=lambda r: r["rank"])
+    seen = [r["rank"] for r in ranks]
+    if len(set(seen)) != len(seen):
+        raise VlqcError(f"rank stats of {mission}: a rank appears twice among ranks {seen}")
+    generated = sum(r["generated"] for r in ranks)
+    generate_s = max((r["generate_s"] for r in ranks), default=0.0)
+    return {
+        "mission": mission,
+        **result.counts,
+        "images": sum(r["images"] for r in ranks),
+        "resumed": sum(r["resumed"] for r in ranks),
+        "generated": generated,
+        "generate_s": generate_s,
+        "images_per_s": round(generated / generate_s, 3) if generated and generate_s > 0 else None,
+        "ranks": ranks,
+    }
+
+
+def write_stats(stats: dict[str, Any], out: str | os.PathLike) -> None:
+    write_json(out, stats, schema=STATS_SCHEMA)
