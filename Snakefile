@@ -27,3 +27,6 @@ rule all:
         serving_model(),
         f"results/train/sft/{config['train']['run']}/eval.json",
         demo_stage_targets(),
+        # The golden dump of every saved checkpoint (known once training ran) and the report's plots.
+        lambda wildcards: [path for run in config["train"]["runs"] for path in golden_dumps(run)],
+        report_targets(),
