@@ -33,10 +33,11 @@ from machine import cpu_model, nvidia_smi, repo_path  # noqa: E402 (bench/machin
 
 from vlqc.evaluation.candidates import token_counter  # noqa: E402
 from vlqc.evaluation.golden import dump_rows, golden_set  # noqa: E402
-from vlqc.evaluation.loss import Scorer, load_row_images, load_run_config, summarize  # noqa: E402
+from vlqc.evaluation.loss import Scorer, load_row_images, summarize  # noqa: E402
 from vlqc.inference.generation import Generator, Request  # noqa: E402
 from vlqc.jsonl import read_json, read_jsonl, write_json  # noqa: E402
 from vlqc.schemas import defaults  # noqa: E402
+from vlqc.train.config import load_train_config  # noqa: E402
 
 EVAL = defaults("config", "eval")
 
@@ -106,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or REPO / f"bench/results/eval_{'gpu' if args.gpu else 'cpu'}.json"
     config = args.config or REPO / ("bench/configs/train_gpu_2b.yaml" if args.gpu else "config/train/demo.yaml")
-    cfg = load_run_config(config)
+    cfg = load_train_config(config)
     candidates = list(read_jsonl(args.candidates, schema="eval_row"))
     report: dict = {"benchmark": out.stem, "config": repo_path(config), "cpu": cpu_model()}
 

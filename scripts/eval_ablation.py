@@ -22,8 +22,9 @@ from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.evaluation.ablation import VARIANTS, image_rows, report, variants
 from vlqc.evaluation.candidates import ROW_SCHEMA
-from vlqc.evaluation.loss import Scorer, load_row_images, load_run_config, token_weighted
+from vlqc.evaluation.loss import Scorer, load_row_images, token_weighted
 from vlqc.jsonl import read_jsonl, write_json
+from vlqc.train.config import load_train_config
 
 log = logging.getLogger("eval_ablation")
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     settings = args.settings["ablation"]
     rows = image_rows(list(read_jsonl(args.candidates, ROW_SCHEMA)), settings["rows"], settings["seed"])
-    scorer = Scorer(args.checkpoint, args.base, load_run_config(args.config))
+    scorer = Scorer(args.checkpoint, args.base, load_train_config(args.config))
     images = variants(
         load_row_images(rows, args.images, scorer.max_pixels, scorer.factor), settings["seed"], settings["noise_std"]
     )

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from vlqc import cli
-from vlqc.evaluation.loss import Scorer, load_row_images, load_run_config, summarize
+from vlqc.evaluation.loss import Scorer, load_row_images, summarize
 from vlqc.jsonl import read_json, write_json
+from vlqc.train.config import load_train_config
 
 
 def arguments() -> cli.Parser:
@@ -41,7 +42,7 @@ def arguments() -> cli.Parser:
 
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    cfg = load_run_config(args.config)
+    cfg = load_train_config(args.config)
     rows = read_json(args.split, "eval_split")["rows"]
     scorer = Scorer(args.checkpoint, args.base, cfg)
     images = load_row_images(rows, args.images, scorer.max_pixels, scorer.factor)

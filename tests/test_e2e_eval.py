@@ -12,8 +12,9 @@ from PIL import Image
 from workflow_env import snakemake
 
 from vlqc.evaluation.ablation import VARIANTS
-from vlqc.evaluation.loss import Scorer, load_run_config, token_weighted
+from vlqc.evaluation.loss import Scorer, token_weighted
 from vlqc.jsonl import read_json, read_jsonl
+from vlqc.train.config import load_train_config
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +83,7 @@ def test_per_row_losses_reproduce_the_eval_loss_ms_swift_logged(evaluated):
         for n, r in enumerate(val)
     ]
     images = [[Image.open(data / path).convert("RGB") for path in r.get("images", [])] for r in val]
-    scorer = Scorer(checkpoint, evaluated / "results/train/base/tiny", load_run_config(out / "resolved_config.json"))
+    scorer = Scorer(checkpoint, evaluated / "results/train/base/tiny", load_train_config(out / "resolved_config.json"))
     losses = scorer.row_losses(rows, images, batch_size=4)
     means = [token_weighted(losses[i : i + batch]) for i in range(0, len(losses), batch)]
     assert sum(means) / len(means) == pytest.approx(want, rel=1e-4)

@@ -114,15 +114,6 @@ def load_row_images(
     return out
 
 
-def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A run's resolved training config: a config/train YAML (merged and validated) or a resolved .json."""
-    from vlqc.jsonl import read_json
-    from vlqc.train.config import load_train_config
-
-    path = Path(path)
-    return read_json(path, "train_config") if path.suffix == ".json" else load_train_config(path)
-
-
 @contextlib.contextmanager
 def _environ(values: Mapping[str, str]) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in values}
