@@ -11,8 +11,10 @@ repeated to --rows, scored at each --batch-sizes; then the golden dump. Writes b
 with the GPU's name. The GPU machine lacks ms-swift, jsonschema and the Qwen tokenizer: they travel as
 wheels (`pip download` of the lock's versions for Python 3.12, installed into a PYTHONPATH folder there).
 
-Rows/s is the eval job's own loop (`Scorer.row_losses`: ms-swift encoding on the CPU, then the forward
-pass); `encode_rows_per_s` times the encoding alone, the bound a faster forward pass cannot pass.
+Rows/s is the eval job's own loop (`Scorer.row_losses`: ms-swift encoding and collation on the CPU, one
+batch ahead in a thread, while the device scores the batch before); `encode_rows_per_s` times the
+encoding alone and `forward_rows_per_s` the device's part alone (pre-collated batches of the largest
+size): the loop can be no faster than the slower of the two.
 """
 
 from __future__ import annotations
@@ -75,6 +77,31 @@ def encode_rate(scorer: Scorer, rows: list[dict], images: list) -> dict:
     }
 
 
+def forward_rate(scorer: Scorer, rows: list[dict], images: list, batch_size: int) -> float:
+    """Rows/s of the device's part alone: batches encoded and collated beforehand, then scored."""
+    batches = list(scorer._prepared(rows, images, batch_size))
+    synchronize()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for _, _, batch in batches:
+            scorer._batch_losses(batch)
+    synchronize()
+    return round(len(rows) / (time.perf_counter() - started), 1)
+
+
+def profile(scorer: Scorer, rows: list[dict], images: list, batch_size: int) -> str:
+    """The ops of the device's part for two pre-collated batches, by device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batches = list(scorer._prepared(rows[: 2 * batch_size], images[: 2 * batch_size], batch_size))
+    with torch.inference_mode(), torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _, _, batch in batches:
+            scorer._batch_losses(batch)
+        synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+
+
 def golden(scorer: Scorer, base: Path, candidates: list[dict], images_root: Path, settings: dict) -> dict:
     """A golden dump of `golden_rows` candidates with the scorer's model, timed."""
     rows = golden_set(candidates, EVAL["golden_rows"], EVAL["golden_seed"], "candidates")
@@ -103,6 +130,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, default=None, help="CPU: eval set to score (default: the configured one)")
     parser.add_argument("--rows", type=int, default=512, help="GPU: image rows scored per batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: eval.batch_size (CPU)")
+    parser.add_argument("--profile", action="store_true", help="also print the device part's ops by device time")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/eval_{cpu,gpu}.json")
     args = parser.parse_args()
     out = args.out or REPO / f"bench/results/eval_{'gpu' if args.gpu else 'cpu'}.json"
@@ -138,6 +166,9 @@ def main() -> None:
         images = load_row_images(rows, args.images, scorer.max_pixels, scorer.factor)
         report |= encode_rate(scorer, rows[:64], images[:64])
         report["eval"] = [score(scorer, rows, images, size) for size in batch_sizes]
+        report["forward_rows_per_s"] = forward_rate(scorer, rows, images, batch_sizes[-1])
+        if args.profile:
+            print(profile(scorer, rows, images, batch_sizes[-1]))
         if torch.cuda.is_available():
             report["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
         report["golden_dump"] = golden(scorer, base, candidates, args.images, EVAL["golden_decoding"])

@@ -85,7 +85,6 @@ rule sweep_train:
         runtime_env=f"{SWEEP_RUN}/runtime_env.json",
         metadata=f"{SWEEP_RUN}/run_metadata.json",
         sources=directory(f"{SWEEP_RUN}/sources"),
-        work=temp(directory(f"{SWEEP_RUN}/swift")),
     log:
         "results/logs/sweep_train/{sweep}/{point}.log",
     conda:

@@ -122,7 +122,13 @@ demo: {tickets_per_mission: 4, seed: 5}  # two tickets per mission and label: on
 train:
   run: lora
   runs: {lora: config/train/e2e_lora.yaml, full: config/train/e2e_full.yaml}
-eval: {rows: 12, golden_rows: 6, batch_size: 4, ablation: {rows: 8}, golden_decoding: {max_new_tokens: 16}}
+eval:  # every row kind (the demo config leaves dense out), in small numbers
+  modes: [dense, summary, verdict]
+  rows: 12
+  golden_rows: 6
+  batch_size: 4
+  ablation: {rows: 8}
+  golden_decoding: {max_new_tokens: 16}
 sweeps:
   e2e: {base: config/train/align.yaml, max_steps: 2, axes: {tuner.learning_rate: [1.0e-3, 3.0e-3]}}
 """

@@ -27,6 +27,7 @@ import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,26 +217,53 @@ class Scorer:
         out: list[RowLoss] = []
         # Jobs log to files: a progress line every few seconds, not a redraw per batch.
         with torch.inference_mode(), tqdm(total=len(rows), desc=desc, unit="row", mininterval=5) as bar:
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                encoded = [self.encode(row, ims) for row, ims in zip(chunk, images[start : start + batch_size])]
-                sums, counts = self._batch_losses([e for e, _ in encoded])
+            for chunk, truncated, batch in self._prepared(rows, images, batch_size):
+                sums, counts = self._batch_losses(batch)
                 out += [
-                    RowLoss(row["id"], row["mode"], row["bucket"], s, n, truncated)
-                    for row, (_, truncated), s, n in zip(chunk, encoded, sums, counts)
+                    RowLoss(row["id"], row["mode"], row["bucket"], s, n, cut)
+                    for row, cut, s, n in zip(chunk, truncated, sums, counts)
                 ]
                 bar.update(len(chunk))
         return out
 
-    def _batch_losses(self, encoded: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    def _prepared(
+        self, rows: Sequence[Mapping[str, Any]], images: Sequence[Sequence[Image.Image]], batch_size: int
+    ) -> Iterator[tuple[Sequence[Mapping[str, Any]], list[bool], dict[str, Any]]]:
+        """(rows, truncated flags, collated batch) per batch, one batch ahead in a thread: ms-swift's
+        encoding and collation run on the CPU while the device scores the batch before (on an H100 the
+        encoding of a 2B-shaped model's rows took a third of the time of the whole loop)."""
+
+        import torch
+
+        model_dtype = next(self.model.parameters()).dtype
+        to_gpu = next(self.model.parameters()).device.type == "cuda"
+
+        def prepare(start: int):
+            chunk = rows[start : start + batch_size]
+            encoded = [self.encode(row, ims) for row, ims in zip(chunk, images[start : start + batch_size])]
+            batch = self.template.data_collator([e for e, _ in encoded])
+            if "pixel_values" in batch:  # the vision tower's first step, done here: half the bytes to copy
+                batch["pixel_values"] = batch["pixel_values"].to(model_dtype)
+            if to_gpu:  # page-locked, so the copy to the GPU runs asynchronously
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            return chunk, [cut for _, cut in encoded], batch
+
+        starts = range(0, len(rows), batch_size)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(prepare, starts[0]) if starts else None
+            for following in [*starts[1:], None]:
+                prepared = ahead.result()
+                ahead = pool.submit(prepare, following) if following is not None else None
+                yield prepared
+
+    def _batch_losses(self, batch: dict[str, Any]) -> tuple[list[float], list[int]]:
         import torch
         import torch.nn.functional as F
 
-        batch = self.template.data_collator(encoded)
         labels = batch.pop("labels")
         batch.pop("text_position_ids", None)  # as ms-swift's trainer does before the forward
         device = next(self.model.parameters()).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         hf = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         body, head = getattr(hf, hf.base_model_prefix), hf.get_output_embeddings()
         hidden = body(**batch, use_cache=False).last_hidden_state
@@ -253,5 +281,5 @@ class Scorer:
             ]
             or [torch.zeros(0, device=device)]
         )
-        sums = torch.zeros(len(encoded), dtype=torch.float64, device=device).index_add_(0, row_of, losses.double())
+        sums = torch.zeros(len(labels), dtype=torch.float64, device=device).index_add_(0, row_of, losses.double())
         return sums.tolist(), mask.sum(dim=1).tolist()
