@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -38,10 +39,13 @@ from vlqc.evaluation.golden import dump_rows, golden_set  # noqa: E402
 from vlqc.evaluation.loss import Scorer, load_row_images, summarize  # noqa: E402
 from vlqc.inference.generation import Generator, Request  # noqa: E402
 from vlqc.jsonl import read_json, read_jsonl, write_json  # noqa: E402
-from vlqc.schemas import defaults  # noqa: E402
+from vlqc.schemas import section  # noqa: E402
 from vlqc.train.config import load_train_config  # noqa: E402
 
-EVAL = defaults("config", "eval")
+# The eval settings of the workflow's config (config/config.yaml, schema defaults filled).
+EVAL = section(
+    "config", "eval", yaml.safe_load((REPO / "config/config.yaml").read_text()).get("eval", {}), "config.yaml"
+)
 
 
 def synchronize() -> None:
