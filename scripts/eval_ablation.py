@@ -22,7 +22,7 @@ from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.evaluation.ablation import VARIANTS, image_rows, report, variants
 from vlqc.evaluation.candidates import ROW_SCHEMA
-from vlqc.evaluation.loss import Scorer, load_row_images, token_weighted
+from vlqc.evaluation.loss import Scorer, checkpoint_arguments, load_row_images, token_weighted
 from vlqc.jsonl import read_jsonl, write_json
 from vlqc.train.config import load_train_config
 
@@ -31,18 +31,8 @@ log = logging.getLogger("eval_ablation")
 
 def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="eval")
-    parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="checkpoint folder: a full model or a LoRA adapter"
-    )
-    parser.add_argument("--base", type=Path, required=True, help="base model folder (processor; a LoRA's base)")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        help="the run's training config: a config/train YAML (merged and validated here) or a resolved .json",
-    )
+    checkpoint_arguments(parser)
     parser.add_argument("--candidates", type=Path, required=True, help="eval candidates JSONL")
-    parser.add_argument("--images", type=Path, required=True, help="folder the rows' image paths are relative to")
     parser.add_argument("--out", type=Path, required=True, help="ablation JSON")
     return parser
 

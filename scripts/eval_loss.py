@@ -18,23 +18,15 @@ import time
 from pathlib import Path
 
 from vlqc import cli
-from vlqc.evaluation.loss import Scorer, load_row_images, summarize
+from vlqc.evaluation.loss import Scorer, checkpoint_arguments, load_row_images, summarize
 from vlqc.jsonl import read_json, write_json
 from vlqc.train.config import load_train_config
 
 
 def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="eval")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="step folder: a full model or a LoRA adapter")
-    parser.add_argument("--base", type=Path, required=True, help="base model folder (processor; a LoRA's base)")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        help="the run's training config: a config/train YAML (merged and validated here) or a resolved .json",
-    )
+    checkpoint_arguments(parser)
     parser.add_argument("--split", type=Path, required=True, help="eval set JSON (scripts/eval_split.py)")
-    parser.add_argument("--images", type=Path, required=True, help="folder the rows' image paths are relative to")
     parser.add_argument("--step", type=int, help="training step of the checkpoint, recorded in the output")
     parser.add_argument("--out", type=Path, required=True, help="eval loss JSON")
     return parser

@@ -21,19 +21,15 @@ from pathlib import Path
 from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.evaluation.golden import dump_checkpoint
+from vlqc.evaluation.loss import checkpoint_arguments
 from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.train.config import load_train_config
 
 
 def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="eval.golden_decoding")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="step folder: a full model or a LoRA adapter")
-    parser.add_argument(
-        "--base", type=Path, required=True, help="base model folder (processor, tokenizer; a LoRA's base)"
-    )
-    parser.add_argument("--config", type=Path, required=True, help="the run's training config YAML (its pixel cap)")
+    checkpoint_arguments(parser)
     parser.add_argument("--golden", type=Path, required=True, help="golden set JSONL (scripts/golden_set.py)")
-    parser.add_argument("--images", type=Path, required=True, help="folder the rows' image paths are relative to")
     parser.add_argument("--out", type=Path, required=True, help="golden dump JSONL")
     return parser
 

@@ -22,6 +22,7 @@ The library part (`RowLoss`, `summarize`) needs no torch; `Scorer` loads a check
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -127,6 +128,21 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every job that evaluates one checkpoint takes (eval loss, ablation, golden dump)."""
+    parser.add_argument("--checkpoint", type=Path, required=True, help="step folder: a full model or a LoRA adapter")
+    parser.add_argument(
+        "--base", type=Path, required=True, help="base model folder (processor, tokenizer; a LoRA's base)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the run's training config: a config/train YAML (merged and validated here) or a resolved .json",
+    )
+    parser.add_argument("--images", type=Path, required=True, help="folder the rows' image paths are relative to")
 
 
 def load_checkpoint(checkpoint: Path, base: Path, torch_dtype: str):

@@ -7,7 +7,6 @@ line, training rows with `loss`, evaluation rows with `eval_loss`, both with `gl
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -15,7 +14,7 @@ from typing import Any, NamedTuple
 from matplotlib.ticker import MaxNLocator
 
 from vlqc.errors import VlqcError
-from vlqc.jsonl import read_json
+from vlqc.jsonl import read_json, read_jsonl
 from vlqc.report import figure
 
 BUCKET_KEYS = ("eval_loss_short", "eval_loss_medium", "eval_loss_long")
@@ -33,21 +32,14 @@ class LossLog(NamedTuple):
 def read_logging(path: str | os.PathLike) -> LossLog:
     """The loss points of an ms-swift logging.jsonl; the closing summary rows carry no step and are skipped."""
     train, evals = [], []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise VlqcError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict) or "global_step/max_steps" not in row:
-                continue
-            step = _step(row["global_step/max_steps"], f"{path}:{lineno}")
-            if isinstance(row.get("loss"), int | float):
-                train.append((step, float(row["loss"])))
-            if isinstance(row.get("eval_loss"), int | float):
-                evals.append((step, float(row["eval_loss"])))
+    for number, row in enumerate(read_jsonl(path), start=1):
+        if not isinstance(row, dict) or "global_step/max_steps" not in row:
+            continue
+        step = _step(row["global_step/max_steps"], f"{path}: row {number}")
+        if isinstance(row.get("loss"), int | float):
+            train.append((step, float(row["loss"])))
+        if isinstance(row.get("eval_loss"), int | float):
+            evals.append((step, float(row["eval_loss"])))
     return LossLog(train, evals)
 
 
