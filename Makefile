@@ -27,12 +27,14 @@ demo: venv
 	$(VENV)/bin/snakemake --report results/report.html
 	@echo "Report: $(CURDIR)/results/report.html"
 
+# Two workers (pytest-xdist): each module, and all modules sharing the `trained` workflow, on one worker
+# (tests/conftest.py); a Snakemake run inside a test uses the cores it is given either way.
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # Unit tests only (no Snakemake runs on the tiny model).
 test-fast: venv
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not e2e"
 
 lint: venv
 	$(VENV)/bin/snakemake --lint

@@ -148,3 +148,13 @@ def trained(tmp_path_factory) -> Path:
 
     configs = {"lora": "extends: lora.yaml\n" + STEPS, "full": "extends: full.yaml\n" + STEPS}
     return trained_workflow(tmp_path_factory.mktemp("train"), TRAINED_OVERLAY, configs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Work units for pytest-xdist's `--dist loadgroup` (`make test`): a module stays on one worker, so its module
+    fixtures run once, and every module that uses `trained` joins one group, so the workflow is trained once."""
+    trained_modules = {item.module.__name__ for item in items if "trained" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("trained" if module in trained_modules else module))
