@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vlqc.errors import VlqcError
+from vlqc.inference.answers import strip_summary_header
 from vlqc.inference.prompts import (
     REASON_MAX_CHARS,
     VERDICT_SYSTEM,
@@ -13,7 +14,6 @@ from vlqc.inference.prompts import (
     dense_target,
     hf_messages,
     norm1000,
-    strip_summary_header,
     summary_messages,
     summary_object_count,
     summary_target,
