@@ -241,6 +241,8 @@ def test_malformed_json_loses_only_its_member():
     assert len(around.objects) == 1 and [d.reason for d in around.dropped] == ["extra_text", "extra_text"]
     fenced = parse_dense(HEADER + "```json\n" + answer(BOX, header="") + "\n```", strict=False)
     assert len(fenced.objects) == 1 and fenced.dropped == ()
+    cut = parse_dense(HEADER + "```json\n" + answer(BOX, header="")[:-1], strict=False)
+    assert len(cut.objects) == 1 and [(d.where, d.reason) for d in cut.dropped] == [("answer", "truncated")]
     assert [d.reason for d in parse_dense(HEADER + "没有对象", strict=False).dropped] == ["bad_json"]
 
 

@@ -56,6 +56,8 @@ OBJECT_REASONS = {
 # `<DOMAIN=…>, <TASK=…>` on its own first line (full-width comma and spaces tolerated).
 _HEADER = re.compile(r"^\s*<DOMAIN=([^>\n]*)>\s*[,，]\s*<TASK=([^>\n]*)>[ \t]*(?:\r?\n|$)")
 _FENCE = re.compile(r"^```(?:json|JSON)?\s*(.*?)\s*```$", re.DOTALL)
+_FENCE_OPEN = re.compile(r"^```(?:json|JSON)?\s*")
+_FENCE_CLOSE = re.compile(r"\s*```$")
 _OBJECT_KEY = re.compile(r"object_[1-9][0-9]*")
 # Where salvage picks up again after a malformed piece: the next key, or the next list item.
 _NEXT_KEY = re.compile(r',\s*"object_[0-9]+"\s*:')
@@ -260,9 +262,8 @@ class _Salvage:
         return _WHITESPACE.match(self.body, pos).end()
 
     def run(self) -> None:
-        body = self.body
-        if fence := _FENCE.match(body):
-            body = self.body = fence.group(1)
+        # A ```json fence is no loss, closed or (in a cut answer) not.
+        body = self.body = _FENCE_CLOSE.sub("", _FENCE_OPEN.sub("", self.body, count=1), count=1)
         start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
         if start < 0:
             if _cut_header(body):
