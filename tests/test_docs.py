@@ -21,7 +21,7 @@ from vlqc.data.desc import build_desc
 from vlqc.data.export import parse_export
 from vlqc.data.summary import build_legacy_summary, build_summary
 from vlqc.errors import VlqcError
-from vlqc.inference.verdict import parse_verdict
+from vlqc.inference.answers import parse_verdict
 
 DOCS = REPO / "docs"
 # Where code, configs and tests may cite docs (the brief of issue 15), plus the workflow entry.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vlqc.errors import VlqcError
+from vlqc.inference.answers import strip_summary_header
 from vlqc.inference.prompts import (
     REASON_MAX_CHARS,
     VERDICT_SYSTEM,
@@ -13,7 +14,6 @@ from vlqc.inference.prompts import (
     dense_target,
     hf_messages,
     norm1000,
-    strip_summary_header,
     summary_messages,
     summary_object_count,
     summary_target,
@@ -89,7 +89,8 @@ def test_strip_summary_header(text, expected):
 def test_dense_prompt():
     assert dense_messages("BBU") == (
         "你是通信安装质检助手。检测图中全部对象，输出两行：第一行<DOMAIN=BBU>, <TASK=DETECTION>，"
-        "第二行JSON列表，每项为bbox_2d、poly或line之一（坐标按0-1000归一化）加desc。",
+        "第二行单行JSON对象，键依次为object_1、object_2…，值含bbox_2d、poly（加poly_points点数）"
+        "或line（加line_points点数）之一及desc，坐标按0-1000归一化。",
         "<image>检测图中对象。",
     )
 
@@ -114,11 +115,12 @@ def test_dense_target_exact():
     }
     assert dense_target(record) == (
         "<DOMAIN=BBU>, <TASK=DETECTION>\n"
-        '[{"bbox_2d": [100, 100, 500, 500], "desc": "类别=BBU设备,品牌=华为"}, '
-        '{"poly": [0, 0, 1000, 0, 1000, 1000, 0, 1000], "desc": "类别=挡风板,安装方向=方向正确"}, '
-        '{"line": [2, 2, 998, 998], "desc": "类别=光纤,保护措施=有保护"}]'
+        '{"object_1": {"bbox_2d": [100, 100, 500, 500], "desc": "类别=BBU设备,品牌=华为"}, '
+        '"object_2": {"poly": [0, 0, 1000, 0, 1000, 1000, 0, 1000], "poly_points": 4, '
+        '"desc": "类别=挡风板,安装方向=方向正确"}, '
+        '"object_3": {"line": [2, 2, 998, 998], "line_points": 2, "desc": "类别=光纤,保护措施=有保护"}}'
     )
-    assert dense_target({**record, "objects": []}) == "<DOMAIN=BBU>, <TASK=DETECTION>\n[]"
+    assert dense_target({**record, "objects": []}) == "<DOMAIN=BBU>, <TASK=DETECTION>\n{}"
 
 
 # --- verdict -------------------------------------------------------------------------------------

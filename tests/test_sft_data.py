@@ -142,8 +142,8 @@ def test_dense_rows(dataset, tmp_path):
     assert row["messages"][1] == {"role": "user", "content": "<image>检测图中对象。"}
     assert row["messages"][2]["content"] == (
         "<DOMAIN=BBU>, <TASK=DETECTION>\n"
-        f'[{{"bbox_2d": [0, 0, 500, 500], "desc": "{BBU}"}}, '
-        f'{{"bbox_2d": [500, 500, 1000, 1000], "desc": "{SCREW_OK}"}}]'
+        f'{{"object_1": {{"bbox_2d": [0, 0, 500, 500], "desc": "{BBU}"}}, '
+        f'"object_2": {{"bbox_2d": [500, 500, 1000, 1000], "desc": "{SCREW_OK}"}}}}'
     )
     assert row["meta"] == {
         "mode": "dense",
@@ -460,7 +460,9 @@ def test_resize_to_cap_scales_image_and_geometry(tmp_path):
         assert image.getpixel((20, 10))[0] < 120
     cfg = only("dense", max_pixels=16384, resize_to_cap=True)
     rows = build_epoch([record], 0, cfg, tmp_path / "out", MISSIONS, source=source)
-    assert rows[0]["messages"][2]["content"].endswith('[{"bbox_2d": [250, 250, 750, 750], "desc": "' + BBU + '"}]')
+    assert rows[0]["messages"][2]["content"].endswith(
+        '{"object_1": {"bbox_2d": [250, 250, 750, 750], "desc": "' + BBU + '"}}'
+    )
 
 
 # --- augmentation ---------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO
 
 from vlqc.data.summary import IRRELEVANT, build_legacy_summary, build_summary
+from vlqc.inference.answers import parse_verdict
 from vlqc.inference.prompts import REASON_MAX_CHARS
-from vlqc.inference.verdict import parse_verdict
 from vlqc.missions import load_missions, mission_rules
 from vlqc.stage_b.guardrail import (
     CONCLUSION,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlqc.inference.verdict import parse_verdict
+from vlqc.inference.answers import parse_verdict
 
 CASES = [
     ("Verdict: 通过\nReason: Image1: BBU安装螺丝符合; 总结: 任务要求均满足", "pass", None),

@@ -31,7 +31,8 @@ import yaml
 
 from vlqc.data.taxonomy import LABEL_READABLE, LEGACY_HIERARCHY, TYPES
 from vlqc.errors import SchemaError
-from vlqc.inference.prompts import category_count, strip_summary_header, summary_entries
+from vlqc.inference.answers import strip_summary_header, summary_entries
+from vlqc.inference.prompts import category_count
 from vlqc.schemas import check
 
 PASS, FAIL = "pass", "fail"

@@ -3,8 +3,9 @@
 One set of weights serves three tasks:
 - summary (Stage-A): an image → `<DOMAIN=BBU>, <TASK=SUMMARY>` and the one-line summary JSON on the
   next line, or `无关图片` alone for an image without objects.
-- dense: an image → `<DOMAIN=BBU>, <TASK=DETECTION>` and its objects as a JSON list, each
-  `{<bbox_2d|poly|line>: [norm1000 ints], "desc": …}`.
+- dense: an image → `<DOMAIN=BBU>, <TASK=DETECTION>` and its objects as one JSON object
+  `{"object_1": {<bbox_2d|poly|line>: [norm1000 ints], ("poly_points"|"line_points": N,) "desc": …}, …}`
+  (docs/answers.md#the-dense-answer; `vlqc.inference.answers` reads it back).
 - verdict (Stage-B): the per-image summaries of a ticket and the mission guidance (text only) →
   `Verdict: 通过|不通过` and `Reason: …` on two lines.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from vlqc.data.summary import IRRELEVANT, STATION
 from vlqc.errors import VlqcError
+from vlqc.inference.answers import COUNT_FIELDS, DenseObject, strip_summary_header, summary_entries
 
 IMAGE_TAG = "<image>"
 DOMAINS = ("BBU", "RRU")
@@ -33,7 +35,6 @@ PASS_CONCLUSION = "总结: 任务要求均满足"
 FAIL_CONCLUSION = "总结: 存在与任务相关的问题"
 JSON_SEPARATORS = (", ", ": ")  # as the summary builder writes them
 
-_HEADER = re.compile(r"^\s*<DOMAIN=[^>\n]*>\s*[,，]\s*<TASK=[^>\n]*>[ \t]*(?:\r?\n|$)")
 _GUIDANCE_KEY = re.compile(r"^([SG])([0-9]+)$")
 # A rule id (G0, S2, G10) standing on its own; `5G-BBU1` is label text, not an id.
 _RULE_ID = re.compile(r"(?<![A-Za-z0-9])[GS][0-9]+(?![0-9])")
@@ -93,18 +94,14 @@ def summary_target(summary: str, domain: str) -> str:
     return f"{header(domain, 'SUMMARY')}\n{summary}"
 
 
-def strip_summary_header(text: str) -> str:
-    """Model output without a leading `<DOMAIN=…>, <TASK=…>` line, whitespace trimmed ('' if nothing is left)."""
-    return _HEADER.sub("", text, count=1).strip()
-
-
 # --- dense detection ----------------------------------------------------------------------------
 
 
 def dense_messages(domain: str) -> tuple[str, str]:
     system = (
         f"你是通信安装质检助手。检测图中全部对象，输出两行：第一行{header(domain, 'DETECTION')}，"
-        "第二行JSON列表，每项为bbox_2d、poly或line之一（坐标按0-1000归一化）加desc。"
+        "第二行单行JSON对象，键依次为object_1、object_2…，值含bbox_2d、poly（加poly_points点数）"
+        "或line（加line_points点数）之一及desc，坐标按0-1000归一化。"
     )
     return system, f"{IMAGE_TAG}检测图中对象。"
 
@@ -119,31 +116,30 @@ def norm1000(coords: Sequence[int], width: int, height: int) -> list[int]:
     return [scale(v, width if i % 2 == 0 else height) for i, v in enumerate(coords)]
 
 
-def dense_target(record: Mapping[str, Any]) -> str:
-    """The answer to `dense_messages` for a canonical record (its objects in record order)."""
+def dense_objects(record: Mapping[str, Any]) -> list[DenseObject]:
+    """The ground-truth objects of a canonical record, in record order, coordinates in norm1000."""
     width, height = record["width"], record["height"]
     objects = []
     for obj in record["objects"]:
         kind = next(key for key in obj if key != "desc")
-        objects.append({kind: norm1000(obj[kind], width, height), "desc": obj["desc"]})
-    body = json.dumps(objects, ensure_ascii=False, separators=JSON_SEPARATORS)
-    return f"{header(record['domain'], 'DETECTION')}\n{body}"
+        objects.append(DenseObject(kind, tuple(norm1000(obj[kind], width, height)), obj["desc"]))
+    return objects
+
+
+def dense_target(record: Mapping[str, Any]) -> str:
+    """The answer to `dense_messages` for a canonical record: its `dense_objects` as `object_1..object_N`
+    (docs/answers.md#the-dense-answer), the JSON on one line."""
+    body = {}
+    for n, obj in enumerate(dense_objects(record), 1):
+        entry: dict[str, Any] = {obj.kind: list(obj.points)}
+        if obj.kind in COUNT_FIELDS:
+            entry[COUNT_FIELDS[obj.kind]] = len(obj.points) // 2
+        body[f"object_{n}"] = {**entry, "desc": obj.desc}
+    text = json.dumps(body, ensure_ascii=False, separators=JSON_SEPARATORS)
+    return f"{header(record['domain'], 'DETECTION')}\n{text}"
 
 
 # --- summaries read back --------------------------------------------------------------------------
-
-
-def summary_entries(summary: str) -> list[dict[str, Any]] | None:
-    """The `统计` entries of a JSON summary; [] for `无关图片`; None for a legacy ×N string."""
-    if summary == IRRELEVANT:
-        return []
-    try:
-        doc = json.loads(summary)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("统计"), list):
-        return None
-    return doc["统计"]
 
 
 def category_count(entry: Mapping[str, Any]) -> int:

@@ -28,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 from vlqc.errors import SampleError, VlqcError
+from vlqc.inference.answers import strip_summary_header, summary_entries
 from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
 from vlqc.inference.generation import Generator, Request, Sampling
-from vlqc.inference.prompts import IRRELEVANT, strip_summary_header, summary_entries, summary_messages
+from vlqc.inference.prompts import IRRELEVANT, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
 from vlqc.schemas import defaults, section
 from vlqc.stage_a.discover import Group

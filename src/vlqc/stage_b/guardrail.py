@@ -33,14 +33,14 @@ names, a category that a condition judges. Learned guidance (G0 included) does n
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vlqc.data.summary import IRRELEVANT
-from vlqc.inference.prompts import REASON_MAX_CHARS, strip_summary_header, summary_entries
+from vlqc.inference.answers import strip_summary_header, summary_document, summary_entries
+from vlqc.inference.prompts import REASON_MAX_CHARS
 from vlqc.missions import MissionRule
 
 TRIGGERS = (
@@ -139,7 +139,7 @@ def _values(values: Any) -> list[str]:
 
 
 def _remark_clauses(summary: str) -> list[Clause]:
-    remarks = json.loads(summary).get("备注", [])
+    remarks = summary_document(summary).get("备注", [])  # a JSON summary: split_clauses checked it
     return [Clause(f"备注:{remark}", None) for remark in _values(remarks)]
 
 

@@ -39,17 +39,15 @@ phrases, merged_from keys existing — are applied by `vlqc.stage_b.guidance`.
 
 from __future__ import annotations
 
-import json
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from vlqc.errors import VlqcError
-from vlqc.inference.prompts import LABELS, strip_summary_header
-from vlqc.inference.verdict import FORBIDDEN_IN_REASON
+from vlqc.inference.answers import FORBIDDEN_IN_REASON, AnswerError, decode_json_answer, strip_summary_header
+from vlqc.inference.prompts import LABELS
 from vlqc.stage_b.guidance import OPS, Operation
 from vlqc.tickets import natural_key
 
@@ -69,7 +67,6 @@ OP_FIELDS = ("op", "key", "text", "rationale", "evidence", "merged_from")
 HYPOTHESIS_FIELDS = ("text", "falsifier", "evidence", "dimension")
 TICKET_FIELDS = ("ticket_key", "gt_label", "pred_verdict", "pred_reason", "per_image")
 
-_FENCE = re.compile(r"^```(?:json|JSON)?\s*(.*?)\s*```$", re.DOTALL)
 _RULE_KEY = re.compile(r"^G(?:0|[1-9][0-9]*)$")
 # A hypothesis must end in a verdict; these words name the third state that verdicts forbid.
 _THIRD_STATE = ("复核", *FORBIDDEN_IN_REASON)
@@ -165,13 +162,10 @@ def parse_ops(text: str, learnable_keys: Iterable[str], max_operations: int) -> 
 
 
 def _load_object(text: str, fields: Sequence[str]) -> dict[str, Any]:
-    body = text.strip()
-    if fence := _FENCE.match(body):
-        body = fence.group(1)
     try:
-        doc = json.loads(body, object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as exc:
-        raise ReflectionFormatError("not_json", f"not one JSON value: {exc.msg} (char {exc.pos})") from None
+        doc = decode_json_answer(text)  # not_json, duplicate_field
+    except AnswerError as exc:
+        raise ReflectionFormatError(exc.rule, exc.message) from None
     if not isinstance(doc, dict):
         raise ReflectionFormatError("not_object", f"the answer must be one JSON object, not {type(doc).__name__}")
     if extra := sorted(set(doc) - set(fields)):
@@ -179,13 +173,6 @@ def _load_object(text: str, fields: Sequence[str]) -> dict[str, Any]:
     if missing := [field for field in fields if field not in doc]:
         raise ReflectionFormatError("missing_fields", f"missing fields: {', '.join(missing)}")
     return doc
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    counts = Counter(key for key, _ in pairs)
-    if repeated := sorted(key for key, n in counts.items() if n > 1):
-        raise ReflectionFormatError("duplicate_field", f"repeated fields: {', '.join(repeated)}")
-    return dict(pairs)
 
 
 @contextmanager

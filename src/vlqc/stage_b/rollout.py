@@ -4,7 +4,7 @@ For every ticket the verdict prompt (`vlqc.inference.prompts.verdict_messages`) 
 `max_prompt_tokens` is rejected, never truncated: a cut prompt loses image summaries and the verdict
 would rest on evidence the model never saw. Every other ticket is sampled `samples_per_decode` times
 per sampler of the grid (sample k runs with seed `seed + k`), in batches over tickets, and every answer
-is parsed by the strict two-line contract (`vlqc.inference.verdict.parse_verdict`). A backend may fail one item
+is parsed by the strict two-line contract (`vlqc.inference.answers.parse_verdict`). A backend may fail one item
 of a batch: it returns a `BackendError` in that slot, the candidate is recorded without text, and
 other tickets are unaffected.
 
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vlqc.errors import SampleError, VlqcError
+from vlqc.inference.answers import Parsed, parse_verdict
 from vlqc.inference.prompts import verdict_messages
 from vlqc.inference.sampling import Sampling
-from vlqc.inference.verdict import Parsed, parse_verdict
 from vlqc.missions import MissionRule
 from vlqc.stage_b.guardrail import GuardrailResult, apply, scan
 from vlqc.stage_b.tickets import Ticket

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vlqc.errors import SchemaError, VlqcError
-from vlqc.inference.prompts import strip_summary_header
+from vlqc.inference.answers import strip_summary_header
 from vlqc.schemas import validate
 from vlqc.stage_a.merge import GROUP_SCHEMA, check_record
 

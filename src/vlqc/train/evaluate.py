@@ -19,15 +19,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from vlqc.inference.answers import parse_verdict, strip_summary_header, summary_entries
 from vlqc.inference.generation import Generator, Request, Sampling
-from vlqc.inference.prompts import (
-    category_count,
-    strip_summary_header,
-    summary_entries,
-    summary_messages,
-    verdict_messages,
-)
-from vlqc.inference.verdict import parse_verdict
+from vlqc.inference.prompts import category_count, summary_messages, verdict_messages
 from vlqc.schemas import defaults
 from vlqc.train.sft_data import Ticket, group_tickets
 
