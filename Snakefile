@@ -27,6 +27,7 @@ rule all:
         serving_model(),
         f"results/train/sft/{config['train']['run']}/eval.json",
         demo_stage_targets(),
-        # The golden dump of every saved checkpoint (known once training ran) and the report's plots.
+        # Per saved checkpoint (known once training ran) its golden dump and grounding metrics; the report's plots.
         lambda wildcards: [path for run in config["train"]["runs"] for path in golden_dumps(run)],
+        lambda wildcards: [path for run in config["train"]["runs"] for path in grounding_files(run)],
         report_targets(),

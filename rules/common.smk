@@ -385,3 +385,16 @@ def headline_labels(wildcards, output):
 def sweep_axes(wildcards):
     """The sweep's axes, in config order, as arguments."""
     return shlex.join(config["sweeps"][wildcards.sweep]["axes"])
+
+
+# --- grounding metrics (rule eval_grounding, docs/evaluation.md#grounding) ------------------------
+
+
+def grounding_val_file():
+    """The canonical val split of eval.dataset, whose photos the grounding metrics ask for their objects."""
+    return f"results/data/{EVAL['dataset']}/val.jsonl"
+
+
+def grounding_files(run):
+    """The grounding metrics of every checkpoint run `run` saved (known once it trained, see saved_steps)."""
+    return expand("results/train/sft/{run}/grounding/step_{step}.json", run=run, step=saved_steps(run))

@@ -1,4 +1,5 @@
-# Evaluation: the eval set, token-weighted eval loss per checkpoint, image ablations (docs/evaluation.md).
+# Evaluation: the eval set, token-weighted eval loss and grounding metrics per checkpoint, image ablations
+# (docs/evaluation.md).
 
 
 rule eval_candidates:
@@ -87,8 +88,40 @@ rule eval_ablation:
         " --out {output} --settings {params.settings:q} > {log} 2>&1"
 
 
-# `snakemake evaluation`: the eval loss of every saved checkpoint and the ablations of every run.
+rule eval_grounding:
+    input:
+        # Every saved step (train_sft is a checkpoint); the job reads step_{step}/.
+        steps="results/train/sft/{run}/steps",
+        base=base_model_dir(),
+        config=train_config,
+        config_parents=train_config_parents,
+        val=grounding_val_file(),
+        images=eval_images(),
+        missions=config["missions_file"],
+    output:
+        metrics="results/train/sft/{run}/grounding/step_{step}.json",
+        predictions="results/train/sft/{run}/grounding/step_{step}.jsonl",
+    log:
+        "results/logs/eval/grounding/{run}/step_{step}.log",
+    conda:
+        "../envs/model.yaml"
+    # One thread, as golden_dump: a small model's decoding is per-step overhead more than arithmetic.
+    threads: 1
+    params:
+        root=lambda wildcards, input: os.path.dirname(input.images),
+        settings=settings_json(
+            EVAL["grounding"], "images", "seed", "iou_thresholds", "line_threshold", "max_new_tokens", "batch_size"
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} python scripts/eval_grounding.py --checkpoint {input.steps}/step_{wildcards.step}"
+        " --base {input.base} --config {input.config} --val {input.val} --missions {input.missions:q}"
+        " --images {params.root:q} --step {wildcards.step} --out {output.metrics}"
+        " --predictions {output.predictions} --settings {params.settings:q} > {log} 2>&1"
+
+
+# `snakemake evaluation`: the eval loss and grounding metrics of every saved checkpoint and the ablations of every run.
 rule evaluation:
     input:
         lambda wildcards: [path for run in config["train"]["runs"] for path in eval_loss_files(run)],
+        lambda wildcards: [path for run in config["train"]["runs"] for path in grounding_files(run)],
         expand("results/train/sft/{run}/ablation.json", run=config["train"]["runs"]),

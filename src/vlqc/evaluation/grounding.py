@@ -27,20 +27,29 @@ Contract:
 - Answers: a photo's answer is parsed strictly first; when that fails (a parse failure), in salvage
   mode, and it is salvaged when that recovers at least one object. What salvage recovers is scored.
 - Aggregates are micro: counts summed over photos, then divided.
+- A checkpoint's answers (rule eval_grounding): `eval.grounding.images` val photos with a domain, drawn
+  with `eval.grounding.seed` and kept in record order, asked `prompts.dense_messages(domain)` with
+  their image fitted to the run's pixel cap, greedy, `batch_size` at a time: the same checkpoint,
+  val split and settings give the same files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
 
 from vlqc.data.desc import parse_desc
 from vlqc.errors import SampleError, VlqcError
-from vlqc.inference.answers import AnswerError, DenseObject, Dropped, parse_dense
+from vlqc.inference.answers import AnswerError, DenseObject, Dropped, dense_objects, parse_dense
+from vlqc.inference.prompts import dense_messages
+from vlqc.inference.sampling import Sampling
 
 AREA_KINDS = ("bbox_2d", "poly")
 LINE_KIND = "line"
@@ -452,3 +461,92 @@ def score(
     for prediction, gt in pairs:
         tally.add(prediction, gt)
     return tally.summary()
+
+
+# --- a checkpoint's answers ---------------------------------------------------------------------------
+
+
+def select_photos(
+    records: Sequence[Mapping[str, Any]], missions: Mapping[str, Mapping[str, Any]], n: int, seed: int, where: str
+) -> tuple[list[tuple[Mapping[str, Any], str]], int]:
+    """`n` val records drawn with `seed` (all if fewer), each with the domain its prompt names, in
+    record order; and how many could be drawn from (those with a domain: their own or their mission's)."""
+    from vlqc.train.sft_data import record_domain
+
+    eligible = [(record, domain) for record in records if (domain := record_domain(record, missions))]
+    if not eligible:
+        raise VlqcError(f"{where}: no val photo with a domain (its own or its mission's) to ask for its objects")
+    chosen = sorted(random.Random(seed).sample(range(len(eligible)), min(n, len(eligible))))
+    return [eligible[k] for k in chosen], len(eligible)
+
+
+def answer_photos(
+    generate: Callable[[list[Any], Sampling], list[str]],
+    request: Callable[[Mapping[str, Any], str], Any],
+    photos: Sequence[tuple[Mapping[str, Any], str]],
+    settings: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ask each photo for its objects (`request(record, domain)` builds the request, `generate(requests,
+    sampling)` answers a batch: vlqc.inference.generation.Generator.generate), greedy, `batch_size` photos
+    at a time in the given order; score the answers. The metrics (Tally.summary) and one row per photo
+    (schema eval_grounding_row)."""
+    tally = Tally(tuple(settings["iou_thresholds"]), settings["line_threshold"])
+    sampling = Sampling(max_new_tokens=settings["max_new_tokens"], temperature=0.0)
+    size, rows = settings["batch_size"], []
+    with tqdm(total=len(photos), desc="grounding", unit="photo", mininterval=5) as progress:
+        for start in range(0, len(photos), size):
+            batch = photos[start : start + size]
+            texts = generate([request(record, domain) for record, domain in batch], sampling)
+            for (record, domain), text in zip(batch, texts, strict=True):
+                prediction, gt = read_prediction(text), dense_objects(record)
+                matchings = tally.add(prediction, gt)
+                rows.append(
+                    {
+                        "sample_id": record["sample_id"],
+                        "images": list(record["images"]),
+                        "domain": domain,
+                        "pred_text": text,
+                        "strict_ok": prediction.strict_ok,
+                        "salvaged": prediction.salvaged,
+                        "rule": prediction.rule,
+                        "dropped": [asdict(dropped) for dropped in prediction.dropped],
+                        "pred_objects": len(prediction.objects),
+                        "gt_objects": len(gt),
+                        "at": [
+                            {
+                                "iou_threshold": threshold,
+                                "tp": len(matching.pairs),
+                                "fp": len(matching.unmatched_pred),
+                                "fn": len(matching.unmatched_gt),
+                            }
+                            for threshold, matching in matchings.items()
+                        ],
+                    }
+                )
+            progress.update(len(batch))
+    return tally.summary(), rows
+
+
+def evaluate_checkpoint(
+    step_dir: Path,
+    base: Path,
+    train_cfg: Mapping[str, Any],
+    photos: Sequence[tuple[Mapping[str, Any], str]],
+    images_root: Path,
+    settings: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`answer_photos` with one saved step (a full model, or a LoRA adapter on `base`), loaded and fed as
+    the golden dump does: float32, the base model's processor, images fitted to the run's pixel cap."""
+    from vlqc.evaluation.loss import load_checkpoint, load_row_images
+    from vlqc.inference.generation import Generator, Request
+    from vlqc.train.sft_data import data_config
+
+    data = data_config(train_cfg)
+    model = load_checkpoint(step_dir, base, "float32")
+    generator = Generator(base, device=model.device.type, max_pixels=data.max_pixels, model=model)
+
+    def request(record: Mapping[str, Any], domain: str) -> Request:
+        row = {"id": record["sample_id"], "images": record["images"]}
+        return Request(*dense_messages(domain), load_row_images([row], images_root, data.max_pixels, data.factor)[0])
+
+    return answer_photos(generator.generate, request, photos, settings)
