@@ -31,3 +31,4 @@ rule all:
         lambda wildcards: [path for run in config["train"]["runs"] for path in golden_dumps(run)],
         lambda wildcards: [path for run in config["train"]["runs"] for path in grounding_files(run)],
         report_targets(),
+        grounding_plots(),

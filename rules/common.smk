@@ -398,3 +398,13 @@ def grounding_val_file():
 def grounding_files(run):
     """The grounding metrics of every checkpoint run `run` saved (known once it trained, see saved_steps)."""
     return expand("results/train/sft/{run}/grounding/step_{step}.json", run=run, step=saved_steps(run))
+
+
+def final_grounding(run):
+    """The grounding metrics of a run's last saved checkpoint (the report's grounding plot)."""
+    return f"results/train/sft/{run}/grounding/step_{max(saved_steps(run))}.json"
+
+
+def grounding_plots():
+    """The grounding plot of every training run (rule all, so that the report has it)."""
+    return expand("results/plots/train/{run}/grounding.png", run=config["train"]["runs"])

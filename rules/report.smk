@@ -67,6 +67,24 @@ rule plot_ablation:
         "python scripts/plot_training.py ablation --run {wildcards.run:q} --ablation {input} --out {output} > {log} 2>&1"
 
 
+rule plot_grounding:
+    input:
+        lambda wildcards: final_grounding(wildcards.run),
+    output:
+        report(
+            "results/plots/train/{run}/grounding.png",
+            caption="../report/grounding.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+    log:
+        "results/logs/plots/train/{run}/grounding.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python scripts/plot_grounding.py --run {wildcards.run:q} --grounding {input} --out {output} > {log} 2>&1"
+
+
 # --- Stage-A and Stage-B -----------------------------------------------------------------
 
 
