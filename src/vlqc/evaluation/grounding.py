@@ -9,7 +9,7 @@ Contract:
   object when its centre (i + ½, j + ½) lies inside it (even-odd rule, so a self-intersecting
   polygon is well defined). With integer coordinates that is exact for boxes, off by at most the
   pixels along a slanted edge for polygons, and the same on every machine; an exact clipper for
-  non-convex polygons would be far more code for no decision it changes.
+  non-convex polygons would be far more code (and a dependency) for a difference of a few edge pixels.
 - Line distance: both polylines resampled to `LINE_SAMPLES` points evenly spaced along their length;
   the mean distance of one's points to the other polyline, averaged over both directions (symmetric,
   blind to drawing direction), in norm1000 units. A pair of lines can match when that is at most
