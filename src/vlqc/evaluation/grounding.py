@@ -47,8 +47,8 @@ from tqdm import tqdm
 
 from vlqc.data.desc import parse_desc
 from vlqc.errors import SampleError, VlqcError
-from vlqc.inference.answers import AnswerError, DenseObject, Dropped, dense_objects, parse_dense
-from vlqc.inference.prompts import dense_messages
+from vlqc.inference.answers import AnswerError, DenseObject, Dropped, parse_dense
+from vlqc.inference.prompts import dense_messages, dense_objects
 from vlqc.inference.sampling import Sampling
 
 AREA_KINDS = ("bbox_2d", "poly")
