@@ -123,9 +123,12 @@ def only(mode: str, **settings) -> DataConfig:
 
 
 # A quarter turn (the canvas becomes 64x96) and a random colour jitter on every sample.
+# A quarter turn and nothing else that changes the size (scale and crop are on by default).
 AUGMENT = {
     "bypass_prob": 0.0,
     "rotate": {"prob": 1.0, "degrees": [90, 90]},
+    "scale": {"prob": 0.0},
+    "crop": {"prob": 0.0},
     "color_jitter": {"prob": 1.0},
 }
 
