@@ -147,10 +147,10 @@ def test_bank_leaves_out_partial_cut_and_border_objects(source, tmp_path):
     # The crossed screw's patch would show a piece of the fibre, and the fibre's a piece of the screw.
     assert [[o.desc for o in p.objects] for p in bank.pool(SMALL, "BBU")] == [[SCREW], ["类别=标签,可读性=不可读"]]
     assert bank.pool(LINE, "BBU") == []
-    # Ops that are off get no patches; a legacy summary or no domain gives none at all.
+    # Ops that are off get no patches; a legacy summary gives none at all.
     assert bank.pool(CLUSTER, "BBU") == []
     legacy = {**changed, "summary": "BBU设备×1"}
-    assert build_bank([(legacy, path), ({**changed, "domain": None}, path)], config).counts()[SMALL] == {}
+    assert build_bank([(legacy, path)], config).counts()[SMALL] == {}
 
 
 def test_patches_stay_in_their_domain(source, tmp_path):
@@ -283,14 +283,18 @@ def test_no_placement_within_max_hidden_pastes_nothing(source):
     assert tally.paste_skipped["no_room"] == 1 and tally.ops[SMALL] == 0
 
 
-def test_legacy_summary_and_missing_bank_are_skipped_and_counted(source):
+def test_records_that_cannot_take_a_paste_are_skipped_and_counted(source):
     image, target = target_scene()
     config = cfg(**{SMALL: {"prob": 1.0}})
+    bank = build_bank([source], config)
     tally = Tally()
     legacy = {**target, "summary": "BBU设备×1，电线×1"}
-    assert augment(image, legacy, config, random.Random(0), bank=build_bank([source], config), tally=tally)[1] == legacy
-    assert augment(image, target, config, random.Random(0), tally=tally)[1] == target
-    assert tally.paste_skipped["legacy_summary"] == 1 and tally.paste_skipped["no_patch"] == 1
+    irrelevant = record("empty", (160, 128), [])
+    for sample in (legacy, irrelevant):
+        assert augment(image, sample, config, random.Random(0), bank=bank, tally=tally)[1] == sample
+    assert augment(image, target, config, random.Random(0), tally=tally)[1] == target  # no bank
+    assert dict(tally.paste_skipped) == {"legacy_summary": 1, "irrelevant": 1, "no_patch": 1}
+    assert tally.ops[SMALL] == 0
 
 
 def test_colour_ops_run_after_the_paste(source):

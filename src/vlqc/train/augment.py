@@ -1,6 +1,6 @@
 """Seeded, geometry-aware augmentation of one canonical record and its image (docs/augmentation.md).
 
-Order (the reference system's): geometric ops first, then copy-paste, then colour.
+Order (the origin's, docs/augmentation.md#order): geometric ops first, then copy-paste, then colour.
 - Geometric ops (flips, rotation with an expanding canvas, scale, ROI crop) are composed into one
   3x3 matrix in the pixel-edge convention of `vlqc.data.geometry`; the resize to the pixel cap
   (`smart_resize`) is folded into the same matrix, so the image is resampled once
@@ -59,7 +59,7 @@ PASTE_OPS = ("small_object_zoom_paste", "object_cluster_copy_paste", "line_segme
 COLOUR_OPS = ("color_jitter", "gamma", "hsv")
 OPS = (*GEOMETRIC_OPS, *PASTE_OPS, *COLOUR_OPS)  # the order they run in
 # Why a copy-paste op that fired pasted nothing.
-PASTE_SKIPS = ("no_patch", "no_room", "no_domain", "legacy_summary")
+PASTE_SKIPS = ("no_patch", "no_room", "irrelevant", "legacy_summary")
 OBJECT_COUNTS = ("in", "out", "cut", "clipped", "dropped", "pasted", "marked_partial")
 
 
@@ -189,8 +189,8 @@ def augment(
             continue
         if bank is None:
             tally.paste_skipped["no_patch"] += 1
-        elif out["domain"] is None:  # no patches to match, no summary to rebuild
-            tally.paste_skipped["no_domain"] += 1
+        elif out["summary"] == IRRELEVANT:  # an unrelated photo (or a crop of nothing) stays 无关图片
+            tally.paste_skipped["irrelevant"] += 1
         elif _legacy(out):  # its summary could not count the pasted objects
             tally.paste_skipped["legacy_summary"] += 1
         else:

@@ -14,8 +14,8 @@ rectangle of one source image and the objects it holds whole:
 - `line_segment_copy_paste`: one whole line of `min_length`..`max_length` pixels, its box grown by
   `context` (the strip of image around the line).
 
-Only complete objects go in: a key=value desc that is not 可见性=部分, of a record with a domain and
-a JSON summary, and geometry clear of the image border (an object touching it may be cut by the
+Only complete objects go in: a key=value desc that is not 可见性=部分, of a record with a JSON
+summary, and geometry clear of the image border (an object touching it may be cut by the
 frame). A rectangle must hold its objects alone: any other object that meets it must contain it
 whole (the device a screw sits on), or the patch is not banked, so a paste never shows a piece of
 an object it does not annotate.
@@ -154,8 +154,8 @@ def build_bank(samples: Iterable[tuple[Mapping[str, Any], Path]], cfg: Mapping[s
     training split as prepared for training (record geometry in that image's pixels)."""
     patches: list[Patch] = []
     for record, image in samples:
-        if record["domain"] is None or not record["summary"].startswith("{"):
-            continue  # no domain to match, or no object the summary would count (legacy ×N, 无关图片)
+        if not record["summary"].startswith("{"):
+            continue  # a legacy ×N summary (no key=value descs) or 无关图片 (no objects)
         for op in PASTE_OPS:
             if cfg[op]["prob"] <= 0:
                 continue
