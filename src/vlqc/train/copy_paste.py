@@ -141,8 +141,8 @@ class PatchBank:
         tally.ops[op] += 1
         tally.objects["out"] += len(objects) - len(record["objects"])
         objects.sort(key=lambda o: sort_key(object_kind(o), o[object_kind(o)]))
-        out = copy.deepcopy(record)
-        out.update(objects=objects, summary=rebuilt_summary(record, objects))
+        out = copy.deepcopy({**record, "objects": objects})  # no object shared with the input
+        out["summary"] = rebuilt_summary(record, objects)
         return image, out
 
 

@@ -632,7 +632,7 @@ def write_dataset(
     ]
     write_jsonl(out_dir / "train.jsonl", train_rows, schema=ROW_SCHEMA)
     write_jsonl(out_dir / "val.jsonl", val_rows, schema=ROW_SCHEMA)
-    bank_counts = bank.counts() if bank else {op: {} for op in PASTE_OPS}
+    bank_counts = bank.counts() if bank is not None else {op: {} for op in PASTE_OPS}
     telemetry = {"enabled": cfg.augmentation is not None, "bank": bank_counts, "epochs": epochs}
     write_json(out_dir / TELEMETRY, telemetry, schema="augment_telemetry")
 
