@@ -338,6 +338,16 @@ def test_photometric_ops_change_pixels_not_geometry():
     assert g > 150 and r < 80 and b < 80
 
 
+def test_colour_ops_run_after_the_geometric_ops():
+    # The canvas a rotation exposes is filled grey (114) and then takes the gamma curve with the
+    # rest of the image: the reference order. Colour first would leave it 114.
+    config = cfg(
+        fill=[114, 114, 114], rotate={"prob": 1.0, "degrees": [33, 33]}, gamma={"prob": 1.0, "range": [0.5, 0.5]}
+    )
+    out, _ = augment(config)
+    assert out.getpixel((1, 1)) == (170, 170, 170)  # 255·(114/255)^0.5
+
+
 # --- bypass, cap, determinism --------------------------------------------------------------
 
 ALL_ON = dict(

@@ -122,10 +122,13 @@ def only(mode: str, **settings) -> DataConfig:
     return config(**{"mode_ratios": {mode: 1}, **settings})
 
 
-# A quarter turn (the canvas becomes 64x96) and a random colour jitter on every sample.
+# A quarter turn (the canvas becomes 64x96; scale and crop, on by default, are off) and a random
+# colour jitter on every sample.
 AUGMENT = {
     "bypass_prob": 0.0,
     "rotate": {"prob": 1.0, "degrees": [90, 90]},
+    "scale": {"prob": 0.0},
+    "crop": {"prob": 0.0},
     "color_jitter": {"prob": 1.0},
 }
 

@@ -1,10 +1,14 @@
-"""Seeded, geometry-aware augmentation of one canonical record and its image.
+"""Seeded, geometry-aware augmentation of one canonical record and its image (docs/augmentation.md).
 
-Photometric ops (colour jitter, gamma, HSV) change pixels only. Geometric ops (flips,
-rotation with an expanding canvas, scale, ROI crop) are composed into one 3x3 matrix
-in the pixel-edge convention of `vlqc.data.geometry`; the resize to the pixel cap
-(`smart_resize`) is folded into the same matrix, so the image is resampled once
-(`Image.transform`, bicubic) and the geometry follows exactly the same map.
+Order (the origin's, docs/augmentation.md#order): geometric ops first, then copy-paste, then colour.
+- Geometric ops (flips, rotation with an expanding canvas, scale, ROI crop) are composed into one
+  3x3 matrix in the pixel-edge convention of `vlqc.data.geometry`; the resize to the pixel cap
+  (`smart_resize`) is folded into the same matrix, so the image is resampled once
+  (`Image.transform`, bicubic) and the geometry follows exactly the same map.
+- Copy-paste ops (`small_object_zoom_paste`, `object_cluster_copy_paste`, `line_segment_copy_paste`,
+  `vlqc.train.copy_paste`) paste patches of the training split's objects onto the warped image.
+- Photometric ops (colour jitter, gamma, HSV) change pixels only; run last, they colour pasted
+  patches like the rest of the image.
 
 Geometry rules:
 - bbox_2d: the box's 4 corners are transformed and clipped like a polygon; the new box
@@ -14,10 +18,14 @@ Geometry rules:
   is kept, so a line cut into pieces stays one object and the summary counts stay true.
 - Visible fraction = clipped area / area (boxes, polygons) or visible length / length
   (all runs of a line). Below `crop.min_coverage`, or zero, the object is dropped; a
-  cut object that stays gets `可见性=部分` (see `mark_partial`).
-- Then `clamp_round` and the converter's degenerate-geometry rules (a polygon left with
-  < 4 distinct vertices becomes a box, a zero-area box or a point-like line is dropped),
-  objects re-sorted with `sort_key`, and the summary rebuilt from the surviving descs.
+  cut object that stays gets `可见性=部分` (see `mark_partial`). A pasted patch hides what
+  it covers by the same rules, with `occlusion.min_coverage`.
+- Then `clamp_round` and the converter's degenerate-geometry rules (`geometry_entry`: a polygon
+  left with < 4 distinct vertices falls back to its box, a zero-area box or a point-like line is
+  dropped), objects re-sorted with `sort_key`, and the summary rebuilt from the surviving descs.
+
+`Tally` counts what happened (ops fired, objects cut, dropped, pasted, marked partial) for the
+data job's per-epoch telemetry (schema `augment_telemetry`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -43,6 +54,67 @@ PARTIAL = "部分"
 # Float noise of a rotation must not count as a cut.
 _WHOLE = 1.0 - 1e-6
 
+GEOMETRIC_OPS = ("hflip", "vflip", "rotate", "scale", "crop")
+PASTE_OPS = ("small_object_zoom_paste", "object_cluster_copy_paste", "line_segment_copy_paste")
+COLOUR_OPS = ("color_jitter", "gamma", "hsv")
+OPS = (*GEOMETRIC_OPS, *PASTE_OPS, *COLOUR_OPS)  # the order they run in
+# Why a copy-paste op that fired pasted nothing.
+PASTE_SKIPS = ("no_patch", "no_room", "irrelevant", "legacy_summary")
+OBJECT_COUNTS = ("in", "out", "cut", "clipped", "dropped", "pasted", "marked_partial")
+
+
+@dataclass
+class Tally:
+    """What augmentation did to the samples it saw (one materialised epoch, in the data job).
+
+    objects: `in` before, `out` after; `cut` lost part of their area or length (to the frame or
+    under a pasted patch), `clipped` are the cut ones kept, `dropped` removed (cut below the
+    coverage threshold, or collapsed on the pixel grid), `pasted` added by copy-paste,
+    `marked_partial` whose desc took 可见性=部分. So out = in - dropped + pasted.
+    """
+
+    samples: int = 0
+    bypassed: int = 0
+    ops: Counter = field(default_factory=Counter)
+    paste_skipped: Counter = field(default_factory=Counter)
+    objects: Counter = field(default_factory=Counter)
+    coverage_sum: float = 0.0  # visible fractions of the cut objects
+
+    def cut(self, fraction: float, kept: dict | None, desc: str) -> None:
+        """Count one object that lost part of itself (`fraction` visible) and what became of it."""
+        self.objects["cut"] += 1
+        self.coverage_sum += fraction
+        if kept is None:
+            self.objects["dropped"] += 1
+        else:
+            self.objects["clipped"] += 1
+            self.objects["marked_partial"] += kept["desc"] != desc
+
+    def as_dict(self) -> dict[str, Any]:
+        cut = self.objects["cut"]
+        return {
+            "samples": self.samples,
+            "bypassed": self.bypassed,
+            "ops": {name: self.ops[name] for name in OPS},
+            "paste_skipped": {name: self.paste_skipped[name] for name in PASTE_SKIPS},
+            "objects": {name: self.objects[name] for name in OBJECT_COUNTS},
+            "mean_coverage": round(self.coverage_sum / cut, 6) if cut else None,
+        }
+
+
+class Paster(Protocol):
+    """Pastes one copy-paste op's patches (`vlqc.train.copy_paste.PatchBank`)."""
+
+    def paste(
+        self,
+        op: str,
+        image: Image.Image,
+        record: dict,
+        cfg: dict,
+        rng: random.Random,
+        tally: Tally,
+    ) -> tuple[Image.Image, dict]: ...
+
 
 # --- config ------------------------------------------------------------------------------
 
@@ -59,6 +131,14 @@ def load_config(section: dict, max_pixels: int, where: str = "augmentation") -> 
         for key, value in op.items()
         if isinstance(value, list) and value[0] > value[1]
     ]
+    bad += [
+        f"{name}.{lo}/{hi}"
+        for name, lo, hi in (
+            ("object_cluster_copy_paste", "min_objects", "max_objects"),
+            ("line_segment_copy_paste", "min_length", "max_length"),
+        )
+        if cfg[name][lo] > cfg[name][hi]
+    ]
     if bad:
         raise SchemaError(f"{where}: range lower bound above upper bound in {', '.join(bad)}")
     return cfg
@@ -67,22 +147,34 @@ def load_config(section: dict, max_pixels: int, where: str = "augmentation") -> 
 # --- pipeline ----------------------------------------------------------------------------
 
 
-def augment(image: Image.Image, record: dict, cfg: dict, rng: random.Random) -> tuple[Image.Image, dict]:
+def augment(
+    image: Image.Image,
+    record: dict,
+    cfg: dict,
+    rng: random.Random,
+    *,
+    bank: Paster | None = None,
+    tally: Tally | None = None,
+) -> tuple[Image.Image, dict]:
     """Augment one sample; `cfg` comes from `load_config`. Draws only from `rng`, in a fixed
-    order, so the same seed gives the same pixels and record. On bypass the inputs are
-    returned as they are; otherwise the record is a new dict and the input is untouched."""
+    order (bypass, the geometric ops, the copy-paste ops, the colour ops), so the same seed gives
+    the same pixels and record. Copy-paste patches come from `bank` (none: nothing to paste), of
+    the record's domain. On bypass the inputs are returned as they are; otherwise
+    the record is a new dict and the input is untouched. `tally` counts what happened."""
     if image.size != (record["width"], record["height"]):
         raise SampleError(
             "image_size_mismatch",
             f"image is {image.width}x{image.height}, record says {record['width']}x{record['height']}",
             record["sample_id"],
         )
+    tally = Tally() if tally is None else tally
+    tally.samples += 1
     if rng.random() < cfg["bypass_prob"]:
+        tally.bypassed += 1
         return image, record
-    image = _photometric(image.convert("RGB"), cfg, rng)
-    matrix, canvas = _sample_affine(record, cfg, rng)
-    return warp(
-        image,
+    matrix, canvas = _sample_affine(record, cfg, rng, tally)
+    image, out = warp(
+        image.convert("RGB"),
         record,
         matrix,
         canvas,
@@ -90,7 +182,20 @@ def augment(image: Image.Image, record: dict, cfg: dict, rng: random.Random) -> 
         factor=cfg["factor"],
         fill=tuple(cfg["fill"]),
         min_coverage=cfg["crop"]["min_coverage"],
+        tally=tally,
     )
+    for op in PASTE_OPS:
+        if rng.random() >= cfg[op]["prob"]:
+            continue
+        if bank is None:
+            tally.paste_skipped["no_patch"] += 1
+        elif out["summary"] == IRRELEVANT:  # an unrelated photo (or a crop of nothing) stays 无关图片
+            tally.paste_skipped["irrelevant"] += 1
+        elif _legacy(out):  # its summary could not count the pasted objects
+            tally.paste_skipped["legacy_summary"] += 1
+        else:
+            image, out = bank.paste(op, image, out, cfg, rng, tally)
+    return _photometric(image, cfg, rng, tally), out
 
 
 def warp(
@@ -103,16 +208,28 @@ def warp(
     factor: int,
     fill: tuple[int, int, int],
     min_coverage: float,
+    tally: Tally | None = None,
 ) -> tuple[Image.Image, dict]:
     """Map an RGB image and its record by `matrix` (source edge coords → a `canvas` of float
     size), then resize the canvas to `smart_resize` of it, all in one resample. Objects are
-    clipped, dropped or marked partial as the module notes say."""
+    clipped, dropped or marked partial as the module notes say, and counted in `tally`."""
     image, m = resample(image, matrix, canvas, max_pixels=max_pixels, factor=factor, fill=fill)
     width, height = image.size
-    objects = [moved for obj in record["objects"] if (moved := _move(obj, m, width, height, min_coverage)) is not None]
-    objects.sort(key=lambda o: sort_key(_kind(o), o[_kind(o)]))
+    tally = Tally() if tally is None else tally
+    tally.objects["in"] += len(record["objects"])
+    objects = []
+    for obj in record["objects"]:
+        moved, fraction = _move(obj, m, width, height, min_coverage)
+        if fraction < _WHOLE:
+            tally.cut(fraction, moved, obj["desc"])
+        elif moved is None:
+            tally.objects["dropped"] += 1
+        if moved is not None:
+            objects.append(moved)
+    tally.objects["out"] += len(objects)
+    objects.sort(key=lambda o: sort_key(object_kind(o), o[object_kind(o)]))
     out = copy.deepcopy(record)
-    out.update(width=width, height=height, objects=objects, summary=_summary(record, objects))
+    out.update(width=width, height=height, objects=objects, summary=rebuilt_summary(record, objects))
     return image, out
 
 
@@ -146,9 +263,10 @@ def resample(
 # --- photometric ---------------------------------------------------------------------------
 
 
-def _photometric(image: Image.Image, cfg: dict, rng: random.Random) -> Image.Image:
+def _photometric(image: Image.Image, cfg: dict, rng: random.Random, tally: Tally) -> Image.Image:
     jitter = cfg["color_jitter"]
     if rng.random() < jitter["prob"]:
+        tally.ops["color_jitter"] += 1
         for enhancer, key in (
             (ImageEnhance.Brightness, "brightness"),
             (ImageEnhance.Contrast, "contrast"),
@@ -156,10 +274,12 @@ def _photometric(image: Image.Image, cfg: dict, rng: random.Random) -> Image.Ima
         ):
             image = enhancer(image).enhance(rng.uniform(*jitter[key]))
     if rng.random() < cfg["gamma"]["prob"]:
+        tally.ops["gamma"] += 1
         gamma = rng.uniform(*cfg["gamma"]["range"])
         image = image.point([round(255 * (v / 255) ** gamma) for v in range(256)] * 3)
     hsv = cfg["hsv"]
     if rng.random() < hsv["prob"]:
+        tally.ops["hsv"] += 1
         shift, sat, val = (rng.uniform(*hsv[key]) for key in ("hue", "saturation", "value"))
         planes = np.asarray(image.convert("HSV"), dtype=np.float64)
         planes[..., 0] = np.round(planes[..., 0] + shift / 360 * 256) % 256  # PIL hue: 256 steps a turn
@@ -176,22 +296,27 @@ def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> np.nd
     return np.array([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]])
 
 
-def _sample_affine(record: dict, cfg: dict, rng: random.Random) -> tuple[np.ndarray, tuple[float, float]]:
+def _sample_affine(record: dict, cfg: dict, rng: random.Random, tally: Tally) -> tuple[np.ndarray, tuple[float, float]]:
     """One matrix for flips → rotation → scale → crop, and the float size of the final canvas."""
     w, h = float(record["width"]), float(record["height"])
     m = np.eye(3)
     if rng.random() < cfg["hflip"]["prob"]:
+        tally.ops["hflip"] += 1
         m = _affine(-1, 0, w, 0, 1, 0) @ m
     if rng.random() < cfg["vflip"]["prob"]:
+        tally.ops["vflip"] += 1
         m = _affine(1, 0, 0, 0, -1, h) @ m
     if rng.random() < cfg["rotate"]["prob"]:
+        tally.ops["rotate"] += 1
         rotation, (w, h) = _rotation(rng.uniform(*cfg["rotate"]["degrees"]), w, h)
         m = rotation @ m
     if rng.random() < cfg["scale"]["prob"]:
+        tally.ops["scale"] += 1
         s = rng.uniform(*cfg["scale"]["range"])
         m = _affine(s, 0, 0, 0, s, 0) @ m
         w, h = w * s, h * s
     if rng.random() < cfg["crop"]["prob"]:
+        tally.ops["crop"] += 1
         crop, (w, h) = _roi_crop(record["objects"], m, w, h, rng.uniform(*cfg["crop"]["size"]), rng)
         m = crop @ m
     return m, (w, h)
@@ -214,7 +339,7 @@ def _roi_crop(
     cw, ch = w * size, h * size
     if objects:
         obj = objects[rng.randrange(len(objects))]
-        x1, y1, x2, y2 = bbox_of(_apply(m, _points(obj)))
+        x1, y1, x2, y2 = bbox_of(_apply(m, object_points(obj)))
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         x0 = rng.uniform(max(0.0, cx - cw), min(cx, w - cw))
         y0 = rng.uniform(max(0.0, cy - ch), min(cy, h - ch))
@@ -226,12 +351,12 @@ def _roi_crop(
 # --- geometry ------------------------------------------------------------------------------
 
 
-def _kind(obj: dict) -> str:
+def object_kind(obj: dict) -> str:
     return next(key for key in obj if key != "desc")
 
 
-def _points(obj: dict) -> list[Point]:
-    kind = _kind(obj)
+def object_points(obj: dict) -> list[Point]:
+    kind = object_kind(obj)
     flat = obj[kind]
     if kind == "bbox_2d":
         x1, y1, x2, y2 = flat
@@ -243,17 +368,27 @@ def _apply(m: np.ndarray, points: Sequence[Point]) -> list[Point]:
     return [(m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]) for x, y in points]
 
 
-def _move(obj: dict, m: np.ndarray, width: int, height: int, min_coverage: float) -> dict | None:
-    """The object in the new frame, or None when it is (mostly) out of view or degenerate."""
-    kind = _kind(obj)
-    points = _apply(m, _points(obj))
+def _move(obj: dict, m: np.ndarray, width: int, height: int, min_coverage: float) -> tuple[dict | None, float]:
+    """The object in the new frame (None when it is (mostly) out of view or degenerate) and its
+    visible fraction."""
+    kind = object_kind(obj)
+    points = _apply(m, object_points(obj))
     if kind == "line":
         runs = clip_line(points, width, height)
-        kept = max(runs, key=_length, default=[])
-        fraction = _ratio(sum(map(_length, runs)), _length(points))
+        kept = max(runs, key=polyline_length, default=[])
+        fraction = _ratio(sum(map(polyline_length, runs)), polyline_length(points))
     else:
         kept = clip_polygon(points, width, height)
         fraction = _ratio(polygon_area(kept), polygon_area(points))
+    return keep_visible(obj, kind, kept, fraction, width, height, min_coverage), fraction
+
+
+def keep_visible(
+    obj: dict, kind: str, kept: Sequence[Point], fraction: float, width: int, height: int, min_coverage: float
+) -> dict | None:
+    """The visible part `kept` (float points) of `obj` as a record object, or None when too
+    little is visible (below `min_coverage`, or nothing) or it collapses on the pixel grid.
+    A cut object's desc is marked 可见性=部分."""
     if fraction <= 0 or fraction < min_coverage:
         return None
     try:
@@ -269,7 +404,7 @@ def _ratio(part: float, whole: float) -> float:
     return part / whole if whole > 0 else 0.0
 
 
-def _length(points: Sequence[Point]) -> float:
+def polyline_length(points: Sequence[Point]) -> float:
     return sum(math.dist(a, b) for a, b in zip(points, points[1:]))
 
 
@@ -304,7 +439,7 @@ def clip_line(points: Sequence[Point], width: float, height: float) -> list[list
     runs: list[list[Point]] = []
     open_run = False  # the previous segment ended inside, so a run may continue
     for a, b in zip(points, points[1:]):
-        span = _clip_segment(a, b, width, height)
+        span = clip_segment(a, b, width, height)
         if span is None:
             open_run = False
             continue
@@ -318,7 +453,7 @@ def clip_line(points: Sequence[Point], width: float, height: float) -> list[list
     return runs
 
 
-def _clip_segment(a: Point, b: Point, width: float, height: float) -> tuple[float, float] | None:
+def clip_segment(a: Point, b: Point, width: float, height: float) -> tuple[float, float] | None:
     """Liang–Barsky: the parameter span [t0, t1] of a→b inside the canvas, or None."""
     dx, dy = b[0] - a[0], b[1] - a[1]
     t0, t1 = 0.0, 1.0
@@ -373,15 +508,19 @@ def mark_partial(desc: str) -> str:
     return ",".join(f"{key}={value}" for key, value in pairs)
 
 
-def _summary(record: dict, objects: list[dict]) -> str:
+def _legacy(record: dict) -> bool:
+    """A legacy ×N summary (docs/summary-format.md): not rebuilt from descs."""
+    return not record["summary"].startswith("{") and record["summary"] != IRRELEVANT
+
+
+def rebuilt_summary(record: dict, objects: list[dict]) -> str:
     """The summary of the surviving objects.
 
     A legacy ×N summary cannot be rebuilt (its slash descs are not in the record): it is
     kept while the descs are unchanged, and changing them is an error.
     """
     descs = [obj["desc"] for obj in objects]
-    legacy = not record["summary"].startswith("{") and record["summary"] != IRRELEVANT
-    if not legacy:
+    if not _legacy(record):
         return build_summary(descs, record["domain"])
     if sorted(descs) == sorted(obj["desc"] for obj in record["objects"]):
         return record["summary"]

@@ -24,6 +24,9 @@ Decisions:
   `images/epoch_<k>/<dataset>/<split>/`; unchanged images are hard links (or copies) under
   `images/source/…`, resized ones under `images/resized/…`, so the data folder is self-contained
   and relocatable.
+- Augmentation (docs/augmentation.md) runs per epoch and record seed; copy-paste patches come from a
+  bank built once from the train files' prepared records (`patch_bank`). What it did is written per
+  epoch to `augment_telemetry.json` (schema `augment_telemetry`).
 - Image paths in rows are relative to the data folder; ms-swift resolves them through
   `ROOT_IMAGE_DIR` (see `swift_env`).
 - `train.jsonl` holds all materialised epochs concatenated, each epoch over every train file (train
@@ -64,12 +67,13 @@ from vlqc.inference.prompts import (
     verdict_messages,
     verdict_target,
 )
-from vlqc.jsonl import atomic_open, read_jsonl, write_jsonl
+from vlqc.jsonl import atomic_open, read_jsonl, write_json, write_jsonl
 from vlqc.missions import MissionRule, Outcome
 from vlqc.schemas import defaults
 from vlqc.tickets import natural_key
+from vlqc.train.augment import PASTE_OPS, Tally, warp
 from vlqc.train.augment import augment as augment_sample
-from vlqc.train.augment import warp
+from vlqc.train.copy_paste import PatchBank, build_bank
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ MODES = ("dense", "summary", "verdict")
 TRAIN_DEFAULTS = defaults("train_config")
 DEFAULT_RATIOS = TRAIN_DEFAULTS["data"]["modes"]
 ROW_SCHEMA = "sft_record"
+TELEMETRY = "augment_telemetry.json"  # in the data folder; schema augment_telemetry
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 SAVE_QUALITY = 95  # JPEG quality of images written here (PNG ignores it)
 # Draws a recombined ticket gets to come out with the label it was meant to have.
@@ -333,14 +338,21 @@ def prepare_image(
 
 
 def _augmented(
-    record: dict[str, Any], rel: str, index: int, epoch: int, cfg: DataConfig, source: Path, out_dir: Path
+    record: dict[str, Any],
+    rel: str,
+    index: int,
+    epoch: int,
+    cfg: DataConfig,
+    source: Path,
+    out_dir: Path,
+    bank: PatchBank | None,
+    tally: Tally | None,
 ) -> tuple[str, dict[str, Any]]:
     with Image.open(out_dir / rel) as image:
         rgb = image.convert("RGB")
+    rng = _rng(cfg.seed, epoch, index, "augment", split_name(source))
     try:
-        image, out = augment_sample(
-            rgb, record, cfg.augmentation, _rng(cfg.seed, epoch, index, "augment", split_name(source))
-        )
+        image, out = augment_sample(rgb, record, cfg.augmentation, rng, bank=bank, tally=tally)
     except SampleError as exc:  # e.g. a legacy ×N summary that a crop would have to rebuild
         raise VlqcError(f"{source}: record {index}: augmentation failed: {exc}") from exc
     if out is record:  # bypassed: the prepared image serves as it is
@@ -348,6 +360,30 @@ def _augmented(
     new_rel = _image_name(record, f"epoch_{epoch}", source)
     _save(image, out_dir / new_rel)
     return new_rel, out
+
+
+def patch_bank(
+    records: Mapping[Path, Sequence[Mapping[str, Any]]],
+    cfg: DataConfig,
+    out_dir: Path,
+    prepared: dict[Path, dict[int, tuple[str, dict[str, Any]]]],
+) -> PatchBank | None:
+    """The copy-paste patch bank of the train files (`vlqc.train.copy_paste.build_bank`), from their
+    records as prepared for training, or None when no copy-paste op is on. Every train image is
+    prepared here (cached in `prepared`), whatever rows its record becomes."""
+    aug = cfg.augmentation
+    if aug is None or not any(aug[op]["prob"] > 0 for op in PASTE_OPS):
+        return None
+    samples = []
+    for source, recs in records.items():
+        for index, record in enumerate(recs):
+            if index not in prepared[source]:
+                prepared[source][index] = prepare_image(record, index, cfg, source, out_dir)
+            rel, sample = prepared[source][index]
+            samples.append((sample, out_dir / rel))
+    bank = build_bank(samples, aug)
+    log.info("copy-paste patch bank: %s", bank.counts())
+    return bank
 
 
 # --- rows --------------------------------------------------------------------------------------------
@@ -421,12 +457,15 @@ def build_epoch(
     guidance: Mapping[str, Mapping[str, str]] | None = None,
     augment: bool = True,
     prepared: dict[int, tuple[str, dict[str, Any]]] | None = None,
+    bank: PatchBank | None = None,
+    tally: Tally | None = None,
 ) -> list[dict[str, Any]]:
     """One row per record of the canonical JSONL `source` (its images resolve against its folder).
 
     `guidance` maps a mission to its experiences (G0/S*/G*) for verdict prompts; missing → focus.
     `augment=False` (val) skips augmentation; the pixel cap applies either way. `prepared` caches
     `prepare_image` by record index: pass one dict to every epoch of a dataset to resize once.
+    `bank` holds the copy-paste patches (`patch_bank`); `tally` counts what augmentation did.
     """
     prepared = {} if prepared is None else prepared
     source, out_dir = Path(source), Path(out_dir)
@@ -457,7 +496,7 @@ def build_epoch(
             prepared[index] = prepare_image(record, index, cfg, source, out_dir)
         rel, sample = prepared[index]
         if augment and cfg.augmentation is not None:
-            rel, sample = _augmented(sample, rel, index, epoch, cfg, source, out_dir)
+            rel, sample = _augmented(sample, rel, index, epoch, cfg, source, out_dir, bank, tally)
         meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": record["sample_id"]}
         no_mission = (
             mode == "summary" and _rng(cfg.seed, epoch, index, "no_mission", split).random() < cfg.no_mission_prob
@@ -565,17 +604,27 @@ def write_dataset(
         if other.resolve() != path.resolve():
             raise VlqcError(f"{other} and {path} have the same <folder>/<name> {split_name(path)}: rename one")
     prepared: dict[Path, dict[int, tuple[str, dict[str, Any]]]] = {path: {} for path in train}
-    train_rows = [
-        row
-        for epoch in range(cfg.epochs)
-        for path in train
-        for row in [
-            *build_epoch(
-                records[path], epoch, cfg, out_dir, missions, source=path, guidance=guidance, prepared=prepared[path]
-            ),
-            *recombined_verdicts(records[path], epoch, cfg, missions, source=path, guidance=guidance),
-        ]
-    ]
+    bank = patch_bank({path: records[path] for path in train}, cfg, out_dir, prepared)
+    train_rows: list[dict[str, Any]] = []
+    epochs = []
+    for epoch in range(cfg.epochs):
+        tally = Tally()
+        for path in train:
+            train_rows += build_epoch(
+                records[path],
+                epoch,
+                cfg,
+                out_dir,
+                missions,
+                source=path,
+                guidance=guidance,
+                prepared=prepared[path],
+                bank=bank,
+                tally=tally,
+            )
+            train_rows += recombined_verdicts(records[path], epoch, cfg, missions, source=path, guidance=guidance)
+        if cfg.augmentation is not None:
+            epochs.append({"epoch": epoch, **tally.as_dict()})
     val_rows = [
         row
         for path in val
@@ -583,6 +632,9 @@ def write_dataset(
     ]
     write_jsonl(out_dir / "train.jsonl", train_rows, schema=ROW_SCHEMA)
     write_jsonl(out_dir / "val.jsonl", val_rows, schema=ROW_SCHEMA)
+    bank_counts = bank.counts() if bank is not None else {op: {} for op in PASTE_OPS}
+    telemetry = {"enabled": cfg.augmentation is not None, "bank": bank_counts, "epochs": epochs}
+    write_json(out_dir / TELEMETRY, telemetry, schema="augment_telemetry")
 
     fallbacks = {}
     for path in dict.fromkeys([*train, *val]):
@@ -603,6 +655,11 @@ def write_dataset(
         "train": _counts(train_rows, sum(len(records[p]) for p in train), cfg.epochs),
         "val": _counts(val_rows, sum(len(records[p]) for p in val), 1),
         "verdict_reason_fallback": fallbacks,
+        "augmentation": {
+            "bank": bank_counts,
+            "pasted": sum(e["objects"]["pasted"] for e in epochs),
+            "dropped": sum(e["objects"]["dropped"] for e in epochs),
+        },
         "seconds": round(time.perf_counter() - started, 2),
     }
 
