@@ -23,7 +23,7 @@ from vlqc.inference.answers import (
     summary_document,
     summary_entries,
 )
-from vlqc.inference.prompts import JSON_SEPARATORS, dense_objects, dense_target
+from vlqc.inference.prompts import JSON_SEPARATORS, dense_objects, dense_target, render_dense
 from vlqc.missions import load_missions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +73,14 @@ def test_dense_objects_are_the_records_objects_in_norm1000():
         "objects": [{"bbox_2d": [20, 10, 101, 99], "desc": BOX["desc"]}],
     }
     assert dense_objects(record) == [DenseObject("bbox_2d", (100, 100, 505, 990), BOX["desc"])]
+
+
+def test_rendered_objects_read_back():
+    objects = (
+        DenseObject("poly", (1, 2, 30, 4, 5, 60), "类别=RRU设备"),
+        DenseObject("line", (0, 0, 1000, 1000), "类别=尾纤"),
+    )
+    assert parse_dense(render_dense(objects, "rru")) == DenseAnswer("RRU", objects, ())
 
 
 def test_the_three_geometry_kinds():

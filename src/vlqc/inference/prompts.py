@@ -126,17 +126,22 @@ def dense_objects(record: Mapping[str, Any]) -> list[DenseObject]:
     return objects
 
 
-def dense_target(record: Mapping[str, Any]) -> str:
-    """The answer to `dense_messages` for a canonical record: its `dense_objects` as `object_1..object_N`
-    (docs/answers.md#the-dense-answer), the JSON on one line."""
+def render_dense(objects: Sequence[DenseObject], domain: str) -> str:
+    """The dense answer of `objects`: header line, then `object_1..object_N` as one line of JSON
+    (docs/answers.md#the-dense-answer)."""
     body = {}
-    for n, obj in enumerate(dense_objects(record), 1):
+    for n, obj in enumerate(objects, 1):
         entry: dict[str, Any] = {obj.kind: list(obj.points)}
         if obj.kind in COUNT_FIELDS:
             entry[COUNT_FIELDS[obj.kind]] = len(obj.points) // 2
         body[f"object_{n}"] = {**entry, "desc": obj.desc}
     text = json.dumps(body, ensure_ascii=False, separators=JSON_SEPARATORS)
-    return f"{header(record['domain'], 'DETECTION')}\n{text}"
+    return f"{header(domain, 'DETECTION')}\n{text}"
+
+
+def dense_target(record: Mapping[str, Any]) -> str:
+    """The answer to `dense_messages` for a canonical record: its `dense_objects`, rendered."""
+    return render_dense(dense_objects(record), record["domain"])
 
 
 # --- summaries read back --------------------------------------------------------------------------
