@@ -89,7 +89,7 @@ def test_strip_summary_header(text, expected):
 def test_dense_prompt():
     assert dense_messages("BBU") == (
         "你是通信安装质检助手。检测图中全部对象，输出两行：第一行<DOMAIN=BBU>, <TASK=DETECTION>，"
-        "第二行JSON列表，每项为bbox_2d、poly或line之一（坐标按0-1000归一化）加desc。",
+        "第二行单行JSON对象，键为object_1、object_2……，每项为bbox_2d、poly或line之一（坐标按0-1000归一化）加desc。",
         "<image>检测图中对象。",
     )
 
