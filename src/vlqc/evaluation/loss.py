@@ -182,7 +182,8 @@ def _by_type(types: Sequence[str] | None, hits: Sequence[bool]) -> dict[str, tup
 
 
 @contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, the earlier values (or their absence) restored after."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -239,7 +240,7 @@ class Scorer:
         self.max_pixels, self.factor = data.max_pixels, data.factor
         # qwen_vl_utils reads its pixel budget when ms-swift first builds a processor; the budget of
         # training (swift_env) leaves every fitted image as it is.
-        with _environ({k: v for k, v in swift_env(base, data).items() if k != "ROOT_IMAGE_DIR"}):
+        with scoped_environ({k: v for k, v in swift_env(base, data).items() if k != "ROOT_IMAGE_DIR"}):
             processor = get_processor(str(base), model_type="qwen3_vl")
         self.patch = processor.image_processor.patch_size
         self.tokenizer = processor.tokenizer
