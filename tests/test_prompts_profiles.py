@@ -15,7 +15,7 @@ from vlqc.inference.profiles import DEFAULT_PROFILES, PROFILES, SLOTS, TASKS, US
 from vlqc.inference.prompts import dense_messages, summary_messages, verdict_messages
 from vlqc.jsonl import write_jsonl
 from vlqc.missions import load_missions
-from vlqc.schemas import load
+from vlqc.schemas import load, validate
 from vlqc.train.config import load_train_config, prompt_config
 from vlqc.train.sft_data import build_epoch, data_config
 
@@ -160,3 +160,47 @@ def test_training_rows_are_worded_as_inference_words_them(tmp_path):
                 kinds.add(mode)
             assert (system, user) == expected
     assert kinds == {"summary, no mission: True", "summary, no mission: False", "verdict"}
+
+
+# --- eval rows -------------------------------------------------------------------------------------------
+
+
+def test_eval_rows_worded_for_a_run_are_that_runs_training_rows(tmp_path):
+    """Eval candidates are shared by every run; worded by a run's prompts they ask what its training rows ask."""
+    from test_sft_data import MISSIONS as FIXTURE_MISSIONS
+    from test_sft_data import fixture_records, only, write_canonical
+
+    from vlqc.evaluation.candidates import build_candidates, worded
+    from vlqc.evaluation.golden import golden_row
+
+    records = fixture_records()
+    path = write_canonical(tmp_path / "canonical", records, "val.jsonl")
+    rows = build_candidates(records, FIXTURE_MISSIONS, len, [40, 120], ["dense", "summary", "verdict"], path)
+    for row in rows:
+        validate(row, "eval_row")
+        validate(golden_row(row), "golden_row")
+    assert worded(rows, PromptConfig()) == rows  # the candidates hold the default wording
+    runtime = PromptConfig.of(
+        {
+            "profile": {"summary": "summary_runtime", "dense": "dense_runtime", "verdict": "verdict_runtime"},
+            "domain": {"BBU": "看清BBU。"},
+        }
+    )
+    ours = worded(rows, runtime)
+    assert [r["messages"][2] for r in ours] == [r["messages"][2] for r in rows]  # targets stay
+    for mode in ("dense", "summary"):
+        trained = build_epoch(
+            records, 0, only(mode, no_mission_prob=0.0, prompts=runtime), tmp_path / mode, FIXTURE_MISSIONS, source=path
+        )
+        assert [r["messages"] for r in ours if r["mode"] == mode] == [r["messages"] for r in trained]
+        assert all("看清BBU。" in r["messages"][0]["content"] for r in trained)
+    mix = only("verdict", mode_ratios={"verdict": 1, "summary": 1e-9}, prompts=runtime)
+    trained = build_epoch(records, 0, mix, tmp_path / "v", FIXTURE_MISSIONS, source=path, augment=False)
+    by_ticket = {r["meta"]["source"]: r["messages"] for r in trained if r["meta"]["mode"] == "verdict"}
+    assert {r["source"]: r["messages"] for r in ours if r["mode"] == "verdict"} == by_ticket
+    assert by_ticket and all("不写“需复核”" in m[0]["content"] for m in by_ticket.values())
+
+    older = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]  # candidates of an earlier vlqc
+    assert worded(older, PromptConfig()) == older
+    with pytest.raises(VlqcError, match="no prompt spec.*rebuild the eval candidates"):
+        worded(older, runtime)

@@ -69,6 +69,35 @@ def _mission(mission: str, missions: Mapping[str, Mapping[str, Any]]) -> Mapping
 # --- Stage-A: summary ---------------------------------------------------------------------------
 
 
+# --- prompt specs ---------------------------------------------------------------------------------
+#
+# A spec is what a prompt says, without the wording: task, user slot, domain and the template fields
+# (JSON-able, so eval rows can carry it and be worded for each run: vlqc.evaluation.candidates).
+# Every builder below is `render_spec(<task>_spec(...), prompts)`.
+
+IMAGE_TASKS = ("summary", "dense")
+
+
+def render_spec(spec: Mapping[str, Any], prompts: PromptConfig | None = None) -> tuple[str, str]:
+    """System and user text of a spec worded by `prompts` (the config's prompt profiles and overrides,
+    docs/prompts.md; None: the default profiles); an image task's user text starts with `<image>`."""
+    task, domain, fields = spec["task"], spec["domain"], spec["fields"]
+    system = render(prompts, task, "system", domain, **fields)
+    user = render(prompts, task, spec["slot"], domain, **fields)
+    return system, IMAGE_TAG + user if task in IMAGE_TASKS else user
+
+
+def summary_spec(
+    mission: str | None, domain: str, missions: Mapping[str, Mapping[str, Any]], no_mission: bool = False
+) -> dict[str, Any]:
+    domain = _domain(domain)
+    fields = {"header": header(domain, "SUMMARY")}
+    if mission is None or no_mission:
+        return {"task": "summary", "slot": "summary_no_mission", "domain": domain, "fields": fields}
+    fields |= {"mission": mission, "focus": _mission(mission, missions)["focus"]}
+    return {"task": "summary", "slot": "user", "domain": domain, "fields": fields}
+
+
 def summary_messages(
     mission: str | None,
     domain: str,
@@ -80,13 +109,7 @@ def summary_messages(
     """System and user text asking for an image's summary; the user text names the mission and
     its focus unless `mission` is None or `no_mission` is set. `prompts`: the config's prompt
     profiles and overrides (docs/prompts.md); None: the default profile."""
-    domain = _domain(domain)
-    head = header(domain, "SUMMARY")
-    system = render(prompts, "summary", "system", domain, header=head)
-    if mission is None or no_mission:
-        return system, IMAGE_TAG + render(prompts, "summary", "summary_no_mission", domain, header=head)
-    focus = _mission(mission, missions)["focus"]
-    return system, IMAGE_TAG + render(prompts, "summary", "user", domain, header=head, mission=mission, focus=focus)
+    return render_spec(summary_spec(mission, domain, missions, no_mission), prompts)
 
 
 def summary_target(summary: str, domain: str) -> str:
@@ -106,14 +129,14 @@ def strip_summary_header(text: str) -> str:
 # --- dense detection ----------------------------------------------------------------------------
 
 
+def dense_spec(domain: str) -> dict[str, Any]:
+    domain = _domain(domain)
+    return {"task": "dense", "slot": "user", "domain": domain, "fields": {"header": header(domain, "DETECTION")}}
+
+
 def dense_messages(domain: str, *, prompts: PromptConfig | None = None) -> tuple[str, str]:
     """System and user text asking for an image's objects (`prompts` as for `summary_messages`)."""
-    domain = _domain(domain)
-    head = header(domain, "DETECTION")
-    return (
-        render(prompts, "dense", "system", domain, header=head),
-        IMAGE_TAG + render(prompts, "dense", "user", domain, header=head),
-    )
+    return render_spec(dense_spec(domain), prompts)
 
 
 def norm1000(coords: Sequence[int], width: int, height: int) -> list[int]:
@@ -190,6 +213,15 @@ def verdict_messages(
     missions.yaml. Summaries may still carry their header line. `prompts` as for `summary_messages`;
     the rules, counts and summaries are the template's `body`.
     """
+    return render_spec(verdict_spec(mission, guidance, per_image_summaries, missions), prompts)
+
+
+def verdict_spec(
+    mission: str,
+    guidance: Mapping[str, str] | None,
+    per_image_summaries: Sequence[str],
+    missions: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
     spec = _mission(mission, missions)
     if not per_image_summaries:
         raise VlqcError(f"{mission}: a ticket needs at least one image summary")
@@ -207,9 +239,8 @@ def verdict_messages(
     if spec["domain"].upper() == "RRU":
         lines.append(_install_points(summaries))
     lines += [f"Image{n}: {s}" for n, s in enumerate(summaries, 1)]
-    domain = _domain(spec["domain"])
     fields = {"reason_max_chars": REASON_MAX_CHARS, "mission": mission, "focus": focus, "body": "\n".join(lines)}
-    return render(prompts, "verdict", "system", domain, **fields), render(prompts, "verdict", "user", domain, **fields)
+    return {"task": "verdict", "slot": "user", "domain": _domain(spec["domain"]), "fields": fields}
 
 
 def _one_line(summary: str, n: int) -> str:
