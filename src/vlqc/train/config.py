@@ -218,7 +218,8 @@ def swift_invocation(
         "max_length": template["max_length"],
         "padding_side": template["padding_side"],
         # 4.6 has no `raise` choice: `delete` makes its template raise MaxLengthError, and
-        # strict re-raises it where it would otherwise quietly fetch another sample.
+        # strict re-raises it where it would otherwise quietly fetch another sample. The training
+        # job has already redrawn or refused over-length rows (data.over_length, vlqc.train.over_length).
         "truncation_strategy": "delete",
         "strict": True,
         "tuner_type": "lora" if lora else "full",
