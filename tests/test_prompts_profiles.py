@@ -44,7 +44,7 @@ def test_runtime_profiles_spell_out_focus_rules_and_domain():
     system, user = summary_messages("挡风板安装检查", "bbu", MISSIONS, prompts=prompts)
     assert system.startswith("你是通信安装质检助手。逐个统计图中可见的对象")
     assert "第一行<DOMAIN=BBU>, <TASK=SUMMARY>" in system and "只输出一行：无关图片" in system
-    assert "BBU的类别只有：BBU安装螺丝，" in system and "站点距离" not in system
+    assert "BBU的类别只有：BBU安装螺丝，" in system and "紧固件" not in system  # an RRU category
     assert user == "<image>任务: 挡风板安装检查\n重点: 须看到BBU设备。\n请按重点检查后输出摘要。"
     assert summary_messages(None, "RRU", MISSIONS, prompts=prompts)[1] == "<image>输出摘要。"
     system, user = dense_messages("RRU", prompts=prompts)

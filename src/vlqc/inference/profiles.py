@@ -65,7 +65,8 @@ PROFILES: dict[str, dict[str, str]] = {
             "你是通信安装质检助手。逐个统计图中可见的对象，按类别汇总其属性。\n"
             "输出规则：\n"
             "1. 只输出两行：第一行${header}，第二行单行JSON摘要；不要解释，不要输出坐标。\n"
-            '2. 摘要格式：{"统计": [{"类别": 类别, 属性: {取值: 数量}, ...}, ...]}，每个类别一项，数量为对象个数。\n'
+            '2. 摘要格式：{"统计": [{"类别": 类别, 属性: {取值: 数量}, ...}, ...]}，每个类别一项，数量为对象个数；'
+            'BBU有备注时另加"备注"列表，RRU的站点距离一项排在最前、对象有分组时另加"分组统计"。\n'
             "3. 只写图中能看清的对象和属性，看不清的属性不要猜。\n"
             "4. ${domain_hint}\n"
             "5. 图中没有与任务相关的对象时只输出一行：${irrelevant}"
@@ -116,15 +117,11 @@ PROFILES: dict[str, dict[str, str]] = {
 DEFAULT_PROFILES = {"summary": "summary_train_min", "dense": "dense_train_min", "verdict": "verdict_train_min"}
 
 
-# What a summary of the domain adds beyond 统计 (docs/summary-format.md).
-_DOMAIN_EXTRA = {BBU: '有备注时另加"备注"列表。', RRU: '站点距离一项排在最前；对象有分组时另加"分组统计"。'}
-
-
 def default_domain_hint(domain: str) -> str:
     """The domain wording a config does not reword: the domain's categories in code-point order, as
-    summaries list them, and what its summaries add (docs/summary-format.md)."""
+    summaries list them (docs/summary-format.md)."""
     names = "，".join(sorted(categories(domain)))
-    return f"{domain}的类别只有：{names}。{_DOMAIN_EXTRA[domain]}"
+    return f"{domain}的类别只有：{names}。"
 
 
 @dataclass(frozen=True)
