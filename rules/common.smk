@@ -175,7 +175,7 @@ def stage_a_max_pixels():
 
 def stage_a_settings(*keys):
     """Settings of a Stage-A script: `keys` of the stage_a section, max_pixels resolved."""
-    return settings_json({**STAGE_A, "max_pixels": stage_a_max_pixels()}, *keys)
+    return settings_json({**STAGE_A, "max_pixels": stage_a_max_pixels(), "prompts": stage_a_prompts()}, *keys)
 
 
 # What scripts/stage_a_infer.py reads: vlqc.stage_a.infer.Settings (seeded by sample_seed) and the launch.
@@ -190,6 +190,7 @@ STAGE_A_INFER_KEYS = (
     "top_p",
     "repetition_penalty",
     "no_mission",
+    "prompts",
     "max_pixels",
     "sample_seed",
     "sharding_mode",
@@ -288,7 +289,7 @@ def stage_b_guidance(kind):
 def stage_b_settings(kind):
     """What scripts/stage_b.py reads of the stage_b section in a run of `kind` (eval: not the train-only
     keys); which guidance file a run starts from is resolved by the rule into its input."""
-    return settings_json(STAGE_B, *stage_b_config_keys(STAGE_B, kind))
+    return settings_json({**STAGE_B, "prompts": stage_b_prompts()}, *stage_b_config_keys(STAGE_B, kind))
 
 
 # --- the demo ----------------------------------------------------------------------------
@@ -408,3 +409,21 @@ def final_grounding(run):
 def grounding_plots():
     """The grounding plot of every training run (rule all, so that the report has it)."""
     return expand("results/plots/train/{run}/grounding.png", run=config["train"]["runs"])
+
+
+# --- prompt profiles (docs/prompts.md): the prompts Stage-A and Stage-B ask their model with ----------
+
+
+def stage_a_prompts():
+    """stage_a.prompts, else the prompts section train.run was trained with (its checkpoints carry it in
+    resolved_config.json); {} (the default profiles) for a configured checkpoint."""
+    if STAGE_A["prompts"] is not None:
+        return STAGE_A["prompts"]
+    return {} if STAGE_A["checkpoint"] else TRAIN_CONFIGS[config["train"]["run"]]["prompts"]
+
+
+def stage_b_prompts():
+    """stage_b.prompts, else those of the model Stage-B runs: Stage-A's, or {} for a checkpoint of its own."""
+    if STAGE_B["prompts"] is not None:
+        return STAGE_B["prompts"]
+    return {} if STAGE_B["checkpoint"] else stage_a_prompts()

@@ -21,10 +21,10 @@ from pathlib import Path
 from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.evaluation.ablation import VARIANTS, image_rows, report, variants
-from vlqc.evaluation.candidates import ROW_SCHEMA
+from vlqc.evaluation.candidates import ROW_SCHEMA, worded
 from vlqc.evaluation.loss import Scorer, checkpoint_arguments, load_row_images, token_weighted
 from vlqc.jsonl import read_jsonl, write_json
-from vlqc.train.config import load_train_config
+from vlqc.train.config import load_train_config, prompt_config
 
 log = logging.getLogger("eval_ablation")
 
@@ -40,8 +40,10 @@ def arguments() -> cli.Parser:
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     settings = args.settings["ablation"]
+    cfg = load_train_config(args.config)
     rows = image_rows(list(read_jsonl(args.candidates, ROW_SCHEMA)), settings["rows"], settings["seed"])
-    scorer = Scorer(args.checkpoint, args.base, load_train_config(args.config))
+    rows = worded(rows, prompt_config(cfg))  # the run's own prompts (docs/prompts.md)
+    scorer = Scorer(args.checkpoint, args.base, cfg)
     images = variants(
         load_row_images(rows, args.images, scorer.max_pixels, scorer.factor), settings["seed"], settings["noise_std"]
     )

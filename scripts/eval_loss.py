@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from vlqc import cli
+from vlqc.evaluation.candidates import worded
 from vlqc.evaluation.loss import Scorer, checkpoint_arguments, load_row_images, summarize
 from vlqc.jsonl import read_json, write_json
-from vlqc.train.config import load_train_config
+from vlqc.train.config import load_train_config, prompt_config
 
 
 def arguments() -> cli.Parser:
@@ -35,7 +36,8 @@ def arguments() -> cli.Parser:
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     cfg = load_train_config(args.config)
-    rows = read_json(args.split, "eval_split")["rows"]
+    # Worded by the run's prompts section: the checkpoint is scored on the prompts it was trained with.
+    rows = worded(read_json(args.split, "eval_split")["rows"], prompt_config(cfg))
     scorer = Scorer(args.checkpoint, args.base, cfg)
     images = load_row_images(rows, args.images, scorer.max_pixels, scorer.factor)
     losses = scorer.row_losses(rows, images, args.settings["batch_size"])

@@ -12,14 +12,14 @@ from vlqc import cli
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_jsonl, write_json
 from vlqc.missions import load_missions
-from vlqc.train.config import load_train_config
+from vlqc.train.config import load_train_config, prompt_config
 from vlqc.train.evaluate import evaluate
 
 
 def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="train")
     parser.add_argument("--model", type=Path, required=True, help="merged checkpoint folder")
-    parser.add_argument("--config", type=Path, required=True, help="the run's training config (pixel cap)")
+    parser.add_argument("--config", type=Path, required=True, help="the run's training config (pixel cap, prompts)")
     parser.add_argument("--train", type=Path, required=True, help="canonical train JSONL (baseline)")
     parser.add_argument("--val", type=Path, required=True, help="canonical val JSONL")
     parser.add_argument("--missions", type=Path, required=True, help="missions file")
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> dict:
         max_pixels=cfg["template"]["max_pixels"],
         batch_size=args.settings["eval_batch_size"],
         max_new_tokens=args.settings["eval_max_new_tokens"],
+        prompts=prompt_config(cfg),
     )
     write_json(args.out, report, schema="sft_eval")
     return {k: v for k, v in report.items() if k != "examples"}

@@ -52,6 +52,9 @@ def test_eval_loss_per_saved_checkpoint(evaluated):
         assert doc["eval_examples_total"] == 12 and doc["eval_label_tokens_total"] > 0
         assert sum(doc["bucket_counts"].values()) == 12 and doc["eval_truncated_pct"] == 0
         assert doc["eval_loss"] > 0
+        # Token accuracy, and the dense rows' label tokens by type (docs/prompts.md#token-types).
+        assert 0 <= doc["eval_token_acc"] <= 1 and doc["mode_counts"]["dense"] > 0
+        assert all(doc["dense_token_types"][kind]["tokens"] > 0 for kind in ("desc", "coordinate", "format"))
         docs[step] = doc
     # Each step's own weights are scored: training moved the loss between the two checkpoints.
     assert docs[STEPS[0]]["eval_loss"] != docs[STEPS[1]]["eval_loss"]

@@ -35,6 +35,11 @@ def test_training_outputs_and_run_manifest(trained):
         assert sources[0].endswith("base.yaml") and sources[-1].endswith(f"e2e_{run}.yaml")
         metadata = json.loads((out / "run_metadata.json").read_text())
         assert metadata["packages"]["ms-swift"] == "4.6.0" and "git" in metadata
+        # Every row was measured against global_max_length before ms-swift started (docs/prompts.md).
+        over = metadata["over_length"]
+        assert over["policy"] == "resample" and over["train"]["over_length"] == over["train"]["redrawn"] == 0
+        assert over["train"]["rows"] == len((out / "data/train.jsonl").read_text().splitlines()) > 0
+        assert 0 < over["train"]["longest"] <= resolved["global_max_length"]
         assert json.loads((out / "runtime_env.json").read_text())["HF_HUB_OFFLINE"] == "1"
         assert not (out / "swift").exists(), "the ms-swift work folder is temporary"
     assert (trained / "results/train/sft/lora/checkpoint/adapter_config.json").is_file()

@@ -11,6 +11,11 @@ coordinates, so that resize leaves them as they are.
 Each row gets `label_len`, the token count of its assistant target with the base model's tokenizer
 (no special tokens: training's label mask adds `<|im_end|>` and a newline to every row alike), and
 its length bucket.
+
+Candidates are shared by every run, so their messages have the default wording; each also carries its
+prompt spec (`prompt`: task, slot, domain and template fields, `vlqc.inference.prompts.render_spec`).
+An eval job words the rows with the run's `prompts` section through `worded` (docs/prompts.md), so a
+checkpoint is asked in the words it was trained with.
 """
 
 from __future__ import annotations
@@ -22,13 +27,19 @@ from typing import Any
 
 from vlqc.errors import VlqcError
 from vlqc.evaluation.buckets import BUCKETS, balanced_draw, bucket_of
+from vlqc.inference.profiles import PromptConfig
+from vlqc.inference.prompts import dense_spec, render_spec, summary_spec, verdict_spec
 from vlqc.train.sft_data import MODES, group_tickets, image_texts, record_domain, ticket_rules, ticket_texts
 
 ROW_SCHEMA = "eval_row"
 
 
-def _row(mode: str, source: str, texts: tuple[str, str, str], images: list[str]) -> dict[str, Any]:
+def _row(
+    mode: str, source: str, texts: tuple[str, str, str], images: list[str], spec: Mapping[str, Any]
+) -> dict[str, Any]:
     system, user, answer = texts
+    if render_spec(spec) != (system, user):  # the spec must word the very prompt training builds
+        raise VlqcError(f"{mode}:{source}: its prompt spec does not render the prompt training builds")
     return {
         "id": f"{mode}:{source}",
         "mode": mode,
@@ -39,6 +50,7 @@ def _row(mode: str, source: str, texts: tuple[str, str, str], images: list[str])
             {"role": "assistant", "content": answer},
         ],
         "source": source,
+        "prompt": dict(spec),
     }
 
 
@@ -68,13 +80,15 @@ def build_candidates(
                 texts = image_texts(mode, record, domain, mission, missions, no_mission=False)
             except VlqcError as exc:
                 raise VlqcError(f"{source}: record {index}: {exc}") from exc
-            rows.append(_row(mode, record["sample_id"], texts, list(record["images"])))
+            spec = summary_spec(mission, domain, missions) if mode == "summary" else dense_spec(domain)
+            rows.append(_row(mode, record["sample_id"], texts, list(record["images"]), spec))
     if "verdict" in modes:
         tickets = group_tickets(records)
         rules = ticket_rules(tickets, missions, source)
         for ticket in sorted(tickets.values(), key=lambda t: t.indices[0]):
             texts = ticket_texts(ticket, records, rules[ticket.mission], missions)
-            rows.append(_row("verdict", ticket.key, texts, []))
+            spec = verdict_spec(ticket.mission, None, [records[i]["summary"] for i in ticket.indices], missions)
+            rows.append(_row("verdict", ticket.key, texts, [], spec))
     for row in rows:
         row["label_len"] = count_tokens(row["messages"][2]["content"])
         row["bucket"] = bucket_of(row["label_len"], thresholds)
@@ -82,6 +96,26 @@ def build_candidates(
     if duplicates:
         raise VlqcError(f"{source}: rows with the same id (a sample_id or ticket twice?): {duplicates[:5]}")
     return rows
+
+
+def worded(rows: Sequence[Mapping[str, Any]], prompts: PromptConfig) -> list[dict[str, Any]]:
+    """`rows` (eval or golden rows) with system and user messages worded by a run's `prompts`
+    (`vlqc.train.config.prompt_config` of its config). A row without a prompt spec (candidates built
+    before prompt profiles) keeps its messages, which serve the default prompts only."""
+    out = []
+    for row in rows:
+        if "prompt" not in row:
+            if prompts != PromptConfig():
+                raise VlqcError(
+                    f"row {row['id']}: no prompt spec, so it cannot be worded by the run's prompts section: "
+                    "rebuild the eval candidates (rule eval_candidates)"
+                )
+            out.append(dict(row))
+            continue
+        system, user = render_spec(row["prompt"], prompts)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}, dict(row["messages"][2])]
+        out.append({**row, "messages": messages})
+    return out
 
 
 def token_counter(model_dir: str | Path) -> Callable[[str], int]:

@@ -48,6 +48,8 @@ def golden_row(candidate: Mapping[str, Any]) -> dict[str, Any]:
         "label_len": candidate["label_len"],
         "mode": candidate["mode"],
         "messages": [dict(message) for message in candidate["messages"]],
+        # The prompt spec, so that a dump words the row with its run's prompts (docs/prompts.md).
+        **({"prompt": dict(candidate["prompt"])} if "prompt" in candidate else {}),
     }
 
 
@@ -101,9 +103,10 @@ def dump_checkpoint(
     settings: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     """The golden dump of one saved step: a full model, or a LoRA adapter on `base`."""
-    from vlqc.evaluation.candidates import token_counter
+    from vlqc.evaluation.candidates import token_counter, worded
     from vlqc.evaluation.loss import load_checkpoint, load_row_images
     from vlqc.inference.generation import Generator, Request
+    from vlqc.train.config import prompt_config
     from vlqc.train.sft_data import data_config
 
     data = data_config(train_cfg)
@@ -115,6 +118,8 @@ def dump_checkpoint(
         system, user = (message["content"] for message in row["messages"][:2])
         return Request(system, user, load_row_images([row], images_root, data.max_pixels, data.factor)[0])
 
+    # Asked in the run's own words: dump rows record the messages the model saw.
+    golden = worded(golden, prompt_config(train_cfg))
     return dump_rows(generator.generate, request, token_counter(base), golden, settings)
 
 

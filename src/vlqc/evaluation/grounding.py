@@ -28,7 +28,7 @@ Contract:
   mode, and it is salvaged when that recovers at least one object. What salvage recovers is scored.
 - Aggregates are micro: counts summed over photos, then divided.
 - A checkpoint's answers (rule eval_grounding): `eval.grounding.images` val photos with a domain, drawn
-  with `eval.grounding.seed` and kept in record order, asked `prompts.dense_messages(domain)` with
+  with `eval.grounding.seed` and kept in record order, asked `prompts.dense_messages(domain)` in the run's prompts with
   their image fitted to the run's pixel cap, greedy, `batch_size` at a time: the same checkpoint,
   val split and settings give the same files.
 """
@@ -536,17 +536,23 @@ def evaluate_checkpoint(
     settings: Mapping[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`answer_photos` with one saved step (a full model, or a LoRA adapter on `base`), loaded and fed as
-    the golden dump does: float32, the base model's processor, images fitted to the run's pixel cap."""
+    the golden dump does: float32, the base model's processor, images fitted to the run's pixel cap, the run's
+    prompts."""
     from vlqc.evaluation.loss import load_checkpoint, load_row_images
     from vlqc.inference.generation import Generator, Request
+    from vlqc.train.config import prompt_config
     from vlqc.train.sft_data import data_config
 
     data = data_config(train_cfg)
+    prompts = prompt_config(train_cfg)  # asked in the words the run was trained with (docs/prompts.md)
     model = load_checkpoint(step_dir, base, "float32")
     generator = Generator(base, device=model.device.type, max_pixels=data.max_pixels, model=model)
 
     def request(record: Mapping[str, Any], domain: str) -> Request:
         row = {"id": record["sample_id"], "images": record["images"]}
-        return Request(*dense_messages(domain), load_row_images([row], images_root, data.max_pixels, data.factor)[0])
+        return Request(
+            *dense_messages(domain, prompts=prompts),
+            load_row_images([row], images_root, data.max_pixels, data.factor)[0],
+        )
 
     return answer_photos(generator.generate, request, photos, settings)

@@ -16,6 +16,12 @@ Contract:
   nothing but float rounding.
 - Logits are computed for label positions only (in chunks): a full vocabulary row per position of a
   batch would cost gigabytes for nothing.
+- Token accuracy: a label token is hit when the argmax of the logits before it is that token (greedy
+  next-token prediction with the true prefix). Reported overall and per mode, and for dense rows per
+  token type (docs/prompts.md#token-types): `desc` (the text of a desc value), `coordinate` (the
+  numbers of a bbox_2d/poly/line array) and `format` (everything else: header line, keys, JSON
+  punctuation, point counts, `<|im_end|>` and the newline). Types come from character spans of the
+  answer text mapped through the tokenizer's offsets, so any dense answer format is typed the same way.
 
 The library part (`RowLoss`, `summarize`) needs no torch; `Scorer` loads a checkpoint.
 """
@@ -27,9 +33,10 @@ import contextlib
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,12 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # label of a position without loss (ms-swift and transformers)
 # Label positions whose logits are computed at once: bounds the memory of a vocabulary-wide row each.
 LOGIT_CHUNK = 256
+TOKEN_TYPES = ("desc", "coordinate", "format")
+# A desc value (its characters between the quotes) and a geometry array (the numbers between the brackets),
+# in the object-map answer and in the older list answer alike.
+_DESC_VALUE = re.compile(r'"desc"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_GEOMETRY = re.compile(r'"(?:bbox_2d|poly|line)"\s*:\s*\[([^\]]*)\]')
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,9 @@ class RowLoss:
     loss: float  # summed cross-entropy over the row's label tokens
     tokens: int
     truncated: bool
+    hits: int = 0  # label tokens the argmax predicted
+    # Dense rows: token type → (label tokens, hits); empty for other modes.
+    types: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def token_weighted(losses: Iterable[RowLoss]) -> float | None:
@@ -65,8 +81,39 @@ def token_weighted(losses: Iterable[RowLoss]) -> float | None:
     return sum(r.loss for r in losses) / tokens if tokens else None
 
 
+def accuracy(losses: Iterable[RowLoss]) -> float | None:
+    """Σ hits / Σ tokens; None without tokens."""
+    losses = list(losses)
+    tokens = sum(r.tokens for r in losses)
+    return sum(r.hits for r in losses) / tokens if tokens else None
+
+
+def char_types(answer: str) -> list[str]:
+    """The token type of each character of a dense answer: `desc`, `coordinate` or `format`."""
+    types = ["format"] * len(answer)
+    for match in _DESC_VALUE.finditer(answer):
+        types[match.start(1) : match.end(1)] = ["desc"] * (match.end(1) - match.start(1))
+    for match in _GEOMETRY.finditer(answer):
+        for number in _NUMBER.finditer(answer, match.start(1), match.end(1)):
+            types[number.start() : number.end()] = ["coordinate"] * (number.end() - number.start())
+    return types
+
+
+def token_types(answer: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """The type of each token of `answer`, given its (start, end) character offsets: `desc` if it
+    covers a desc character, else `coordinate` if it covers a coordinate digit, else `format` (a
+    token that merges a closing quote into the desc text counts for the desc)."""
+    chars = char_types(answer)
+    out = []
+    for start, end in offsets:
+        covered = set(chars[start:end])
+        out.append(next((t for t in TOKEN_TYPES if t in covered), "format"))
+    return out
+
+
 def summarize(losses: Sequence[RowLoss]) -> dict[str, Any]:
-    """The loss keys of schema eval_loss: overall, per bucket, per mode, counts and truncation."""
+    """The keys of schema eval_loss: loss overall, per bucket, per mode, counts and truncation; token
+    accuracy overall, per mode, and per token type of the dense rows."""
     out: dict[str, Any] = {"eval_loss": token_weighted(losses)}
     for bucket in BUCKETS:
         out[f"eval_loss_{bucket}"] = token_weighted(r for r in losses if r.bucket == bucket)
@@ -78,7 +125,16 @@ def summarize(losses: Sequence[RowLoss]) -> dict[str, Any]:
         "eval_truncated_pct": 100.0 * sum(r.truncated for r in losses) / len(losses) if losses else 0.0,
         "bucket_counts": {bucket: sum(r.bucket == bucket for r in losses) for bucket in BUCKETS},
         "mode_counts": {mode: sum(r.mode == mode for r in losses) for mode in MODES},
+        "eval_token_acc": accuracy(losses),
     }
+    for mode in MODES:
+        out[f"eval_token_acc_{mode}"] = accuracy(r for r in losses if r.mode == mode)
+    types = {}
+    for kind in TOKEN_TYPES:
+        tokens = sum(r.types.get(kind, (0, 0))[0] for r in losses)
+        hits = sum(r.types.get(kind, (0, 0))[1] for r in losses)
+        types[kind] = {"tokens": tokens, "acc": hits / tokens if tokens else None}
+    out["dense_token_types"] = types
     return out
 
 
@@ -116,8 +172,18 @@ def load_row_images(
     return out
 
 
+def _by_type(types: Sequence[str] | None, hits: Sequence[bool]) -> dict[str, tuple[int, int]]:
+    """(tokens, hits) per token type of one row; {} for a row that is not typed."""
+    if types is None:
+        return {}
+    if len(types) != len(hits):
+        raise VlqcError(f"{len(types)} token types for {len(hits)} label tokens")
+    return {kind: (types.count(kind), sum(h for t, h in zip(types, hits) if t == kind)) for kind in TOKEN_TYPES}
+
+
 @contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, the earlier values (or their absence) restored after."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -174,9 +240,10 @@ class Scorer:
         self.max_pixels, self.factor = data.max_pixels, data.factor
         # qwen_vl_utils reads its pixel budget when ms-swift first builds a processor; the budget of
         # training (swift_env) leaves every fitted image as it is.
-        with _environ({k: v for k, v in swift_env(base, data).items() if k != "ROOT_IMAGE_DIR"}):
+        with scoped_environ({k: v for k, v in swift_env(base, data).items() if k != "ROOT_IMAGE_DIR"}):
             processor = get_processor(str(base), model_type="qwen3_vl")
         self.patch = processor.image_processor.patch_size
+        self.tokenizer = processor.tokenizer
         template = train_cfg["template"]
 
         def make(truncation: str):
@@ -217,6 +284,17 @@ class Scorer:
                 )
         return encoded, truncated
 
+    def label_types(self, row: Mapping[str, Any], label_ids: Sequence[int]) -> list[str]:
+        """The token type of each label token of a row (its answer's tokens, then `<|im_end|>` and the
+        newline: format); the labels must be the answer's tokens as the tokenizer makes them."""
+        answer = row["messages"][-1]["content"]
+        encoded = self.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        n = min(len(ids), len(label_ids))
+        if list(label_ids[:n]) != ids[:n] or (len(label_ids) > len(ids) + 2):
+            raise VlqcError(f"row {row['id']}: its label tokens are not its answer's tokens, so they cannot be typed")
+        return (token_types(answer, encoded["offset_mapping"]) + ["format", "format"])[: len(label_ids)]
+
     def row_losses(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -233,19 +311,20 @@ class Scorer:
         out: list[RowLoss] = []
         # Jobs log to files: a progress line every few seconds, not a redraw per batch.
         with torch.inference_mode(), tqdm(total=len(rows), desc=desc, unit="row", mininterval=5) as bar:
-            for chunk, truncated, batch in self._prepared(rows, images, batch_size):
-                sums, counts = self._batch_losses(batch)
+            for chunk, truncated, types, batch in self._prepared(rows, images, batch_size):
+                sums, counts, hits = self._batch_losses(batch)
                 out += [
-                    RowLoss(row["id"], row["mode"], row["bucket"], s, n, cut)
-                    for row, cut, s, n in zip(chunk, truncated, sums, counts)
+                    RowLoss(row["id"], row["mode"], row["bucket"], s, n, cut, sum(hit), _by_type(kinds, hit))
+                    for row, cut, kinds, s, n, hit in zip(chunk, truncated, types, sums, counts, hits)
                 ]
                 bar.update(len(chunk))
         return out
 
     def _prepared(
         self, rows: Sequence[Mapping[str, Any]], images: Sequence[Sequence[Image.Image]], batch_size: int
-    ) -> Iterator[tuple[Sequence[Mapping[str, Any]], list[bool], dict[str, Any]]]:
-        """(rows, truncated flags, collated batch) per batch, one batch ahead in a thread: ms-swift's
+    ) -> Iterator[tuple[Sequence[Mapping[str, Any]], list[bool], list[list[str] | None], dict[str, Any]]]:
+        """(rows, truncated flags, label token types (dense rows), collated batch) per batch, one batch
+        ahead in a thread: ms-swift's
         encoding and collation run on the CPU while the device scores the batch before (on an H100 the
         encoding of a 2B-shaped model's rows took a third of the time of the whole loop)."""
 
@@ -257,12 +336,16 @@ class Scorer:
         def prepare(start: int):
             chunk = rows[start : start + batch_size]
             encoded = [self.encode(row, ims) for row, ims in zip(chunk, images[start : start + batch_size])]
+            types = [
+                self.label_types(row, [t for t in e["labels"] if t != IGNORE_INDEX]) if row["mode"] == "dense" else None
+                for row, (e, _) in zip(chunk, encoded)
+            ]
             batch = self.template.data_collator([e for e, _ in encoded])
             if "pixel_values" in batch:  # the vision tower's first step, done here: half the bytes to copy
                 batch["pixel_values"] = batch["pixel_values"].to(model_dtype)
             if to_gpu:  # page-locked, so the copy to the GPU runs asynchronously
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            return chunk, [cut for _, cut in encoded], batch
+            return chunk, [cut for _, cut in encoded], types, batch
 
         starts = range(0, len(rows), batch_size)
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -272,7 +355,8 @@ class Scorer:
                 ahead = pool.submit(prepare, following) if following is not None else None
                 yield prepared
 
-    def _batch_losses(self, batch: dict[str, Any]) -> tuple[list[float], list[int]]:
+    def _batch_losses(self, batch: dict[str, Any]) -> tuple[list[float], list[int], list[list[bool]]]:
+        """Per row: summed label loss, label tokens, and whether the argmax hit each label token (in order)."""
         import torch
         import torch.nn.functional as F
 
@@ -288,14 +372,15 @@ class Scorer:
         mask = targets != IGNORE_INDEX
         row_of = mask.nonzero()[:, 0]
         states, wanted = hidden[:, :-1][mask], targets[mask]
-        losses = torch.cat(
-            [
-                F.cross_entropy(
-                    head(states[i : i + LOGIT_CHUNK]).float(), wanted[i : i + LOGIT_CHUNK], reduction="none"
-                )
-                for i in range(0, len(wanted), LOGIT_CHUNK)
-            ]
-            or [torch.zeros(0, device=device)]
-        )
-        sums = torch.zeros(len(labels), dtype=torch.float64, device=device).index_add_(0, row_of, losses.double())
-        return sums.tolist(), mask.sum(dim=1).tolist()
+        losses, hits = [torch.zeros(0, device=device)], [torch.zeros(0, dtype=torch.bool, device=device)]
+        for i in range(0, len(wanted), LOGIT_CHUNK):
+            logits, target = head(states[i : i + LOGIT_CHUNK]).float(), wanted[i : i + LOGIT_CHUNK]
+            losses.append(F.cross_entropy(logits, target, reduction="none"))
+            hits.append(logits.argmax(dim=-1) == target)
+        sums = torch.zeros(len(labels), dtype=torch.float64, device=device)
+        sums.index_add_(0, row_of, torch.cat(losses).double())
+        counts = mask.sum(dim=1).tolist()
+        flat = torch.cat(hits).tolist()
+        # Label positions are in row-major order: each row's hits are the next `count` of them.
+        starts = np.cumsum([0, *counts])
+        return sums.tolist(), counts, [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]

@@ -9,7 +9,10 @@ One set of weights serves three tasks:
 - verdict (Stage-B): the per-image summaries of a ticket and the mission guidance (text only) →
   `Verdict: 通过|不通过` and `Reason: …` on two lines.
 
-Builders return `(system, user)`. The user text of an image task starts with ms-swift's `<image>`
+Builders return `(system, user)`. Their wording comes from prompt profiles
+(`vlqc.inference.profiles`, docs/prompts.md): a config's `prompts` section, passed as `prompts=`,
+picks a profile per task and may override its texts; without it the default profiles render the
+texts vlqc has always trained with. The user text of an image task starts with ms-swift's `<image>`
 placeholder; `hf_messages` turns it into the content list of a transformers chat template, so that
 inference renders the tokens training saw. The thinking part of the chat template stays off (the
 answers carry no `<think>` block). Prompts are short on purpose: the tiny demo model has a small
@@ -26,6 +29,7 @@ from typing import Any
 from vlqc.data.summary import IRRELEVANT, STATION
 from vlqc.errors import VlqcError
 from vlqc.inference.answers import COUNT_FIELDS, DenseObject, strip_summary_header, summary_entries
+from vlqc.inference.profiles import PromptConfig, render
 
 IMAGE_TAG = "<image>"
 DOMAINS = ("BBU", "RRU")
@@ -42,12 +46,8 @@ _LEGACY_COUNT = re.compile(r"×([0-9]+)$")
 # Attributes that are not one value per object: several issues per screw, several groups per object.
 _MULTI_VALUE_KEYS = ("问题", "组")
 
-VERDICT_SYSTEM = (
-    "你是通信安装质检员，根据工单各图片摘要判定工单是否通过。"
-    "规则需同时满足，写明“或/例外”的除外；无关图片不计入证据；出现与任务相关的缺失、不符合、错误即不通过。"
-    "只输出两行：\nVerdict: 通过 或 不通过\n"
-    f"Reason: 一行理由，不超过{REASON_MAX_CHARS}字，不写规则编号"
-)
+# The verdict system text of the default profile (vlqc.inference.profiles, docs/prompts.md).
+VERDICT_SYSTEM = render(None, "verdict", "system", "BBU", reason_max_chars=REASON_MAX_CHARS)
 
 
 def header(domain: str, task: str) -> str:
@@ -70,19 +70,47 @@ def _mission(mission: str, missions: Mapping[str, Mapping[str, Any]]) -> Mapping
 # --- Stage-A: summary ---------------------------------------------------------------------------
 
 
-def summary_messages(
+# --- prompt specs ---------------------------------------------------------------------------------
+#
+# A spec is what a prompt says, without the wording: task, user slot, domain and the template fields
+# (JSON-able, so eval rows can carry it and be worded for each run: vlqc.evaluation.candidates).
+# Every builder below is `render_spec(<task>_spec(...), prompts)`.
+
+IMAGE_TASKS = ("summary", "dense")
+
+
+def render_spec(spec: Mapping[str, Any], prompts: PromptConfig | None = None) -> tuple[str, str]:
+    """System and user text of a spec worded by `prompts` (the config's prompt profiles and overrides,
+    docs/prompts.md; None: the default profiles); an image task's user text starts with `<image>`."""
+    task, domain, fields = spec["task"], spec["domain"], spec["fields"]
+    system = render(prompts, task, "system", domain, **fields)
+    user = render(prompts, task, spec["slot"], domain, **fields)
+    return system, IMAGE_TAG + user if task in IMAGE_TASKS else user
+
+
+def summary_spec(
     mission: str | None, domain: str, missions: Mapping[str, Mapping[str, Any]], no_mission: bool = False
+) -> dict[str, Any]:
+    domain = _domain(domain)
+    fields = {"header": header(domain, "SUMMARY")}
+    if mission is None or no_mission:
+        return {"task": "summary", "slot": "summary_no_mission", "domain": domain, "fields": fields}
+    fields |= {"mission": mission, "focus": _mission(mission, missions)["focus"]}
+    return {"task": "summary", "slot": "user", "domain": domain, "fields": fields}
+
+
+def summary_messages(
+    mission: str | None,
+    domain: str,
+    missions: Mapping[str, Mapping[str, Any]],
+    no_mission: bool = False,
+    *,
+    prompts: PromptConfig | None = None,
 ) -> tuple[str, str]:
     """System and user text asking for an image's summary; the user text names the mission and
-    its focus unless `mission` is None or `no_mission` is set."""
-    system = (
-        f"你是通信安装质检助手。统计图中对象，输出两行：第一行{header(domain, 'SUMMARY')}，"
-        f"第二行单行JSON摘要。与任务无关的图片只输出：{IRRELEVANT}"
-    )
-    if mission is None or no_mission:
-        return system, f"{IMAGE_TAG}输出摘要。"
-    focus = _mission(mission, missions)["focus"]
-    return system, f"{IMAGE_TAG}任务: {mission}\n重点: {focus}"
+    its focus unless `mission` is None or `no_mission` is set. `prompts`: the config's prompt
+    profiles and overrides (docs/prompts.md); None: the default profile."""
+    return render_spec(summary_spec(mission, domain, missions, no_mission), prompts)
 
 
 def summary_target(summary: str, domain: str) -> str:
@@ -97,13 +125,14 @@ def summary_target(summary: str, domain: str) -> str:
 # --- dense detection ----------------------------------------------------------------------------
 
 
-def dense_messages(domain: str) -> tuple[str, str]:
-    system = (
-        f"你是通信安装质检助手。检测图中全部对象，输出两行：第一行{header(domain, 'DETECTION')}，"
-        "第二行单行JSON对象，键依次为object_1、object_2…，值含bbox_2d、poly（加poly_points点数）"
-        "或line（加line_points点数）之一及desc，坐标按0-1000归一化。"
-    )
-    return system, f"{IMAGE_TAG}检测图中对象。"
+def dense_spec(domain: str) -> dict[str, Any]:
+    domain = _domain(domain)
+    return {"task": "dense", "slot": "user", "domain": domain, "fields": {"header": header(domain, "DETECTION")}}
+
+
+def dense_messages(domain: str, *, prompts: PromptConfig | None = None) -> tuple[str, str]:
+    """System and user text asking for an image's objects (`prompts` as for `summary_messages`)."""
+    return render_spec(dense_spec(domain), prompts)
 
 
 def norm1000(coords: Sequence[int], width: int, height: int) -> list[int]:
@@ -174,19 +203,32 @@ def verdict_messages(
     guidance: Mapping[str, str] | None,
     per_image_summaries: Sequence[str],
     missions: Mapping[str, Mapping[str, Any]],
+    *,
+    prompts: PromptConfig | None = None,
 ) -> tuple[str, str]:
     """System and user text asking for a ticket's verdict.
 
     `guidance` is the mission's experiences map (`G0`, `S<n>`, `G<n>`;
     docs/guidance.md#how-the-verdict-prompt-shows-it) or None, in which case the focus comes from
-    missions.yaml. Summaries may still carry their header line.
+    missions.yaml. Summaries may still carry their header line. `prompts` as for `summary_messages`;
+    the rules, counts and summaries are the template's `body`.
     """
+    return render_spec(verdict_spec(mission, guidance, per_image_summaries, missions), prompts)
+
+
+def verdict_spec(
+    mission: str,
+    guidance: Mapping[str, str] | None,
+    per_image_summaries: Sequence[str],
+    missions: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
     spec = _mission(mission, missions)
     if not per_image_summaries:
         raise VlqcError(f"{mission}: a ticket needs at least one image summary")
     summaries = [_one_line(strip_summary_header(s), n) for n, s in enumerate(per_image_summaries, 1)]
     rules = _guidance_rules(mission, guidance)
-    lines = [f"任务: {mission}", f"重点: {rules.pop('G0', spec['focus'])}"]
+    focus = rules.pop("G0", spec["focus"])
+    lines = []
     for title, kind in (("结构不变量:", "S"), ("可学习规则:", "G")):
         keys = sorted((k for k in rules if k[0] == kind), key=lambda k: int(k[1:]))
         if keys:
@@ -197,7 +239,8 @@ def verdict_messages(
     if spec["domain"].upper() == "RRU":
         lines.append(_install_points(summaries))
     lines += [f"Image{n}: {s}" for n, s in enumerate(summaries, 1)]
-    return VERDICT_SYSTEM, "\n".join(lines)
+    fields = {"reason_max_chars": REASON_MAX_CHARS, "mission": mission, "focus": focus, "body": "\n".join(lines)}
+    return {"task": "verdict", "slot": "user", "domain": _domain(spec["domain"]), "fields": fields}
 
 
 def _one_line(summary: str, n: int) -> str:

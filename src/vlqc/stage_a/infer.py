@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from vlqc.errors import SampleError, VlqcError
 from vlqc.inference.answers import strip_summary_header, summary_entries
 from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
 from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import IRRELEVANT, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
 from vlqc.schemas import defaults, section
@@ -66,14 +67,18 @@ class Settings:
     wave_memory_fraction: float = DEFAULTS["wave_memory_fraction"]
     # Engine fast only: compiled small ops (auto: on CUDA); part of the fingerprint, as bf16 outputs may change.
     compile: str = DEFAULTS["compile"]
+    # The summary prompt's profile and overrides (docs/prompts.md); the rule resolves stage_a.prompts null
+    # to the serving run's training prompts.
+    prompts: PromptConfig = field(default_factory=PromptConfig)
 
     @classmethod
     def from_config(cls, stage_a: Mapping[str, Any], where: str = "stage_a settings") -> Settings:
         """From a `stage_a` config section (checked here; a missing key takes the schema default).
         Its sample_seed seeds sampled decoding too."""
         stage_a = section("config", "stage_a", stage_a, where)
-        names = [name for name in cls.__dataclass_fields__ if name != "seed"]
-        return cls(**{name: stage_a[name] for name in names}, seed=stage_a["sample_seed"])
+        names = [name for name in cls.__dataclass_fields__ if name not in ("seed", "prompts")]
+        prompts = PromptConfig.of(stage_a["prompts"])
+        return cls(**{name: stage_a[name] for name in names}, seed=stage_a["sample_seed"], prompts=prompts)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -192,7 +197,9 @@ def run_rank(
     the settings' engine."""
     load_generator = load_generator or ENGINES[settings.engine]
     batches = rank_batches(groups, mode, rank, world, settings.batch_size)
-    prompt = summary_messages(mission, missions[mission]["domain"], missions, settings.no_mission)
+    prompt = summary_messages(
+        mission, missions[mission]["domain"], missions, settings.no_mission, prompts=settings.prompts
+    )
     resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings))
     done = resume.load()
     generator: Generator | None = None  # loaded only when something is left to generate

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from vlqc import schemas
 from vlqc.errors import VlqcError
+from vlqc.inference.profiles import PromptConfig
 from vlqc.jsonl import write_json, write_jsonl
 from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.guidance import GUIDANCE_FILE, SNAPSHOT_DIR, Guidance, load_mission
@@ -122,6 +123,8 @@ class Settings:
     epochs: int = DEFAULTS["epochs"]  # train mode only; eval rolls out once
     snapshot_retention: int = DEFAULTS["snapshot_retention"]
     reflection: ReflectionSettings = ReflectionSettings()
+    # The verdict prompt's profile and overrides (docs/prompts.md); the rule resolves stage_b.prompts null.
+    prompts: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self):
         if self.logging_steps < 1 or self.epochs < 1:
@@ -156,6 +159,7 @@ class Settings:
             min_verdict_agreement=section["min_verdict_agreement"],
             logging_steps=section["logging_steps"],
             batch_size=section["batch_size"],
+            prompts=PromptConfig.of(section["prompts"]),
             **train,
         )
 
@@ -168,6 +172,7 @@ _RUN_KEYS = (
     "max_prompt_tokens",
     "min_verdict_agreement",
     "logging_steps",
+    "prompts",
 )
 _TRAIN_KEYS = ("epochs", "seed", "snapshot_retention", "reflection", "gate")
 
@@ -277,6 +282,7 @@ class _Rollouts:
             s.max_prompt_tokens,
             batch_size=s.batch_size,
             min_agreement=s.min_verdict_agreement,
+            prompts=s.prompts,
         )
 
     def epoch(self, epoch: int, guidance: Guidance, queued: Mapping[str, Any]) -> dict[str, TicketRollout]:

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from vlqc.errors import SampleError, VlqcError
 from vlqc.inference.answers import Parsed, parse_verdict
+from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import verdict_messages
 from vlqc.inference.sampling import Sampling
 from vlqc.missions import MissionRule
@@ -249,21 +250,23 @@ def rollout(
     *,
     batch_size: int,
     min_agreement: float,
+    prompts: PromptConfig | None = None,
 ) -> list[TicketRollout]:
     """Candidates, selection and outcome of every ticket (one mission), in ticket order.
 
     `guidance_experiences` is the mission's experiences map (G0, S*, G*) or None for the missions.yaml
     focus. The guardrail judges relevance by the mission's rule in `missions`, not by the guidance.
+    `prompts`: the verdict prompt's profile and overrides (docs/prompts.md); None: the default profile.
     """
     _check_rollout_args(tickets, grid, samples_per_decode, max_prompt_tokens, batch_size)
     if not tickets:
         return []
     mission = tickets[0].mission
-    prompts = [verdict_messages(mission, guidance_experiences, t.per_image, missions) for t in tickets]
+    texts = [verdict_messages(mission, guidance_experiences, t.per_image, missions, prompts=prompts) for t in tickets]
     rule = MissionRule.of(mission, missions[mission])
-    too_long = {i: n for i, prompt in enumerate(prompts) if (n := backend.count_tokens(*prompt)) > max_prompt_tokens}
+    too_long = {i: n for i, prompt in enumerate(texts) if (n := backend.count_tokens(*prompt)) > max_prompt_tokens}
     sampled = [i for i in range(len(tickets)) if i not in too_long]
-    candidates = _sample(backend, [prompts[i] for i in sampled], grid, samples_per_decode, batch_size)
+    candidates = _sample(backend, [texts[i] for i in sampled], grid, samples_per_decode, batch_size)
     by_ticket = dict(zip(sampled, candidates))
     results = []
     for i, ticket in enumerate(tickets):

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from vlqc.errors import SchemaError, VlqcError
+from vlqc.inference.profiles import PromptConfig
 from vlqc.schemas import load, problems, with_defaults
 from vlqc.train.augment import load_config as load_augmentation
 
@@ -165,11 +166,23 @@ def _consistency_problems(cfg: dict, given: dict) -> list[str]:
         found.append("tuner.train_vit_norms: has no effect while tuner.freeze_vit is false (the whole tower trains)")
     if sum(cfg["data"]["modes"].values()) <= 0:
         found.append("data.modes: the weights must sum to more than 0")
+    found += prompt_problems(cfg["prompts"])
     cap = cfg["template"]["max_pixels"]
     pixels = cfg["data"]["augmentation"].get("max_pixels", cap)
     if pixels > cap:
         found.append(f"data.augmentation.max_pixels: {pixels} is above the training cap template.max_pixels {cap}")
     return found
+
+
+def prompt_problems(section: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a `prompts` section the schema accepted: templates naming fields their slot
+    does not offer, or holding <image> (docs/prompts.md)."""
+    return PromptConfig.of(section, check=False).problems()
+
+
+def prompt_config(cfg: Mapping[str, Any]) -> PromptConfig:
+    """The prompts a run renders (and its checkpoints were trained with), from a resolved config."""
+    return PromptConfig.of(cfg.get("prompts"))
 
 
 # --- ms-swift ------------------------------------------------------------------------------
@@ -205,7 +218,8 @@ def swift_invocation(
         "max_length": template["max_length"],
         "padding_side": template["padding_side"],
         # 4.6 has no `raise` choice: `delete` makes its template raise MaxLengthError, and
-        # strict re-raises it where it would otherwise quietly fetch another sample.
+        # strict re-raises it where it would otherwise quietly fetch another sample. The training
+        # job has already redrawn or refused over-length rows (data.over_length, vlqc.train.over_length).
         "truncation_strategy": "delete",
         "strict": True,
         "tuner_type": "lora" if lora else "full",

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vlqc.inference.answers import parse_verdict, strip_summary_header, summary_entries
 from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import category_count, summary_messages, verdict_messages
 from vlqc.schemas import defaults
 from vlqc.train.sft_data import Ticket, group_tickets
@@ -118,6 +119,7 @@ def evaluate(
     max_pixels: int,
     batch_size: int = DEFAULTS["eval_batch_size"],
     max_new_tokens: int = DEFAULTS["eval_max_new_tokens"],
+    prompts: PromptConfig | None = None,
 ) -> dict:
     started = time.perf_counter()
     generator = Generator(model_dir, max_pixels=max_pixels)
@@ -127,7 +129,7 @@ def evaluate(
     for chunk in tqdm(list(batched(val, batch_size)), desc="eval summaries", mininterval=5):
         requests = []
         for record in chunk:
-            system, user = summary_messages(_mission(record), record["domain"] or "BBU", missions)
+            system, user = summary_messages(_mission(record), record["domain"] or "BBU", missions, prompts=prompts)
             image = ImageOps.exif_transpose(Image.open(data_root / record["images"][0])).convert("RGB")
             requests.append(Request(system, user, [image]))
         predictions += [strip_summary_header(text).strip() for text in generator.generate(requests, greedy)]
@@ -143,7 +145,10 @@ def evaluate(
     verdicts = []
     for chunk in tqdm(list(batched(tickets, batch_size)), desc="eval verdicts", mininterval=5):
         requests = [
-            Request(*verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions)) for t in chunk
+            Request(
+                *verdict_messages(t.mission, None, [val[i]["summary"] for i in t.indices], missions, prompts=prompts)
+            )
+            for t in chunk
         ]
         verdicts += [parse_verdict(text).verdict for text in generator.generate(requests, greedy)]
 

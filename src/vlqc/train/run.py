@@ -1,7 +1,9 @@
-"""Run one SFT job: manifest, then ms-swift under torchrun, then the saved checkpoints in place.
+"""Run one SFT job: row lengths, manifest, then ms-swift under torchrun, then the saved checkpoints in place.
 
-ms-swift is the training engine; this module only resolves the config, records
-the run, launches `torchrun -m swift.cli.sft` and moves every checkpoint it kept
+ms-swift is the training engine; this module only resolves the config, measures
+every row against global_max_length and applies data.over_length
+(vlqc.train.over_length, docs/prompts.md#over-length-rows), records the run,
+launches `torchrun -m swift.cli.sft` and moves every checkpoint it kept
 (`training.save_steps`, `training.save_total_limit`) out of its work folder
 `<out>/swift` (then removed): `<out>/steps/step_<S>/` for each, and the last one
 also at `<out>/checkpoint` (hard links), so later rules have one fixed path for the
@@ -20,6 +22,7 @@ from pathlib import Path
 from vlqc.errors import VlqcError
 from vlqc.train.config import config_sources, load_train_config, swift_invocation
 from vlqc.train.manifest import write_manifest
+from vlqc.train.over_length import fit_dataset
 from vlqc.train.sft_data import data_config, swift_env
 
 REPO = Path(__file__).resolve().parents[3]
@@ -86,13 +89,14 @@ def train(
     work_dir = out_dir / "swift"
     if work_dir.exists():
         shutil.rmtree(work_dir)  # a rerun starts clean; Snakemake already removed the final outputs
-    val = data_dir / "val.jsonl"
+    # Over-length rows redrawn (or an error) before ms-swift sees them: it would redraw them unseen.
+    train_rows, val_rows, over_length = fit_dataset(data_dir, work_dir, base_model, cfg)
     args, env = swift_invocation(
         cfg,
         model_dir=base_model,
-        dataset_paths=[data_dir / "train.jsonl"],
+        dataset_paths=[train_rows],
         # ms-swift is not handed an empty file (a run configured without val data).
-        val_dataset_paths=[val] if val.stat().st_size else [],
+        val_dataset_paths=[val_rows] if val_rows else [],
         output_dir=work_dir,
     )
     nproc = gpus or nproc
@@ -107,7 +111,14 @@ def train(
         cfg,
         config_sources(config_path),
         REPO,
-        extra={"base_model": str(base_model), "data": str(data_dir), "nproc": nproc, "gpus": gpus, "swift_args": args},
+        extra={
+            "base_model": str(base_model),
+            "data": str(data_dir),
+            "nproc": nproc,
+            "gpus": gpus,
+            "swift_args": args,
+            "over_length": over_length,
+        },
         environ=env,
     )
     result = subprocess.run(launch_command(args, nproc, use_gpu=gpus > 0), env=env)

@@ -34,7 +34,8 @@ Decisions:
   without augmentation. Record indices (RNG seeds, `meta.index`) count within their file.
 
 Settings come from the resolved training config (`data_config`: data.modes, data.resize_to_cap,
-data.no_mission_prob, data.augmentation, custom.mode_seed, training.epochs, template.max_pixels).
+data.no_mission_prob, data.augmentation, custom.mode_seed, training.epochs, template.max_pixels, and
+the `prompts` section that words every row, docs/prompts.md).
 
 Training side (nothing may resize at training time): run ms-swift with `swift_env(data_dir, cfg)`
 in the environment, which makes qwen_vl_utils' `fetch_image` accept every image as it is
@@ -59,6 +60,7 @@ import numpy as np
 from PIL import Image
 
 from vlqc.errors import SampleError, VlqcError
+from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import (
     dense_messages,
     dense_target,
@@ -111,6 +113,7 @@ class DataConfig:
     no_mission_prob: float = TRAIN_DEFAULTS["data"]["no_mission_prob"]  # summary rows prompted without the mission
     recombined_verdicts: int = TRAIN_DEFAULTS["data"]["recombined_verdicts"]  # extra verdict rows per epoch and file
     augmentation: Mapping[str, Any] | None = None  # resolved `augment` section; None: off
+    prompts: PromptConfig = field(default_factory=PromptConfig)  # the config's `prompts` (docs/prompts.md)
 
     def __post_init__(self) -> None:
         # The invariants the builder relies on; the train_config schema checks the rest.
@@ -131,7 +134,7 @@ class DataConfig:
 def data_config(train_cfg: Mapping[str, Any]) -> DataConfig:
     """The builder's settings from a training config resolved by `vlqc.train.config.load_train_config`:
     data.modes, data.resize_to_cap, data.no_mission_prob, data.recombined_verdicts, data.augmentation,
-    custom.mode_seed, training.epochs and template.max_pixels."""
+    custom.mode_seed, training.epochs, template.max_pixels and prompts."""
     try:
         data = train_cfg["data"]
         augmentation = data["augmentation"]
@@ -145,6 +148,7 @@ def data_config(train_cfg: Mapping[str, Any]) -> DataConfig:
             no_mission_prob=data["no_mission_prob"],
             recombined_verdicts=data["recombined_verdicts"],
             augmentation=augmentation,
+            prompts=PromptConfig.of(train_cfg.get("prompts")),
         )
     except KeyError as exc:
         raise VlqcError(f"the training config is not resolved: it lacks {exc}") from exc
@@ -419,15 +423,17 @@ def image_texts(
     missions: Mapping[str, Mapping[str, Any]],
     *,
     no_mission: bool,
+    prompts: PromptConfig | None = None,
 ) -> tuple[str, str, str]:
     """System, user and answer of a dense or summary row for a canonical record (its image as prepared);
     a summary prompt names `mission` unless it is None or `no_mission` is set. Evaluation builds its
-    rows with this too (vlqc.evaluation.candidates), so they are the rows training sees."""
+    rows with this too (vlqc.evaluation.candidates), so they are the rows training sees. `prompts`:
+    the run's prompt profiles (None: the defaults)."""
     if mode == "dense":
-        return (*dense_messages(domain), dense_target({**record, "domain": domain}))
+        return (*dense_messages(domain, prompts=prompts), dense_target({**record, "domain": domain}))
     if mode == "summary":
         return (
-            *summary_messages(mission, domain, missions, no_mission=no_mission),
+            *summary_messages(mission, domain, missions, no_mission=no_mission, prompts=prompts),
             summary_target(record["summary"], domain),
         )
     raise VlqcError(f"{mode!r} is not an image row mode (dense, summary)")
@@ -439,11 +445,13 @@ def ticket_texts(
     rule: MissionRule,
     missions: Mapping[str, Mapping[str, Any]],
     guidance: Mapping[str, str] | None = None,
+    prompts: PromptConfig | None = None,
 ) -> tuple[str, str, str]:
     """System, user and answer of a ticket's verdict row: its ground-truth summaries in photo order,
     `guidance` (the mission's experiences) or else the mission's focus in the prompt."""
     summaries = [records[i]["summary"] for i in ticket.indices]
-    return (*verdict_messages(ticket.mission, guidance, summaries, missions), verdict_answer(ticket, records, rule)[0])
+    prompt = verdict_messages(ticket.mission, guidance, summaries, missions, prompts=prompts)
+    return (*prompt, verdict_answer(ticket, records, rule)[0])
 
 
 def build_epoch(
@@ -484,7 +492,9 @@ def build_epoch(
             ticket = tickets[ticket_id]
             if ticket_id not in verdicts:
                 rules = guidance.get(ticket.mission) if guidance else None
-                verdicts[ticket_id] = ticket_texts(ticket, records, rule_of[ticket.mission], missions, rules)
+                verdicts[ticket_id] = ticket_texts(
+                    ticket, records, rule_of[ticket.mission], missions, rules, prompts=cfg.prompts
+                )
             meta = {"mode": mode, "epoch": epoch, "split": split, "index": index, "source": ticket.key}
             rows.append(_row(*verdicts[ticket_id], None, meta))
             continue
@@ -501,7 +511,8 @@ def build_epoch(
         no_mission = (
             mode == "summary" and _rng(cfg.seed, epoch, index, "no_mission", split).random() < cfg.no_mission_prob
         )
-        texts = image_texts(mode, sample, domain, ticket_id[0] if ticket_id else None, missions, no_mission=no_mission)
+        mission = ticket_id[0] if ticket_id else None
+        texts = image_texts(mode, sample, domain, mission, missions, no_mission=no_mission, prompts=cfg.prompts)
         rows.append(_row(*texts, [rel], meta))
     return rows
 
@@ -565,7 +576,8 @@ def recombined_verdicts(
             "index": k,
             "source": f"{mission}/recombined-{epoch}-{k}::{label}",
         }
-        rows.append(_row(*verdict_messages(mission, rules, summaries, missions), answer, None, meta))
+        prompt = verdict_messages(mission, rules, summaries, missions, prompts=cfg.prompts)
+        rows.append(_row(*prompt, answer, None, meta))
     return rows
 
 
