@@ -15,6 +15,7 @@ from vlqc.schemas import SCHEMA_DIR
 # Parameters named like a schema property that are not that setting.
 NOT_SETTINGS = {
     ("src/vlqc/jsonl.py", "mode"): "the file mode of atomic_open, not convert.mode",
+    ("src/vlqc/evaluation/grounding.py", "images"): "a tally's count of photos scored, not eval.grounding.images",
     ("src/vlqc/inference/prompts.py", "no_mission"): "a prompt names its mission unless told otherwise",
     # One generate call's decoding values: greedy, no nucleus, no penalty are its neutral choices;
     # every pipeline caller passes its configured values.
