@@ -95,6 +95,34 @@ def test_records_follow_the_contract(both_modes):
             assert record["mission"] == MISSION
             assert record["images"] == groups[key]["images"]  # discovery order
             assert list(record["per_image"]) == [f"image_{i}" for i in range(1, len(record["images"]) + 1)]
+            assert record["stage_a_complete"] is True
+
+
+def test_the_inference_job_writes_its_run_manifest(both_modes):
+    workdir, _, _ = both_modes
+    folder = workdir / f"results/stage_a/{MISSION}"
+    metadata = read_json(folder / "run_metadata.json", schema="run_metadata")
+    assert metadata["job"] == "stage_a" and metadata["world"] == 2 and metadata["copy_failures"] == []
+    checkpoint = metadata["checkpoint"]
+    assert checkpoint["path"] == "results/train/sft/stagea/merged" and checkpoint["kind"] == "model"
+    resolved = read_json(folder / "resolved_config.json")
+    assert resolved["mission"] == MISSION and resolved["stage_a"]["sharding_mode"] == "per_image"
+    assert [p.name for p in (folder / "sources").iterdir()] == ["00-missions.yaml"]
+
+
+def test_the_lora_adapter_folder_summarises_as_its_merged_model_did(both_modes):
+    """stage_a.checkpoint set to the run's adapter folder (no merge step; its base is the one its
+    adapter_config.json names): the same records and failures as with the merged model."""
+    workdir, _, results = both_modes
+    adapter = "results/train/sft/stagea/checkpoint"
+    assert (workdir / adapter / "adapter_config.json").is_file()
+    (workdir / "adapter.yaml").write_text(f"stage_a: {{checkpoint: {adapter}}}\n", encoding="utf-8")
+    overlay = mode_overlay(workdir, "per_group")
+    snakemake(workdir, "--configfile", "e2e.yaml", overlay, "adapter.yaml", "--", TARGET)
+    assert outcome(workdir) == results["per_group"]
+    metadata = read_json(workdir / f"results/stage_a/{MISSION}/run_metadata.json", schema="run_metadata")
+    assert metadata["checkpoint"]["kind"] == "lora_adapter"
+    assert metadata["checkpoint"]["base"]["path"].endswith("results/train/base/tiny")
 
 
 def test_a_corrupt_photo_fails_only_its_group(both_modes):

@@ -92,15 +92,12 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 
 def checkpoint_identity(checkpoint: str | Path, base: str | Path | None = None) -> dict[str, Any]:
-    """What a job ran: the checkpoint folder, its kind and fingerprint, and for an adapter its base's."""
+    """What a job ran, for its manifest: the checkpoint folder, its kind (`model`, `lora_adapter`, or `other`:
+    e.g. the tokenizer folder of Stage-B's openai backend) and fingerprint, and for an adapter its base's."""
     checkpoint = Path(checkpoint)
-    resolved = adapter_base(checkpoint, base)
-    identity: dict[str, Any] = {
-        "path": str(checkpoint),
-        "kind": "model" if resolved is None else "lora_adapter",
-        "fingerprint": folder_fingerprint(checkpoint),
-        "base": None,
-    }
-    if resolved is not None:
+    identity: dict[str, Any] = {"path": str(checkpoint), "fingerprint": folder_fingerprint(checkpoint), "base": None}
+    if is_adapter(checkpoint):
+        resolved = adapter_base(checkpoint, base)
         identity["base"] = {"path": str(resolved), "fingerprint": folder_fingerprint(resolved)}
-    return identity
+        return {**identity, "kind": "lora_adapter"}
+    return {**identity, "kind": "model" if (checkpoint / "config.json").is_file() else "other"}
