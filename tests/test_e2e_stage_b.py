@@ -110,8 +110,11 @@ class Workflow(NamedTuple):
 
 
 def run_files(run_dir: Path) -> dict[str, Any]:
-    """Every file of a run folder by its path in it; metrics rows without their timing fields."""
+    """Every file of a run folder by its path in it; metrics rows without their timing fields, and of the run
+    manifest neither run_metadata.json (its time) nor runtime_env.json (torchrun's port) but their keys."""
     files = {str(path.relative_to(run_dir)): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    for name in ("run_metadata.json", "runtime_env.json"):
+        files[name] = sorted(read_json(run_dir / name))
     timing = ("elapsed_seconds", "groups_per_second", "eta_seconds")
     metrics = read_jsonl(run_dir / "metrics.jsonl", schema=JSONL_SCHEMAS["metrics.jsonl"])
     files["metrics.jsonl"] = [{k: v for k, v in row.items() if k not in timing} for row in metrics]

@@ -24,8 +24,10 @@ runs). guidance.json starts as a copy of the given guidance; in train mode every
 epoch's new hit and miss counts, is saved over it, the version replaced going to snapshots/
 (`vlqc.stage_b.guidance`). To continue learning, start a new run from an earlier run's guidance.json: its
 hypothesis pool and cycle numbers start afresh. The same inputs give the same files, except the timing
-fields of metrics.jsonl (elapsed_seconds, groups_per_second, eta_seconds), wherever the backend answers
-the same prompts and seeds alike (hf on the same hardware and software does; a server may not).
+fields of metrics.jsonl (elapsed_seconds, groups_per_second, eta_seconds) and, of the run manifest the
+caller writes (`manifest`), run_metadata.json (its time) and runtime_env.json (launcher variables),
+wherever the backend answers the same prompts and seeds alike (hf on the same hardware and software does;
+a server may not).
 
 False pass (human fail, model pass) is the headline risk: the final rate is logged last, with a warning
 over FALSE_PASS_TARGET.
