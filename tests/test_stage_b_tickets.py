@@ -103,7 +103,7 @@ def test_a_missing_file_is_an_error_naming_it(tmp_path):
         load_tickets(tmp_path / "nowhere.jsonl", MISSION)
 
 
-# A record as the reference system writes it: Chinese label values and stage_a_complete.
+# A record as the origin system writes it: Chinese label values and stage_a_complete.
 REFERENCE_SUMMARY = '{"统计": [{"类别": "挡风板", "可见性": {"完整": 1}}]}'
 
 

@@ -1,7 +1,7 @@
 """Stage-B tickets: one mission's Stage-A JSONL read into verdict-ready tickets.
 
 A ticket is one Stage-A record, keyed `"{group_id}::{label}"`: a group id may come back under both
-labels (a resubmission), and the pair is what Stage-B judges. Records of the reference system load too:
+labels (a resubmission), and the pair is what Stage-B judges. Records of the origin system load too:
 their labels `审核通过` / `审核不通过` (the label folder names) read as `pass` / `fail`
 (`vlqc.tickets.LABEL_DIRS`), and they carry `stage_a_complete` (docs/stage-a.md#output-record).
 
