@@ -180,6 +180,10 @@ def test_every_artifact_is_written_and_valid(workflow, run):
     read_json(workdir / run / "need_review.json", schema="stage_b_need_review")
     read_json(workdir / run / "guidance.json", schema="stage_b_guidance")
     read_json(workdir / run / "hypotheses.json", schema="stage_b_hypotheses")
+    # The run manifest: what the run read, and the model it ran (Stage-A's merged serving model).
+    metadata = read_json(workdir / run / "run_metadata.json", schema="run_metadata")
+    assert metadata["job"] == "stage_b" and metadata["checkpoint"]["kind"] == "model"
+    assert read_json(workdir / run / "resolved_config.json")["mission"] == MISSION
     log = job_log(workdir, run)
     assert "FALSE PASS (human fail, model pass)" in log
 
