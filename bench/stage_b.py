@@ -42,6 +42,7 @@ from vlqc.data.convert import ConvertSettings
 from vlqc.data.dataset import convert_dataset
 from vlqc.demo import generate
 from vlqc.jsonl import read_jsonl, write_json, write_jsonl
+from vlqc.manifest import package_versions
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.engine import (
@@ -56,7 +57,6 @@ from vlqc.stage_b.engine import (
     stage_b_config,
 )
 from vlqc.train.base_model import build_tiny_base
-from vlqc.train.manifest import package_versions
 
 MISSIONS_FILE = REPO / "config/missions.yaml"
 DEFAULT_CHECKPOINT = REPO / "results/train/sft/demo/merged"

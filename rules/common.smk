@@ -182,6 +182,7 @@ def stage_a_settings(*keys):
 STAGE_A_INFER_KEYS = (
     "batch_size",
     "engine",
+    "attn_implementation",
     "wave_rows",
     "wave_memory_fraction",
     "compile",
@@ -250,6 +251,7 @@ def stage_b_run_dir(kind):
 def stage_b_outputs(kind):
     """Every file a Stage-B run of `kind` (eval, train) writes into its folder: a run starts in an empty one."""
     files = [f"{stage_b_run_dir(kind)}/{name}" for name in STAGE_B_OUTPUT_FILES]
+    files += manifest_outputs(stage_b_run_dir(kind))
     if kind == "train":
         files += [directory(f"{stage_b_run_dir(kind)}/{name}") for name in STAGE_B_TRAIN_DIRS]
     return files
@@ -427,3 +429,46 @@ def stage_b_prompts():
     if STAGE_B["prompts"] is not None:
         return STAGE_B["prompts"]
     return {} if STAGE_B["checkpoint"] else stage_a_prompts()
+
+
+# --- Stage-A / Stage-B: LoRA adapter checkpoints and run manifests (issue 17, inference compatibility) ----
+
+from vlqc.errors import VlqcError
+from vlqc.inference.checkpoint import adapter_base, is_adapter
+from vlqc.manifest import MANIFEST_FILES, SOURCES_DIR
+
+
+def checkpoint_base(checkpoint, configured):
+    """The base model folder a LoRA adapter `checkpoint` loads on, an input of the job ([] for a model folder):
+    `configured`, else the folder the adapter's adapter_config.json names. An adapter the pipeline has yet to
+    build is only known by its configured base (docs/stage-a.md#checkpoint)."""
+    if os.path.isdir(checkpoint) and not is_adapter(checkpoint):
+        return []
+    if configured:
+        return configured
+    if not os.path.isdir(checkpoint):
+        return []
+    try:
+        return str(adapter_base(checkpoint))
+    except VlqcError as exc:
+        raise WorkflowError(str(exc)) from exc
+
+
+def stage_a_base():
+    """The base of Stage-A's checkpoint when that is a configured LoRA adapter folder, else []."""
+    return checkpoint_base(STAGE_A["checkpoint"], STAGE_A["base"]) if STAGE_A["checkpoint"] else []
+
+
+def stage_b_base():
+    """The base of Stage-B's checkpoint: its own (stage_b.checkpoint), else Stage-A's."""
+    return checkpoint_base(STAGE_B["checkpoint"], STAGE_B["base"]) if STAGE_B["checkpoint"] else stage_a_base()
+
+
+def base_flag(wildcards, input):
+    """`--base <folder>` of a script whose job has a base model input, else nothing."""
+    return f"--base {shlex.quote(str(input.base))}" if input.base else ""
+
+
+def manifest_outputs(folder):
+    """The run manifest files a Stage-A or Stage-B job writes into `folder` (vlqc.manifest)."""
+    return [f"{folder}/{name}" for name in MANIFEST_FILES] + [directory(f"{folder}/{SOURCES_DIR}")]

@@ -25,6 +25,7 @@ rule stage_a_verify:
         selection="results/stage_a/{mission}/selection.jsonl",
         photos=STAGE_A["input_root"],  # the selection names photos under it
         checkpoint=stage_a_checkpoint(),
+        base=stage_a_base(),  # a LoRA adapter checkpoint's base (its processor), else none
     output:
         "results/stage_a/{mission}/verify.jsonl",
     log:
@@ -33,8 +34,9 @@ rule stage_a_verify:
         "../envs/model.yaml"
     params:
         settings=stage_a_settings("max_pixels"),
+        base=base_flag,
     shell:
-        "python scripts/stage_a_verify.py --selection {input.selection} --checkpoint {input.checkpoint}"
+        "python scripts/stage_a_verify.py --selection {input.selection} --checkpoint {input.checkpoint} {params.base}"
         " --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
@@ -44,10 +46,13 @@ rule stage_a_infer:
         verify="results/stage_a/{mission}/verify.jsonl",
         photos=STAGE_A["input_root"],
         checkpoint=stage_a_checkpoint(),
+        base=stage_a_base(),
         missions=config["missions_file"],
     output:
         rows=intermediate(STAGE_A_RANK_FILES),
         stats=intermediate(STAGE_A_RANK_STATS),
+        # The job's run manifest (docs/stage-a.md#run-manifest): settings, checkpoint identity, versions.
+        manifest=manifest_outputs("results/stage_a/{mission}"),
     log:
         "results/logs/stage_a/{mission}/infer.log",
     conda:
@@ -60,13 +65,15 @@ rule stage_a_infer:
         out=lambda wildcards, output: output.rows[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
         stats=lambda wildcards, output: output.stats[0].replace("rank0.stats.json", "rank{rank}.stats.json"),
         settings=stage_a_settings(*STAGE_A_INFER_KEYS),
+        base=base_flag,
     shell:
         # Threads split evenly over the ranks: oversubscribed cores slow generation severalfold.
         "OMP_NUM_THREADS=$(( {threads} / {params.ranks} > 0 ? {threads} / {params.ranks} : 1 ))"
         " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
         " scripts/stage_a_infer.py --selection {input.selection} --mission {wildcards.mission:q}"
-        " --missions {input.missions} --checkpoint {input.checkpoint}"
+        " --missions {input.missions} --checkpoint {input.checkpoint} {params.base}"
         " --out {params.out:q} --stats {params.stats:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
+        " --manifest-dir results/stage_a/{wildcards.mission:q}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 

@@ -20,7 +20,7 @@ STAGE_B_COMMAND = (
     " python -m torch.distributed.run --standalone --nproc_per_node={params.ranks} --max-restarts=0"
     " scripts/stage_b.py --mode {params.mode} --mission {wildcards.mission:q}"
     " --stage-a {input.stage_a:q} --missions {input.missions} --guidance {input.guidance:q}"
-    " --checkpoint {input.checkpoint} --run-dir {params.run_dir:q} --settings {params.settings:q}"
+    " --checkpoint {input.checkpoint} {params.base} --run-dir {params.run_dir:q} --settings {params.settings:q}"
     " > {log} 2>&1"
 )
 
@@ -30,6 +30,7 @@ rule stage_b_eval:
         stage_a="results/{mission}_stage_a.jsonl",
         guidance=stage_b_guidance("eval"),
         checkpoint=stage_b_checkpoint(),
+        base=stage_b_base(),  # a LoRA adapter checkpoint's base, else none
         missions=config["missions_file"],
     output:
         stage_b_outputs("eval"),
@@ -47,6 +48,7 @@ rule stage_b_eval:
         settings=stage_b_settings("eval"),
         ranks=stage_b_ranks(),
         mode="eval",
+        base=base_flag,
     shell:
         STAGE_B_COMMAND
 
@@ -56,6 +58,7 @@ rule stage_b_train:
         stage_a="results/{mission}_stage_a.jsonl",
         guidance=stage_b_guidance("train"),
         checkpoint=stage_b_checkpoint(),
+        base=stage_b_base(),  # a LoRA adapter checkpoint's base, else none
         missions=config["missions_file"],
     output:
         stage_b_outputs("train"),
@@ -73,5 +76,6 @@ rule stage_b_train:
         settings=stage_b_settings("train"),
         ranks=stage_b_ranks(),
         mode="train",
+        base=base_flag,
     shell:
         STAGE_B_COMMAND

@@ -6,6 +6,9 @@ scripts/stage_a_infer.py ...`; RANK, WORLD_SIZE and LOCAL_RANK come from torchru
 fails exits non-zero, which fails the whole job with the rank named. Settings: the `stage_a`
 config section (generation settings, sharding_mode, gpus; max_pixels resolved by the rule).
 With --stats, each rank also writes what it did (stage_a_rank_stats), which the merge sums.
+--checkpoint is a model folder or a LoRA adapter folder, whose base is --base (else the folder its
+adapter_config.json names). With --manifest-dir, rank 0 writes the job's run manifest there first
+(vlqc.manifest: resolved settings, checkpoint identity, versions, git sha).
 """
 
 import argparse
@@ -15,7 +18,9 @@ from pathlib import Path
 import torch
 
 from vlqc import cli
+from vlqc.inference.checkpoint import checkpoint_identity
 from vlqc.jsonl import write_json
+from vlqc.manifest import write_manifest
 from vlqc.missions import load_missions
 from vlqc.stage_a.infer import Settings, run_rank
 from vlqc.stage_a.jobs import read_selection
@@ -27,10 +32,12 @@ def arguments() -> cli.Parser:
     parser.add_argument("--selection", type=Path, required=True)
     parser.add_argument("--mission", required=True)
     parser.add_argument("--missions", type=Path, required=True, help="missions file")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model folder or LoRA adapter folder")
+    parser.add_argument("--base", type=Path, help="base model folder of a LoRA adapter checkpoint")
     parser.add_argument("--out", required=True, help="rank file path with {rank} in it")
     parser.add_argument("--resume-dir", type=Path, required=True, help="finished items of earlier attempts")
     parser.add_argument("--stats", help="rank stats path with {rank} in it (stage_a_rank_stats)")
+    parser.add_argument("--manifest-dir", type=Path, help="folder of the job's run manifest (written by rank 0)")
     return parser
 
 
@@ -39,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args: argparse.Namespace) -> dict:
         cuda = args.settings["gpus"] > 0
+        if args.manifest_dir and rank == 0:
+            write_manifest(
+                args.manifest_dir,
+                {"mission": args.mission, "stage_a": args.settings},
+                [args.missions],
+                extra={"job": "stage_a", "checkpoint": checkpoint_identity(args.checkpoint, args.base), "world": world},
+            )
         counts = run_rank(
             read_selection(args.selection),
             mission=args.mission,
             missions=load_missions(args.missions),
             checkpoint=args.checkpoint,
+            base=args.base,
             settings=Settings.from_config(args.settings),
             mode=args.settings["sharding_mode"],
             rank=rank,

@@ -21,13 +21,14 @@ def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="stage_a")
     parser.add_argument("--selection", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True, help="model folder (its processor is used)")
+    parser.add_argument("--base", type=Path, help="base model folder of a LoRA adapter checkpoint (its processor)")
     parser.add_argument("--out", type=Path, required=True, help="verify.jsonl")
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
     groups = read_selection(args.selection)
-    rows = list(verify(groups, load_processor(args.checkpoint, args.settings["max_pixels"])))
+    rows = list(verify(groups, load_processor(args.checkpoint, args.settings["max_pixels"], args.base)))
     write_jsonl(args.out, rows, schema="stage_a_verify")
     failed = Counter(r["error"]["code"] for r in rows if not r["ok"])
     mismatched = [f"{r['group_id']}/{r['image_name']}" for r in rows if r["ok"] and not r["match"]]

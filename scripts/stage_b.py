@@ -28,6 +28,8 @@ from typing import Any
 
 from vlqc import cli
 from vlqc.errors import VlqcError
+from vlqc.inference.checkpoint import checkpoint_identity
+from vlqc.manifest import write_manifest
 from vlqc.missions import load_missions
 from vlqc.stage_b.backends import make_backend
 from vlqc.stage_b.engine import MODES, Settings, backend_config, run_stage_b
@@ -45,7 +47,10 @@ def arguments() -> cli.Parser:
     parser.add_argument(
         "--guidance", type=Path, required=True, help="guidance file the run starts from (schema stage_b_guidance)"
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model folder (hf) or tokenizer folder (openai)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="model or LoRA adapter folder (hf), or tokenizer folder (openai)"
+    )
+    parser.add_argument("--base", type=Path, help="base model folder of a LoRA adapter checkpoint")
     parser.add_argument("--run-dir", type=Path, required=True, help="without the files of an earlier run")
     return parser
 
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         section = args.settings
         if world > 1 and section["backend"] != "hf":
             raise VlqcError(f"only the hf backend runs under torchrun, not {section['backend']} ({world} processes)")
-        backend = make_backend(backend_config(section, args.checkpoint, local_rank))
+        backend = make_backend(backend_config(section, args.checkpoint, local_rank, args.base))
         settings = Settings.from_config(section, args.mode)
         if world == 1:
             return _run_stage_b(args, backend, settings)
@@ -82,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_stage_b(args: argparse.Namespace, backend: ChatBackend, settings: Settings) -> dict[str, Any]:
+    def manifest(run_dir: Path) -> None:
+        # The run's manifest (vlqc.manifest), written once the folder is known to be fresh.
+        write_manifest(
+            run_dir,
+            {"mode": args.mode, "mission": args.mission, "stage_b": args.settings},
+            [args.guidance, args.missions],
+            extra={
+                "job": "stage_b",
+                "checkpoint": checkpoint_identity(args.checkpoint, args.base),
+                "world": torchrun_rank()[1],
+            },
+        )
+
     return run_stage_b(
         args.stage_a,
         args.mission,
@@ -91,6 +109,7 @@ def _run_stage_b(args: argparse.Namespace, backend: ChatBackend, settings: Setti
         backend,
         settings,
         mode=args.mode,
+        manifest=manifest,
     )
 
 

@@ -95,6 +95,20 @@ def test_records_follow_the_contract(both_modes):
             assert record["mission"] == MISSION
             assert record["images"] == groups[key]["images"]  # discovery order
             assert list(record["per_image"]) == [f"image_{i}" for i in range(1, len(record["images"]) + 1)]
+            assert record["stage_a_complete"] is True
+
+
+def test_the_inference_job_writes_its_run_manifest(both_modes):
+    workdir, _, _ = both_modes
+    folder = workdir / f"results/stage_a/{MISSION}"
+    metadata = read_json(folder / "run_metadata.json", schema="run_metadata")
+    assert metadata["job"] == "stage_a" and metadata["world"] == 2 and metadata["copy_failures"] == []
+    checkpoint = metadata["checkpoint"]
+    assert checkpoint["path"] == "results/train/sft/stagea/merged" and checkpoint["kind"] == "model"
+    resolved = read_json(folder / "resolved_config.json")
+    assert resolved["mission"] == MISSION and resolved["stage_a"]["sharding_mode"] == "per_image"
+    # Snakemake marks a directory output with a hidden timestamp file.
+    assert [p.name for p in (folder / "sources").glob("[!.]*")] == ["00-missions.yaml"]
 
 
 def test_a_corrupt_photo_fails_only_its_group(both_modes):

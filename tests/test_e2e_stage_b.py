@@ -110,8 +110,11 @@ class Workflow(NamedTuple):
 
 
 def run_files(run_dir: Path) -> dict[str, Any]:
-    """Every file of a run folder by its path in it; metrics rows without their timing fields."""
+    """Every file of a run folder by its path in it; metrics rows without their timing fields, and of the run
+    manifest neither run_metadata.json (its time) nor runtime_env.json (torchrun's port) but their keys."""
     files = {str(path.relative_to(run_dir)): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    for name in ("run_metadata.json", "runtime_env.json"):
+        files[name] = sorted(read_json(run_dir / name))
     timing = ("elapsed_seconds", "groups_per_second", "eta_seconds")
     metrics = read_jsonl(run_dir / "metrics.jsonl", schema=JSONL_SCHEMAS["metrics.jsonl"])
     files["metrics.jsonl"] = [{k: v for k, v in row.items() if k not in timing} for row in metrics]
@@ -177,6 +180,10 @@ def test_every_artifact_is_written_and_valid(workflow, run):
     read_json(workdir / run / "need_review.json", schema="stage_b_need_review")
     read_json(workdir / run / "guidance.json", schema="stage_b_guidance")
     read_json(workdir / run / "hypotheses.json", schema="stage_b_hypotheses")
+    # The run manifest: what the run read, and the model it ran (Stage-A's merged serving model).
+    metadata = read_json(workdir / run / "run_metadata.json", schema="run_metadata")
+    assert metadata["job"] == "stage_b" and metadata["checkpoint"]["kind"] == "model"
+    assert read_json(workdir / run / "resolved_config.json")["mission"] == MISSION
     log = job_log(workdir, run)
     assert "FALSE PASS (human fail, model pass)" in log
 

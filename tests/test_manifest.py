@@ -2,7 +2,11 @@
 
 import json
 
-from vlqc.train.manifest import runtime_env, write_manifest
+import pytest
+
+from vlqc.errors import SchemaError
+from vlqc.jsonl import read_json
+from vlqc.manifest import MANIFEST_FILES, METADATA_FILE, SOURCES_DIR, runtime_env, write_manifest
 
 
 def test_runtime_env_keeps_launcher_variables_and_drops_secrets():
@@ -41,3 +45,24 @@ def test_manifest_files(tmp_path):
     metadata = json.loads((out / "run_metadata.json").read_text())
     assert metadata["git"]["sha"] is None  # tmp_path is no git checkout
     assert metadata["packages"]["transformers"] and metadata["nproc"] == 1
+
+
+def test_a_source_that_cannot_be_copied_is_a_warning_and_listed_not_a_failure(tmp_path, caplog):
+    there = tmp_path / "missions.yaml"
+    there.write_text("m: 1\n")
+    gone = tmp_path / "gone.json"
+    out = tmp_path / "run"
+    write_manifest(out, {"s": 1}, [gone, there], extra={"job": "stage_b"})
+    assert [p.name for p in (out / SOURCES_DIR).iterdir()] == ["01-missions.yaml"]
+    metadata = read_json(out / METADATA_FILE, schema="run_metadata")
+    assert [f["source"] for f in metadata["copy_failures"]] == [str(gone)]
+    assert f"could not copy {gone}" in caplog.text and "WARNING" in caplog.text
+    assert metadata["job"] == "stage_b" and sorted(p.name for p in out.iterdir()) == sorted(
+        [*MANIFEST_FILES, SOURCES_DIR]
+    )
+
+
+def test_the_metadata_schema_refuses_a_malformed_checkpoint_identity(tmp_path):
+    identity = {"path": "x", "kind": "model", "fingerprint": "abc", "base": None}
+    with pytest.raises(SchemaError, match="checkpoint.fingerprint"):
+        write_manifest(tmp_path, {}, [], extra={"checkpoint": identity})

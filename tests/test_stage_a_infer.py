@@ -240,6 +240,19 @@ def test_fingerprint_follows_weights_prompt_and_settings_but_not_batch_size(chec
     assert fingerprint(checkpoint, prompt, Settings()) != base
 
 
+def test_the_fingerprint_of_an_adapter_follows_its_base_and_its_attention_kernels(tmp_path, checkpoint):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(checkpoint)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora")
+    prompt = ("system", "<image>user")
+    first = fingerprint(adapter, prompt, Settings())
+    assert fingerprint(adapter, prompt, Settings(), base=checkpoint) == first  # the same base, named or declared
+    assert fingerprint(adapter, prompt, Settings(attn_implementation="eager")) != first
+    (checkpoint / "model.safetensors").write_bytes(b"other base weights")
+    assert fingerprint(adapter, prompt, Settings()) != first
+
+
 def test_no_rank_file_when_a_rank_crashes(tmp_path, checkpoint):
     groups = make_groups(tmp_path, [2, 2])
 

@@ -108,6 +108,7 @@ def test_happy_path_two_ranks_interleaved_rows(tmp_path):
         "label": "pass",
         "images": ["b_10.jpg", "a_2.jpg", "c.jpg"],
         "per_image": {"image_1": f"{SUMMARY} 0/1", "image_2": f"{SUMMARY} 0/2", "image_3": f"{SUMMARY} 0/3"},
+        "stage_a_complete": True,
     }
     assert list(first["per_image"]) == ["image_1", "image_2", "image_3"]
     assert result.records[1]["label"] == "fail"

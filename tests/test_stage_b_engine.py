@@ -21,9 +21,11 @@ from workflow_env import BIN, copy_workflow
 from vlqc.errors import VlqcError
 from vlqc.inference.prompts import VERDICT_SYSTEM
 from vlqc.jsonl import read_json, read_jsonl
+from vlqc.manifest import write_manifest
 from vlqc.missions import load_missions
 from vlqc.stage_b.engine import (
     JSONL_SCHEMAS,
+    MANIFEST_OUTPUTS,
     OUTPUT_FILES,
     Settings,
     backend_config,
@@ -541,6 +543,22 @@ def test_a_run_refuses_a_folder_holding_an_earlier_runs_files(run):
     assert run.guidance()["experiences"]["G2"] == FIX  # and nothing of the earlier run was touched
 
 
+def test_the_run_manifest_is_written_into_a_fresh_folder_and_counts_as_an_earlier_run(run, tmp_path):
+    def manifest(run_dir: Path) -> None:
+        assert not (run_dir / "verdicts.jsonl").exists(), "written before the run's own files"
+        write_manifest(run_dir, {"mode": "eval"}, [run.seed], extra={"job": "stage_b"})
+
+    run_stage_b(run.stage_a, MISSION, MISSIONS, run.seed, run.dir, ScriptedBackend(), settings(), "eval", manifest)
+    assert read_json(run.dir / "run_metadata.json", schema="run_metadata")["job"] == "stage_b"
+    assert [path.name for path in (run.dir / "sources").iterdir()] == [f"00-{run.seed.name}"]
+    assert all((run.dir / name).exists() for name in MANIFEST_OUTPUTS)
+    # A folder holding only another run's manifest is refused too.
+    fresh = Run(tmp_path, seed=run.seed, stage_a=run.stage_a, name="other")
+    write_manifest(fresh.dir, {}, [])
+    with pytest.raises(VlqcError, match=r"other holds resolved_config\.json, runtime_env\.json, run_metadata\.json"):
+        fresh(ScriptedBackend(), mode="eval")
+
+
 def comparable(run: Run) -> dict[str, bytes | list]:
     """Every file of a run folder by its path in the folder; metrics rows without their timing fields."""
     files = {}
@@ -725,7 +743,16 @@ def test_the_config_section_is_checked_by_dotted_path():
 
 def test_backend_config_for_each_backend():
     hf = backend_config(stage_b_config({"gpus": 2}), "ckpt", local_rank=1)
-    assert hf == {"backend": "hf", "checkpoint": "ckpt", "device": "cuda:1", "dtype": "bfloat16", "batch_size": 8}
+    assert hf == {
+        "backend": "hf",
+        "checkpoint": "ckpt",
+        "device": "cuda:1",
+        "dtype": "bfloat16",
+        "batch_size": 8,
+        "base": None,
+        "attn_implementation": "sdpa",
+    }
+    assert backend_config(stage_b_config({}), "ckpt", base="base")["base"] == "base"
     assert backend_config(stage_b_config({"cpu_ranks": 2}), "ckpt")["device"] == "cpu"
     openai = backend_config(stage_b_config({"backend": "openai", "openai": {"base_url": "http://h:1/v1"}}), "tok")
     assert openai["base_url"] == "http://h:1/v1" and openai["tokenizer_dir"] == "tok"

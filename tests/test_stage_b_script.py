@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from conftest import REPO
 from test_stage_b_engine import MISSION, ScriptedBackend, write_seed, write_stage_a
 
-from vlqc.jsonl import read_jsonl
+from vlqc.jsonl import read_json, read_jsonl
 from vlqc.schemas import defaults
 
 SCRIPT = REPO / "scripts" / "stage_b.py"
@@ -53,6 +53,12 @@ def test_one_process_takes_the_schema_defaults_and_prints_the_summary(tmp_path, 
     grid = [row["sampler"]["temperature"] for row in read_jsonl(tmp_path / "run" / "trajectories.jsonl")]
     assert grid == [entry["temperature"] for entry in defaults("config", "stage_b")["eval_grid"]] * 10
     assert len(backend.calls["verdict"]) == 10
+    # The run manifest: the settings as read (defaults filled), the checkpoint, the guidance and missions copied.
+    metadata = read_json(tmp_path / "run" / "run_metadata.json", schema="run_metadata")
+    assert (metadata["job"], metadata["world"], metadata["checkpoint"]["path"]) == ("stage_b", 1, str(tmp_path))
+    resolved = read_json(tmp_path / "run" / "resolved_config.json")
+    assert resolved["mode"] == "eval" and resolved["stage_b"]["eval_grid"] == defaults("config", "stage_b")["eval_grid"]
+    assert sorted(p.name for p in (tmp_path / "run" / "sources").iterdir()) == ["00-seed.json", "01-missions.yaml"]
 
 
 def test_only_hf_runs_under_torchrun_and_the_error_names_the_rank(tmp_path, monkeypatch, capsys):

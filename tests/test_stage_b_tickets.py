@@ -9,6 +9,7 @@ import pytest
 from vlqc.errors import VlqcError
 from vlqc.stage_b.tickets import (
     DUPLICATE_TICKET,
+    INCOMPLETE_STAGE_A,
     SCHEMA_VIOLATION,
     UNREADABLE_LINE,
     WRONG_MISSION,
@@ -100,3 +101,52 @@ def test_a_summary_header_line_is_allowed(tmp_path):
 def test_a_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(VlqcError, match="nowhere.jsonl does not exist"):
         load_tickets(tmp_path / "nowhere.jsonl", MISSION)
+
+
+# A record as the origin system writes it: Chinese label values and stage_a_complete.
+REFERENCE_SUMMARY = '{"统计": [{"类别": "挡风板", "可见性": {"完整": 1}}]}'
+
+
+def reference_record(label: str, complete: bool = True, group_id="QC-TEMP-20241111-0015238") -> dict:
+    return {
+        "group_id": group_id,
+        "mission": MISSION,
+        "label": label,
+        "images": [f"{group_id}_1.jpg", f"{group_id}_2.jpg"],
+        "per_image": {"image_1": REFERENCE_SUMMARY, "image_2": "无关图片"},
+        "stage_a_complete": complete,
+    }
+
+
+def test_reference_records_load_with_their_label_values_read_as_pass_and_fail(tmp_path):
+    lines = [dump(reference_record("审核不通过")), dump(reference_record("审核通过")), dump(record(label="pass"))]
+    tickets, rejects = load_tickets(write_lines(tmp_path / "ref.jsonl", lines), MISSION)
+    assert rejects == []
+    gid = "QC-TEMP-20241111-0015238"
+    assert [(t.ticket_key, t.label) for t in tickets] == [
+        (f"{gid}::fail", "fail"),
+        (f"{gid}::pass", "pass"),
+        ("QC-A-20240101-1::pass", "pass"),
+    ]
+    assert tickets[0].per_image == (REFERENCE_SUMMARY, "无关图片")
+
+
+def test_a_reference_label_and_its_english_value_are_one_ticket(tmp_path):
+    lines = [dump(reference_record("审核不通过")), dump({**reference_record("fail"), "stage_a_complete": True})]
+    tickets, rejects = load_tickets(write_lines(tmp_path / "ref.jsonl", lines), MISSION)
+    assert len(tickets) == 1 and [(r.line, r.reason) for r in rejects] == [(2, DUPLICATE_TICKET)]
+
+
+def test_an_incomplete_stage_a_record_is_rejected_as_such(tmp_path):
+    incomplete = reference_record("审核通过", complete=False)
+    del incomplete["per_image"]["image_2"]  # the photo Stage-A could not summarise
+    tickets, rejects = load_tickets(write_lines(tmp_path / "ref.jsonl", [dump(incomplete)]), MISSION)
+    assert tickets == []
+    [reject] = rejects
+    assert (reject.reason, reject.ticket_key) == (INCOMPLETE_STAGE_A, "QC-TEMP-20241111-0015238::pass")
+    assert "stage_a_complete is false" in reject.message and "ref.jsonl:1" in reject.message
+
+
+def test_an_unknown_label_value_is_a_schema_violation(tmp_path):
+    tickets, rejects = load_tickets(write_lines(tmp_path / "a.jsonl", [dump(record(label="通过"))]), MISSION)
+    assert tickets == [] and rejects[0].reason == SCHEMA_VIOLATION

@@ -222,8 +222,21 @@ class FastGenerator(Generator):
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_pixels: int | None = None,
+        *,
+        base: str | Path | None = None,
+        attn_implementation: str | None = None,
     ):
-        super().__init__(model_dir, device=device, dtype=dtype, max_pixels=max_pixels)
+        # An adapter comes merged (vlqc.inference.generation.load_model): the decode loop reaches into the
+        # model's own layers. attn_implementation applies to the prefill (the model's forward); decode steps
+        # call scaled_dot_product_attention themselves.
+        super().__init__(
+            model_dir,
+            device=device,
+            dtype=dtype,
+            max_pixels=max_pixels,
+            base=base,
+            attn_implementation=attn_implementation,
+        )
         self.stats = RunStats()
         self._text_tokens: dict[tuple[str, str, int], int] = {}
 

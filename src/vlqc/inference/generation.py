@@ -3,6 +3,12 @@
 One engine serves every stage that asks the model something: evaluation,
 Stage-A summaries and Stage-B verdicts. Prompts come as (system, user) text in
 the ms-swift convention, `<image>` marking where each image goes.
+
+The checkpoint is a model folder or a LoRA adapter folder with its base (`vlqc.inference.checkpoint`,
+docs/stage-a.md#checkpoint): an adapter is loaded on its base with peft and merged in memory, in float32 as
+the merge rule does (`vlqc.train.merge`), so it generates what its merged folder would, and the fast engine
+sees a plain model. `attn_implementation` picks transformers' attention kernels (sdpa, eager,
+flash_attention_2 when the flash-attn package is installed).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+from transformers.utils import is_flash_attn_2_available
 
-from vlqc.errors import SampleError
+from vlqc.errors import SampleError, VlqcError
+from vlqc.inference.checkpoint import adapter_base, processor_dir
 from vlqc.inference.prompts import hf_messages
 from vlqc.inference.sampling import Sampling
 
@@ -27,9 +35,47 @@ class Request:
     images: list[Image.Image] = field(default_factory=list)
 
 
-def load_processor(model_dir: str | Path, max_pixels: int | None = None):
-    """The checkpoint's processor, with `max_pixels` as its pixel budget when given."""
-    processor = AutoProcessor.from_pretrained(model_dir)
+# transformers' attention kernels a config may name; flash_attention_2 needs the flash-attn package.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """A VlqcError for an unknown kernel, or flash_attention_2 without flash-attn importable (transformers
+    would only fail once the model is being built)."""
+    if name is None:
+        return
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise VlqcError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, not {name!r}")
+    if name == "flash_attention_2" and not is_flash_attn_2_available():
+        raise VlqcError(
+            "attn_implementation flash_attention_2 needs the flash-attn package (with a CUDA GPU), "
+            "which is not importable here: install it, or use sdpa"
+        )
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    base: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+) -> torch.nn.Module:
+    """A model folder, or a LoRA adapter folder merged onto its base (see the module docstring), in `dtype`.
+    `attn_implementation` None: transformers' choice."""
+    check_attn_implementation(attn_implementation)
+    options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    resolved = adapter_base(checkpoint, base)
+    if resolved is None:
+        return AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=dtype, **options)
+    from vlqc.train.merge import load_with_adapter  # peft is imported only when an adapter is loaded
+
+    return load_with_adapter(resolved, Path(checkpoint), **options).merge_and_unload().to(dtype)
+
+
+def load_processor(model_dir: str | Path, max_pixels: int | None = None, base: str | Path | None = None):
+    """The checkpoint's processor (an adapter folder without one: its base's), with `max_pixels` as its
+    pixel budget when given."""
+    processor = AutoProcessor.from_pretrained(processor_dir(model_dir, base))
     if max_pixels is not None:
         ip = processor.image_processor
         ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max_pixels}
@@ -84,13 +130,17 @@ class Generator:
         dtype: torch.dtype = torch.float32,
         max_pixels: int | None = None,
         model: torch.nn.Module | None = None,
+        *,
+        base: str | Path | None = None,
+        attn_implementation: str | None = None,
     ):
-        """`model`: one already loaded (a LoRA adapter on its base); `model_dir` then gives the processor."""
-        self.processor = load_processor(model_dir, max_pixels)
+        """`model_dir`: a model folder, or a LoRA adapter folder on `base` (see `load_model`).
+        `model`: one already loaded; `model_dir` then gives the processor."""
+        self.processor = load_processor(model_dir, max_pixels, base)
         # Decoder-only batching needs the prompt flush right; the setting is not saved with the tokenizer.
         self.processor.tokenizer.padding_side = "left"
         if model is None:
-            model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+            model = load_model(model_dir, base=base, dtype=dtype, attn_implementation=attn_implementation)
         self.model = model.to(device).eval()
         self.device = device
 

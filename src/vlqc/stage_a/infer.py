@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from vlqc.errors import SampleError, VlqcError
 from vlqc.inference.answers import strip_summary_header, summary_entries
+from vlqc.inference.checkpoint import adapter_base, folder_fingerprint
 from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
-from vlqc.inference.generation import Generator, Request, Sampling
+from vlqc.inference.generation import Generator, Request, Sampling, check_attn_implementation
 from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import IRRELEVANT, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
@@ -62,6 +63,8 @@ class Settings:
     no_mission: bool = DEFAULTS["no_mission"]
     seed: int = DEFAULTS["sample_seed"]  # of sampled decoding (temperature > 0)
     engine: str = DEFAULTS["engine"]  # a key of ENGINES; part of the fingerprint, bf16 outputs may differ
+    # transformers' attention kernels (vlqc.inference.generation.ATTN_IMPLEMENTATIONS); in the fingerprint.
+    attn_implementation: str = DEFAULTS["attn_implementation"]
     # Engine fast only: rows decoded together at most, and the share of free GPU memory their KV cache may take.
     wave_rows: int = DEFAULTS["wave_rows"]
     wave_memory_fraction: float = DEFAULTS["wave_memory_fraction"]
@@ -83,6 +86,7 @@ class Settings:
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise VlqcError(f"stage_a engine must be one of {sorted(ENGINES)}, not {self.engine!r}")
+        check_attn_implementation(self.attn_implementation)
         if self.compile not in COMPILE_CHOICES:
             raise VlqcError(f"stage_a compile must be one of {list(COMPILE_CHOICES)}, not {self.compile!r}")
         if self.wave_rows < 1 or not 0 < self.wave_memory_fraction <= 1:
@@ -105,15 +109,14 @@ def clean_summary(text: str) -> str:
     return summary
 
 
-def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings) -> str:
-    """Identity of what produced a summary: checkpoint files, prompt and generation settings.
-    How the work is batched is left out (batch size, wave size): left-padded batches give the outputs of
-    one-by-one generation, and a rerun after running out of memory should be free to lower them."""
+def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings, base: Path | None = None) -> str:
+    """Identity of what produced a summary: checkpoint files (an adapter's base too), prompt and generation
+    settings. How the work is batched is left out (batch size, wave size): left-padded batches give the
+    outputs of one-by-one generation, and a rerun after running out of memory should be free to lower them."""
     digest = hashlib.sha256()
-    digest.update((checkpoint / "config.json").read_bytes())
-    for weights in sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("*.bin")):
-        stat = weights.stat()
-        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(folder_fingerprint(checkpoint).encode())
+    if (resolved := adapter_base(checkpoint, base)) is not None:
+        digest.update(folder_fingerprint(resolved).encode())
     knobs = {k: v for k, v in asdict(settings).items() if k not in BATCHING}
     digest.update(dumps({"prompt": prompt, "settings": knobs}).encode())
     return digest.hexdigest()
@@ -181,6 +184,7 @@ def run_rank(
     mission: str,
     missions: Mapping[str, Mapping[str, Any]],
     checkpoint: Path,
+    base: Path | None = None,
     settings: Settings,
     mode: str,
     rank: int,
@@ -193,14 +197,15 @@ def run_rank(
 ) -> dict[str, Any]:
     """Summarise this rank's images and write `out` (stage_a_image_row); returns counts, and the seconds
     spent in the model's generate calls (`generate_s`, what bench/stage_a_multi_gpu.py compares across ranks).
-    `load_generator(checkpoint, device=, dtype=, max_pixels=)` builds the model backend; by default
-    the settings' engine."""
+    `checkpoint` is a model folder or a LoRA adapter folder on `base` (vlqc.inference.checkpoint).
+    `load_generator(checkpoint, device=, dtype=, max_pixels=, base=, attn_implementation=)` builds the model
+    backend; by default the settings' engine."""
     load_generator = load_generator or ENGINES[settings.engine]
     batches = rank_batches(groups, mode, rank, world, settings.batch_size)
     prompt = summary_messages(
         mission, missions[mission]["domain"], missions, settings.no_mission, prompts=settings.prompts
     )
-    resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings))
+    resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings, base))
     done = resume.load()
     generator: Generator | None = None  # loaded only when something is left to generate
     rows: list[dict[str, Any]] = []
@@ -221,7 +226,14 @@ def run_rank(
         if not todo:
             continue
         if generator is None:
-            generator = load_generator(checkpoint, device=device, dtype=dtype, max_pixels=settings.max_pixels)
+            generator = load_generator(
+                checkpoint,
+                device=device,
+                dtype=dtype,
+                max_pixels=settings.max_pixels,
+                base=base,
+                attn_implementation=settings.attn_implementation,
+            )
             if isinstance(generator, FastGenerator):
                 generator.max_wave_rows = settings.wave_rows
                 generator.memory_fraction = settings.wave_memory_fraction

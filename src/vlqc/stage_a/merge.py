@@ -109,7 +109,8 @@ class _Group:
             self._issue("missing_image", f"no row for {names}", None)
         if not self.issues:
             per_image = {f"image_{i}": self.summaries[i] for i in range(1, len(images) + 1)}
-            return {**self._identity(), "mission": mission, "images": list(images), "per_image": per_image}, None
+            record = {**self._identity(), "mission": mission, "images": list(images), "per_image": per_image}
+            return {**record, "stage_a_complete": True}, None  # incomplete groups go to the failure file
         return None, self._failure()
 
     def _identity(self) -> dict:

@@ -44,14 +44,24 @@ OPENAI_DEFAULTS = defaults("config", "stage_b.openai")
 
 
 class HFBackend:
-    """`vlqc.inference.generation.Generator` on text-only prompts, `batch_size` prompts per generate call."""
+    """`vlqc.inference.generation.Generator` on text-only prompts, `batch_size` prompts per generate call.
+    `checkpoint`: a model folder, or a LoRA adapter folder on `base` (vlqc.inference.checkpoint)."""
 
     def __init__(
-        self, checkpoint: str | Path, *, batch_size: int, device: str = "cpu", dtype: str | torch.dtype = "float32"
+        self,
+        checkpoint: str | Path,
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "float32",
+        base: str | Path | None = None,
+        attn_implementation: str | None = None,
     ):
         if batch_size < 1:
             raise VlqcError(f"batch_size must be >= 1, not {batch_size}")
-        self.generator = Generator(checkpoint, device=device, dtype=_torch_dtype(dtype))
+        self.generator = Generator(
+            checkpoint, device=device, dtype=_torch_dtype(dtype), base=base, attn_implementation=attn_implementation
+        )
         self.batch_size = batch_size
 
     def chat(self, prompts: Sequence[tuple[str, str]], sampling: Sampling) -> list[str | BackendError]:

@@ -24,8 +24,10 @@ runs). guidance.json starts as a copy of the given guidance; in train mode every
 epoch's new hit and miss counts, is saved over it, the version replaced going to snapshots/
 (`vlqc.stage_b.guidance`). To continue learning, start a new run from an earlier run's guidance.json: its
 hypothesis pool and cycle numbers start afresh. The same inputs give the same files, except the timing
-fields of metrics.jsonl (elapsed_seconds, groups_per_second, eta_seconds), wherever the backend answers
-the same prompts and seeds alike (hf on the same hardware and software does; a server may not).
+fields of metrics.jsonl (elapsed_seconds, groups_per_second, eta_seconds) and, of the run manifest the
+caller writes (`manifest`), run_metadata.json (its time) and runtime_env.json (launcher variables),
+wherever the backend answers the same prompts and seeds alike (hf on the same hardware and software does;
+a server may not).
 
 False pass (human fail, model pass) is the headline risk: the final rate is logged last, with a warning
 over FALSE_PASS_TARGET.
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,10 @@ from tqdm import tqdm
 
 from vlqc import schemas
 from vlqc.errors import VlqcError
+from vlqc.inference.checkpoint import processor_dir
 from vlqc.inference.profiles import PromptConfig
 from vlqc.jsonl import write_json, write_jsonl
+from vlqc.manifest import MANIFEST_FILES, SOURCES_DIR
 from vlqc.stage_b.gate import Thresholds
 from vlqc.stage_b.guidance import GUIDANCE_FILE, SNAPSHOT_DIR, Guidance, load_mission
 from vlqc.stage_b.hypotheses import EVENT_SCHEMA, HypothesisPool
@@ -101,6 +105,8 @@ JSONL_SCHEMAS = {
 # Every file a run writes (the Snakemake outputs); a train run writes snapshots/ as well.
 OUTPUT_FILES = (*JSONL_SCHEMAS, NEED_REVIEW_FILE, GUIDANCE_FILE, HYPOTHESES_FILE)
 TRAIN_OUTPUT_DIRS = (SNAPSHOT_DIR,)
+# The run manifest (vlqc.manifest) the caller writes through run_stage_b's `manifest`; outputs of the rules too.
+MANIFEST_OUTPUTS = (*MANIFEST_FILES, SOURCES_DIR)
 BAD_STAGE_A_ROW = "bad_stage_a_row"
 FALSE_PASS_TARGET = 0.05
 
@@ -181,7 +187,7 @@ def config_keys(section: Mapping[str, Any], mode: str) -> tuple[str, ...]:
     """The keys of the `stage_b` section a run of `mode` reads, with the section's backend: what the rule
     passes as `--settings`, so that Snakemake reruns the run when one of them changes, and only then."""
     _check_mode(mode)
-    backend = ("openai",) if section["backend"] == "openai" else ("gpus",)
+    backend = ("openai",) if section["backend"] == "openai" else ("gpus", "attn_implementation")
     return (*_RUN_KEYS, *backend, f"{mode}_grid", *(_TRAIN_KEYS if mode == TRAIN else ()))
 
 
@@ -190,12 +196,14 @@ def stage_b_config(doc: Mapping[str, Any], where: str = "stage_b settings") -> d
     return schemas.section("config", "stage_b", doc, where)
 
 
-def backend_config(section: Mapping[str, Any], checkpoint: str | Path, local_rank: int = 0) -> dict[str, Any]:
+def backend_config(
+    section: Mapping[str, Any], checkpoint: str | Path, local_rank: int = 0, base: str | Path | None = None
+) -> dict[str, Any]:
     """`vlqc.stage_b.backends.make_backend` arguments: the checkpoint in process (hf; on GPU
-    `local_rank` under torchrun), or an OpenAI-compatible server with the checkpoint's tokenizer
-    counting prompt tokens (openai)."""
+    `local_rank` under torchrun; a LoRA adapter on `base`), or an OpenAI-compatible server with the
+    checkpoint's tokenizer counting prompt tokens (openai; an adapter folder without one: its base's)."""
     if section["backend"] == "openai":
-        return {"backend": "openai", **section["openai"], "tokenizer_dir": str(checkpoint)}
+        return {"backend": "openai", **section["openai"], "tokenizer_dir": str(processor_dir(checkpoint, base))}
     on_gpu = section["gpus"] > 0
     return {
         "backend": "hf",
@@ -203,6 +211,8 @@ def backend_config(section: Mapping[str, Any], checkpoint: str | Path, local_ran
         "device": f"cuda:{local_rank}" if on_gpu else "cpu",
         "dtype": "bfloat16" if on_gpu else "float32",
         "batch_size": section["batch_size"],
+        "base": None if base is None else str(base),
+        "attn_implementation": section["attn_implementation"],
     }
 
 
@@ -385,12 +395,16 @@ def run_stage_b(
     backend: ChatBackend,
     settings: Settings,
     mode: str = EVAL,
+    manifest: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run Stage-B for one mission into `run_dir`, starting from the guidance in `guidance_path` (see the
-    module docstring); returns a summary."""
+    module docstring); returns a summary. `manifest(run_dir)` writes the run manifest once the folder is
+    known to hold no earlier run (scripts/stage_b.py: vlqc.manifest.write_manifest)."""
     _check_mode(mode)
     run_dir = Path(run_dir)
     _check_fresh(run_dir, mode)
+    if manifest is not None:
+        manifest(run_dir)
     loaded = load_tickets(stage_a_path, mission)
     log.info("%s: %d tickets, %d Stage-A lines rejected", mission, len(loaded.tickets), len(loaded.rejects))
     files = RunFiles(run_dir)
@@ -425,7 +439,7 @@ def run_stage_b(
 
 def _check_fresh(run_dir: Path, mode: str) -> None:
     """Refuse a folder with files of an earlier run: they would mix with this run's, or be read by it."""
-    names = OUTPUT_FILES + (TRAIN_OUTPUT_DIRS if mode == TRAIN else ())
+    names = OUTPUT_FILES + MANIFEST_OUTPUTS + (TRAIN_OUTPUT_DIRS if mode == TRAIN else ())
     if left := [name for name in names if (run_dir / name).exists()]:
         raise VlqcError(
             f"{run_dir} holds {', '.join(left)} of an earlier run; a run starts without them (Snakemake "

@@ -1,7 +1,9 @@
 """Stage-B tickets: one mission's Stage-A JSONL read into verdict-ready tickets.
 
 A ticket is one Stage-A record, keyed `"{group_id}::{label}"`: a group id may come back under both
-labels (a resubmission), and the pair is what Stage-B judges.
+labels (a resubmission), and the pair is what Stage-B judges. Records of the origin system load too:
+their labels `审核通过` / `审核不通过` (the label folder names) read as `pass` / `fail`
+(`vlqc.tickets.LABEL_DIRS`), and they carry `stage_a_complete` (docs/stage-a.md#output-record).
 
 Each line is checked on its own, so one bad line never stops the file; a line that cannot become a
 ticket is returned as a `TicketReject` with a reason code, never dropped:
@@ -9,6 +11,7 @@ ticket is returned as a `TicketReject` with a reason code, never dropped:
     unreadable_line    not UTF-8, or not one JSON value
     schema_violation   breaks `stage_a_group`, per_image keys other than image_1..image_N for N
                        images, or a summary that is not one non-empty line once its header is stripped
+    incomplete_stage_a `stage_a_complete: false`: Stage-A did not summarise every photo of the group
     wrong_mission      the record belongs to another mission
     duplicate_ticket   a ticket_key already seen on an earlier line (the first one is kept)
 
@@ -26,10 +29,12 @@ from vlqc.errors import SchemaError, VlqcError
 from vlqc.inference.answers import strip_summary_header
 from vlqc.schemas import validate
 from vlqc.stage_a.merge import GROUP_SCHEMA, check_record
+from vlqc.tickets import LABEL_DIRS
 
 UNREADABLE_LINE = "unreadable_line"
 SCHEMA_VIOLATION = "schema_violation"
 WRONG_MISSION = "wrong_mission"
+INCOMPLETE_STAGE_A = "incomplete_stage_a"
 DUPLICATE_TICKET = "duplicate_ticket"
 
 
@@ -37,7 +42,7 @@ DUPLICATE_TICKET = "duplicate_ticket"
 class Ticket:
     ticket_key: str
     group_id: str
-    label: str  # the human label, pass | fail
+    label: str  # the human label, pass | fail (a reference record's 审核通过 | 审核不通过 read as these)
     mission: str
     per_image: tuple[str, ...]  # summaries of image_1..image_N, in that order
 
@@ -94,7 +99,12 @@ class _Rejected(Exception):
 
 def _ticket(raw: bytes, mission: str, where: str) -> Ticket:
     record = _record(raw, where)
-    key = ticket_key(record["group_id"], record["label"])
+    label = LABEL_DIRS.get(record["label"], record["label"])
+    key = ticket_key(record["group_id"], label)
+    if record.get("stage_a_complete") is False:
+        raise _Rejected(
+            INCOMPLETE_STAGE_A, f"{where}: stage_a_complete is false: not every photo of the group has a summary", key
+        )
     if record["mission"] != mission:
         raise _Rejected(WRONG_MISSION, f"{where}: mission {record['mission']!r}, expected {mission!r}", key)
     summaries = tuple(record["per_image"][f"image_{n}"] for n in range(1, len(record["images"]) + 1))
@@ -102,7 +112,7 @@ def _ticket(raw: bytes, mission: str, where: str) -> Ticket:
         text = strip_summary_header(summary)
         if not text or "\n" in text:
             raise _Rejected(SCHEMA_VIOLATION, f"{where}: per_image.image_{n}: not one non-empty line", key)
-    return Ticket(key, record["group_id"], record["label"], mission, summaries)
+    return Ticket(key, record["group_id"], label, mission, summaries)
 
 
 def _record(raw: bytes, where: str) -> dict[str, Any]:
@@ -115,7 +125,8 @@ def _record(raw: bytes, where: str) -> dict[str, Any]:
         raise _Rejected(UNREADABLE_LINE, f"{where}: not valid JSON: {exc.msg}") from exc
     try:
         validate(record, GROUP_SCHEMA, where)
-        check_record(record, where)
+        if record.get("stage_a_complete") is not False:  # an incomplete record is rejected as such
+            check_record(record, where)
     except SchemaError as exc:
         raise _Rejected(SCHEMA_VIOLATION, str(exc)) from exc
     return record

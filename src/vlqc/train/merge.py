@@ -17,16 +17,14 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from vlqc.errors import VlqcError
+from vlqc.inference.checkpoint import is_adapter
 
 TRAINING_LEFTOVERS = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin")
 
 
-def is_adapter(checkpoint: Path) -> bool:
-    return (checkpoint / "adapter_config.json").is_file()
-
-
-def load_with_adapter(base: Path, checkpoint: Path) -> PeftModel:
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+def load_with_adapter(base: Path, checkpoint: Path, **options) -> PeftModel:
+    """The adapter on its base, in float32; `options` go to the base's from_pretrained (attn_implementation)."""
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, **options)
     return PeftModel.from_pretrained(model, checkpoint).eval()
 
 

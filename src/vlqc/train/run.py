@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from vlqc.errors import VlqcError
+from vlqc.manifest import write_manifest
 from vlqc.train.config import config_sources, load_train_config, swift_invocation
-from vlqc.train.manifest import write_manifest
 from vlqc.train.over_length import fit_dataset
 from vlqc.train.sft_data import data_config, swift_env
 

@@ -1,12 +1,18 @@
-"""The run manifest written beside every training output.
+"""The run manifest written beside the outputs of a training run, a Stage-A inference job and a Stage-B run.
 
-`resolved_config.json` (the merged, defaulted config), copies of the source YAML
-files, `runtime_env.json` (a whitelist of launcher variables, never secrets) and
-`run_metadata.json` (git revision, dirty flag, package versions).
+`resolved_config.json` (the merged, defaulted config or settings the job ran with), copies of its source
+files in `sources/` (training: the config YAML and its parents; Stage-A: the missions file; Stage-B: the
+guidance it starts from and the missions file), `runtime_env.json` (a whitelist of launcher variables, never
+secrets) and `run_metadata.json` (schema `run_metadata`: git revision, dirty flag, package versions, and what
+the caller adds, e.g. the checkpoint's identity from `vlqc.inference.checkpoint.checkpoint_identity`).
+
+The copies are a convenience (the resolved settings are what the job ran with), so they are best-effort: a
+copy that fails is logged as a warning and listed in `run_metadata.json` (`copy_failures`), never silent.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -18,6 +24,16 @@ from importlib import metadata
 from pathlib import Path
 
 from vlqc.jsonl import write_json
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+RESOLVED_FILE = "resolved_config.json"
+ENV_FILE = "runtime_env.json"
+METADATA_FILE = "run_metadata.json"
+SOURCES_DIR = "sources"
+# The files of a manifest (with the folder SOURCES_DIR): what a rule declares as outputs.
+MANIFEST_FILES = (RESOLVED_FILE, ENV_FILE, METADATA_FILE)
 
 # Variables that shape a run's placement and caching; anything else stays out.
 ENV_NAMES = {
@@ -82,31 +98,48 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def copy_sources(sources: list[Path], source_dir: Path) -> list[dict[str, str]]:
+    """Copy `sources` into `source_dir`, numbered in the given order (training: parents first, the run's own
+    file last); best-effort: each copy that fails is logged and returned as {source, error}."""
+    source_dir.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for index, source in enumerate(map(Path, sources)):
+        target = source_dir / f"{index:02d}-{source.name}"
+        try:
+            shutil.copy2(source, target)
+        except OSError as exc:
+            log.warning(
+                "manifest: could not copy %s to %s (%s); the run goes on without that copy", source, target, exc
+            )
+            failures.append({"source": str(source), "error": str(exc)})
+    return failures
+
+
 def write_manifest(
     out_dir: Path,
     resolved: dict,
     sources: list[Path],
-    repo: Path,
+    repo: Path = REPO,
     extra: dict | None = None,
     environ: dict[str, str] | None = None,
 ) -> None:
-    """Write the manifest files; `environ` is the environment the job is launched with."""
+    """Write the manifest files; `environ` is the environment the job is launched with (default: this
+    process's), `extra` goes into run_metadata.json."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "resolved_config.json", resolved)
-    source_dir = out_dir / "sources"
-    source_dir.mkdir(exist_ok=True)
-    for index, source in enumerate(sources):
-        # Numbered in merge order: parents first, the run's own file last.
-        shutil.copy2(source, source_dir / f"{index:02d}-{source.name}")
-    write_json(out_dir / "runtime_env.json", runtime_env(environ))
+    write_json(out_dir / RESOLVED_FILE, resolved)
+    failures = copy_sources(sources, out_dir / SOURCES_DIR)
+    write_json(out_dir / ENV_FILE, runtime_env(environ))
     write_json(
-        out_dir / "run_metadata.json",
+        out_dir / METADATA_FILE,
         {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "git": git_state(repo),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "packages": package_versions(),
+            "copy_failures": failures,
             **(extra or {}),
         },
+        schema="run_metadata",
     )
