@@ -12,11 +12,11 @@ No torch here: the workflow asks these questions while it plans jobs (rules/comm
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from vlqc.errors import VlqcError
+from vlqc.jsonl import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 # Files that identify a model folder's weights and architecture; the fingerprint reads these.
@@ -32,11 +32,7 @@ def is_adapter(checkpoint: str | Path) -> bool:
 
 def declared_base(checkpoint: str | Path) -> str | None:
     """The base an adapter folder names (`base_model_name_or_path` of its adapter_config.json), if any."""
-    path = Path(checkpoint) / ADAPTER_CONFIG
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VlqcError(f"{path}: not a readable adapter config ({exc})") from exc
+    doc = read_json(Path(checkpoint) / ADAPTER_CONFIG)
     base = doc.get("base_model_name_or_path") if isinstance(doc, dict) else None
     return base if isinstance(base, str) and base else None
 
