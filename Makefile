@@ -27,12 +27,13 @@ demo: venv
 	$(VENV)/bin/snakemake --report results/report.html
 	@echo "Report: $(CURDIR)/results/report.html"
 
-# Two workers (pytest-xdist): each module, and all modules sharing the `trained` workflow, on one worker
-# (tests/conftest.py); a Snakemake run inside a test uses the cores it is given either way.
+# One process: the e2e tests' Snakemake jobs use every core already. Two pytest-xdist workers on
+# 2 cores took 28 min and 49 CPU-min, more than one process: their torch threads competed for the cores.
 test: venv
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest
 
-# Unit tests only (no Snakemake runs on the tiny model).
+# Unit tests only (no Snakemake runs on the tiny model), on two pytest-xdist workers (tests/conftest.py
+# keeps a module on one worker): 2:20 instead of 3:00 on 2 cores.
 test-fast: venv
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not e2e"
 

@@ -1,5 +1,5 @@
 """End to end on the tiny model: the grounding metrics of every saved step of the LoRA run (found through
-saved_steps), reproduced exactly, and the report's grounding plot. The workflow is conftest's `trained`."""
+saved_steps) and the report's grounding plot. The workflow is conftest's `trained`."""
 
 from __future__ import annotations
 
@@ -47,10 +47,3 @@ def test_every_saved_step_is_scored_on_the_seeded_val_photos(scored):
     first, last = (list(read_jsonl(f"{grounding(scored, step)}.jsonl")) for step in STEPS)
     assert [r["sample_id"] for r in first] == [r["sample_id"] for r in last]
     assert (scored / "results/plots/train/lora/grounding.png").stat().st_size > 0
-
-
-def test_the_same_checkpoint_and_settings_give_the_same_files(scored):
-    target = grounding(scored, 2)
-    before = [target.with_suffix(suffix).read_bytes() for suffix in (".json", ".jsonl")]
-    snakemake(scored, *CONFIGS, "--forcerun", "eval_grounding", "--", f"{target.relative_to(scored)}.json")
-    assert [target.with_suffix(suffix).read_bytes() for suffix in (".json", ".jsonl")] == before
