@@ -28,7 +28,7 @@ demo: venv
 	@echo "Report: $(CURDIR)/results/report.html"
 
 # One process: the e2e tests' Snakemake jobs use every core already. Two pytest-xdist workers on
-# 2 cores took 28 min and 49 CPU-min, more than one process: their torch threads competed for the cores.
+# 2 cores took 28 min and 49 CPU-min against 21 min and 25 CPU-min in one: their torch threads competed.
 test: venv
 	$(PY) -m pytest
 
