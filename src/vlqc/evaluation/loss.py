@@ -197,7 +197,7 @@ def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments every job that evaluates one checkpoint takes (eval loss, ablation, golden dump)."""
+    """The arguments every job that evaluates one checkpoint takes (eval loss, ablation, golden dump, grounding)."""
     parser.add_argument("--checkpoint", type=Path, required=True, help="step folder: a full model or a LoRA adapter")
     parser.add_argument(
         "--base", type=Path, required=True, help="base model folder (processor, tokenizer; a LoRA's base)"
