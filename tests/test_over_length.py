@@ -108,6 +108,22 @@ def test_lengths_are_those_ms_swift_enforces(tiny_dir, data_dir):
                     template.encode(copy.deepcopy(inputs))
 
 
+def test_a_repeated_row_is_encoded_once(tiny_dir, data_dir, monkeypatch):
+    """Epochs repeat rows: the counter measures each distinct row once, and a changed row again."""
+    from swift.template import Template
+
+    calls = []
+    encode = Template.encode
+    monkeypatch.setattr(Template, "encode", lambda self, inputs, **kw: calls.append(1) or encode(self, inputs, **kw))
+    count = length_counter(tiny_dir, data_dir, load_train_config(REPO / "config/train/demo.yaml"))
+    row = next(iter(read_jsonl(data_dir / "train.jsonl", "sft_record")))
+    first = count(row)
+    assert count(copy.deepcopy(row)) == first and len(calls) == 1
+    changed = copy.deepcopy(row)
+    changed["messages"][-1]["content"] += " 以及更多"
+    assert count(changed) > first and len(calls) == 2
+
+
 def test_fit_dataset_redraws_train_drops_val_and_reports(tiny_dir, data_dir, tmp_path):
     cfg = load_train_config(REPO / "config/train/demo.yaml")
     count = length_counter(tiny_dir, data_dir, cfg)

@@ -21,6 +21,7 @@ over-length rows) go to the job's log and to run_metadata.json (`over_length`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -52,11 +53,17 @@ def length_counter(base_model: str | Path, data_dir: str | Path, cfg: Mapping[st
     template = get_template(processor, template_type="qwen3_vl", max_length=None)
     template.set_mode("train")
 
+    # Epochs repeat rows (every row the augmentation bypasses): each distinct row is encoded once.
+    known: dict[str, int] = {}
+
     def count(row: dict) -> int:
-        inputs: dict[str, Any] = {"messages": [dict(m) for m in row["messages"]]}
-        if row.get("images"):
-            inputs["images"] = [str(data_dir / rel) for rel in row["images"]]
-        return int(template.encode(inputs, return_length=True)["length"])
+        key = json.dumps([row["messages"], row.get("images")], ensure_ascii=False)
+        if key not in known:
+            inputs: dict[str, Any] = {"messages": [dict(m) for m in row["messages"]]}
+            if row.get("images"):
+                inputs["images"] = [str(data_dir / rel) for rel in row["images"]]
+            known[key] = int(template.encode(inputs, return_length=True)["length"])
+        return known[key]
 
     return count
 
