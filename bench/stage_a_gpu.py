@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -41,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from PIL import Image
 from torch.nn.attention import SDPBackend
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -49,7 +47,8 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from machine import nvidia_smi  # noqa: E402 (bench/machine.py, beside this script)
+from flops import prefill_flops, text_linear_params  # noqa: E402 (bench/flops.py, beside this script)
+from gpu import gpu_info, measure_ceilings  # noqa: E402 (bench/gpu.py, beside this script)
 
 from vlqc.inference.fast_generation import FastGenerator  # noqa: E402
 from vlqc.inference.generation import Generator, Request, Sampling  # noqa: E402
@@ -85,52 +84,6 @@ def make_skeleton(out: Path, sizes_path: Path, mission: str) -> None:
     system, user = summary_messages(mission, missions[mission]["domain"], missions)
     prompt = {"mission": mission, "system": system, "user": user, "max_pixels": sizes["image_max_pixels"]}
     (out / PROMPT_FILE).write_text(json.dumps(prompt, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-# --- machine ----------------------------------------------------------------------------------------
-
-
-def gpu_info() -> dict[str, Any]:
-    smi = nvidia_smi()
-    return {
-        "name": torch.cuda.get_device_name(),
-        "nvidia_smi_name": smi["name"],
-        "driver": smi["driver"],
-        "memory_total": smi["memory"],
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_cores": os.cpu_count(),
-    }
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    source = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)
-    target = torch.empty_like(source)
-    copy_ms = median_ms(lambda: target.copy_(source), repeats=20)
-    return 2 * source.numel() * source.element_size() / (copy_ms / 1e3)
-
-
-def measure_ceilings() -> dict[str, float]:
-    """Device copy bandwidth (bytes read + written) and bf16 matmul rate, on random data."""
-    bandwidth = copy_bandwidth()  # its 4 GiB of buffers are freed on return
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    matmul_ms = median_ms(lambda: a @ b, repeats=10)
-    return {"copy_bytes_per_s": bandwidth, "bf16_flop_per_s": 2 * 8192**3 / (matmul_ms / 1e3)}
 
 
 # --- model and workload -----------------------------------------------------------------------------
@@ -179,25 +132,6 @@ class Workload:
     prompt_tokens: list[int]  # per image
     image_tokens: list[int]
     new_tokens: int
-
-
-def text_linear_params(text: Any) -> int:
-    q, kv = text.num_attention_heads * text.head_dim, text.num_key_value_heads * text.head_dim
-    per_layer = text.hidden_size * (2 * q + 2 * kv) + 3 * text.hidden_size * text.intermediate_size
-    return text.num_hidden_layers * per_layer
-
-
-def prefill_flops(config: Any, prompt: int, image: int) -> float:
-    """Matmul FLOPs of one image's prefill: vision tower and mergers, text layers, causal attention, one logit row."""
-    text, vision = config.text_config, config.vision_config
-    patches, h = 4 * image, vision.hidden_size
-    block = 4 * h * h + 2 * h * vision.intermediate_size
-    vision_flops = 2 * patches * (vision.depth * block + 3 * 2 * 16 * 16 * h) + vision.depth * 4 * patches**2 * h
-    merged = 4 * h
-    mergers = (1 + len(vision.deepstack_visual_indexes)) * 2 * image * (merged * merged + merged * text.hidden_size)
-    attention = 2 * text.num_hidden_layers * text.num_attention_heads * text.head_dim * prompt**2
-    logits = 2 * text.hidden_size * text.vocab_size
-    return vision_flops + mergers + 2 * prompt * text_linear_params(text) + attention + logits
 
 
 def decode_cost(config: Any, prompt: int, steps: int, batch: float) -> tuple[float, float]:

@@ -35,7 +35,8 @@ from transformers import GenerationConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from stage_a_gpu import PROMPT_FILE, build_model_folder, gpu_info, numbers, photos  # noqa: E402 (beside this script)
+from gpu import gpu_info  # noqa: E402 (beside this script)
+from stage_a_gpu import PROMPT_FILE, build_model_folder, numbers, photos  # noqa: E402
 from stage_a_launch import launch, log_of  # noqa: E402
 
 from vlqc.stage_a.discover import Group  # noqa: E402
