@@ -402,6 +402,15 @@ def test_precision_follows_torch_dtype(model_dir, tmp_path, monkeypatch):
     assert (flag(args, "torch_dtype"), flag(args, "bf16"), flag(args, "fp16")) == (["bfloat16"], ["true"], ["false"])
 
 
+@pytest.mark.parametrize("liger", [False, True])
+def test_liger_kernel_switch_reaches_the_trainer(liger, model_dir, tmp_path, monkeypatch):
+    cfg = load_train_config(write(tmp_path, "t.yaml", f"training: {{liger_kernel: {str(liger).lower()}}}\n"))
+    args, _ = invocation(cfg, model_dir, tmp_path)
+    assert flag(args, "use_liger_kernel") == [str(liger).lower()]
+    if not liger:  # ms-swift refuses the switch where liger-kernel is not installed (no GPU here)
+        assert parse_with_ms_swift(args, monkeypatch).training_args.use_liger_kernel is False
+
+
 def test_no_val_split_means_no_val_dataset_flag(model_dir, tmp_path):
     cfg = load_train_config(write(tmp_path, "t.yaml", "data: {val: []}\n"))
     args, _ = invocation(cfg, model_dir, tmp_path, val=False)

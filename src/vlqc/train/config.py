@@ -254,6 +254,7 @@ def swift_invocation(
         "save_only_model": not training["resume"],
         "gradient_checkpointing": training["gradient_checkpointing"],
         "dataloader_num_workers": training["dataloader_num_workers"],
+        "use_liger_kernel": training["liger_kernel"],
         # A batch of text-only (verdict) rows leaves a trainable vision tower without gradients,
         # which DDP refuses unless it looks for unused parameters; elsewhere that look only costs time.
         "ddp_find_unused_parameters": _text_only_batches_possible(cfg),

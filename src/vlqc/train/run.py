@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from vlqc.errors import VlqcError
@@ -83,8 +84,17 @@ def keep_checkpoints(work_dir: Path, out_dir: Path) -> Path:
 
 
 def train(
-    config_path: Path, base_model: Path, data_dir: Path, out_dir: Path, nproc: int, gpus: int, threads: int
+    config_path: Path,
+    base_model: Path,
+    data_dir: Path,
+    out_dir: Path,
+    nproc: int,
+    gpus: int,
+    threads: int,
+    extra_args: Sequence[str] = (),
 ) -> Path:
+    """Run the SFT job; `extra_args` go to `swift sft` after the config's own (bench/train.py's
+    step-timing plugin)."""
     cfg = load_train_config(config_path)
     work_dir = out_dir / "swift"
     if work_dir.exists():
@@ -116,12 +126,12 @@ def train(
             "data": str(data_dir),
             "nproc": nproc,
             "gpus": gpus,
-            "swift_args": args,
+            "swift_args": [*args, *extra_args],
             "over_length": over_length,
         },
         environ=env,
     )
-    result = subprocess.run(launch_command(args, nproc, use_gpu=gpus > 0), env=env)
+    result = subprocess.run(launch_command([*args, *extra_args], nproc, use_gpu=gpus > 0), env=env)
     if result.returncode != 0:
         raise VlqcError(f"ms-swift training failed (exit {result.returncode}); its output is in the job log above")
     final = keep_checkpoints(work_dir, out_dir)
