@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: demo.yaml (CPU), train_gpu_2b.yaml (GPU)")
     parser.add_argument("--base", type=Path, default=REPO / "results/train/base/tiny")
     parser.add_argument("--data", type=Path, default=REPO / "results/train/sft/demo/data")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="per setting, unless its entry names `steps`")
     parser.add_argument("--warmup", type=int, default=5, help="first steps reported apart from the steady ones")
     parser.add_argument("--gpus", type=int, default=0, help="0: CPU (gloo, one process)")
     parser.add_argument("--variants", default=None, help="comma-separated names in --variants-file; default: all")
@@ -63,7 +63,7 @@ def main() -> None:
     config = args.config or REPO / ("bench/configs/train_gpu_2b.yaml" if gpu else "config/train/demo.yaml")
     out = args.out or REPO / f"bench/results/train_{'gpu' if gpu else 'cpu'}.json"
     named = gpu or args.variants is not None
-    variants = select_variants(args.variants_file, args.variants) if named else {"demo": {}}
+    variants = select_variants(args.variants_file, args.variants) if named else {"demo": {"settings": {}}}
     if args.reference and args.reference not in variants:
         parser.error(f"--reference {args.reference} is not among the variants run: {', '.join(variants)}")
 
@@ -71,15 +71,15 @@ def main() -> None:
         "benchmark": f"train_{'gpu' if gpu else 'cpu'}",
         "config": repo_path(config),
         "base_parameters": _parameters(args.base),
-        "steps": args.steps,
         "warmup_steps": args.warmup,
         "machine": machine(gpu),
         "variants": {},
     }
-    for name, settings in variants.items():
-        print(f"--- {name}: {json.dumps(settings)}", flush=True)
+    for name, variant in variants.items():
+        settings, steps = variant["settings"], variant.get("steps", args.steps)
+        print(f"--- {name}: {json.dumps(settings)}, {steps} steps", flush=True)
         try:
-            report["variants"][name] = run_variant(config, settings, args, gpu, report["machine"])
+            report["variants"][name] = run_variant(config, settings, steps, args, gpu, report["machine"])
         except VlqcError as exc:  # out of memory, say: recorded, and the next setting runs
             report["variants"][name] = {"settings": settings, "error": str(exc)}
         if args.reference in report["variants"]:
@@ -98,7 +98,7 @@ def select_variants(path: Path, names: str | None) -> dict[str, dict]:
     unknown = [n for n in chosen if n not in defined]
     if unknown:
         raise SystemExit(f"{path}: no variant named {', '.join(unknown)} (there are: {', '.join(defined)})")
-    return {n: defined[n]["settings"] for n in chosen}
+    return {n: defined[n] for n in chosen}
 
 
 def machine(gpu: bool) -> dict[str, Any]:
@@ -109,8 +109,10 @@ def machine(gpu: bool) -> dict[str, Any]:
     return {**gpu_info(), "bf16_flop_per_s": measure_ceilings()["bf16_flop_per_s"]}
 
 
-def run_variant(config: Path, settings: dict, args: argparse.Namespace, gpu: bool, host: dict) -> dict[str, Any]:
-    bench_training = {"max_steps": args.steps, "save_steps": args.steps, "logging_steps": 1}
+def run_variant(
+    config: Path, settings: dict, steps: int, args: argparse.Namespace, gpu: bool, host: dict
+) -> dict[str, Any]:
+    bench_training = {"max_steps": steps, "save_steps": steps, "logging_steps": 1}
     overlay_doc = {"extends": str(config.resolve()), **settings}
     overlay_doc["training"] = {**settings.get("training", {}), **bench_training}
     with tempfile.TemporaryDirectory(dir=REPO / "results") as scratch:
@@ -136,6 +138,7 @@ def run_variant(config: Path, settings: dict, args: argparse.Namespace, gpu: boo
     flops = step_flops(args.base, resolved) if gpu else None
     return {
         "settings": settings,
+        "steps": steps,
         **summarize(timing, args.warmup, flops, host.get("bf16_flop_per_s")),
         "loss": [row["loss"] for row in logged if "loss" in row],
         "train_runtime_s": next(row["train_runtime"] for row in logged if "train_runtime" in row),
