@@ -64,7 +64,7 @@ rule stage_a_infer:
         gpu=STAGE_A["gpus"],
     params:
         ranks=stage_a_ranks(),
-        shard=lambda wildcards: wildcards.get("shard", 0),
+        shard=lambda wildcards: f"--shard {wildcards.shard}" if STAGE_A["shards"] > 1 else "",
         folder=lambda wildcards, output: os.path.dirname(output.rows[0]),
         out=lambda wildcards, output: output.rows[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
         stats=lambda wildcards, output: output.stats[0].replace("rank0.stats.json", "rank{rank}.stats.json"),
@@ -77,7 +77,7 @@ rule stage_a_infer:
         " scripts/stage_a_infer.py --selection {input.selection} --mission {wildcards.mission:q}"
         " --missions {input.missions} --checkpoint {input.checkpoint} {params.base}"
         " --out {params.out:q} --stats {params.stats:q} --resume-dir results/stage_a/{wildcards.mission:q}/resume"
-        " --manifest-dir {params.folder:q} --shard {params.shard}"
+        " --manifest-dir {params.folder:q} {params.shard}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 

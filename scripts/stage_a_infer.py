@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vlqc import cli
+from vlqc.errors import VlqcError
 from vlqc.inference.checkpoint import checkpoint_identity
 from vlqc.jsonl import write_json
 from vlqc.manifest import write_manifest
@@ -41,7 +42,7 @@ def arguments() -> cli.Parser:
     parser.add_argument("--resume-dir", type=Path, required=True, help="finished items of earlier attempts")
     parser.add_argument("--stats", help="rank stats path with {rank} in it (stage_a_rank_stats)")
     parser.add_argument("--manifest-dir", type=Path, help="folder of the job's run manifest (written by rank 0)")
-    parser.add_argument("--shard", type=int, default=0, help="which of the stage_a.shards jobs this is (from 0)")
+    parser.add_argument("--shard", type=int, help="which of the stage_a.shards jobs this is, from 0 (with shards > 1)")
     return parser
 
 
@@ -51,14 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     def run(args: argparse.Namespace) -> dict:
         cuda = args.settings["gpus"] > 0
         shards = args.settings["shards"]
-        dealt_rank, dealt_world = dealing_rank(rank, world, args.shard, shards)
+        if (args.shard is None) != (shards == 1):
+            raise VlqcError(f"--shard goes with stage_a.shards > 1 (shards {shards}, --shard {args.shard})")
+        shard = args.shard or 0
+        dealt_rank, dealt_world = dealing_rank(rank, world, shard, shards)
         if args.manifest_dir and rank == 0:
             extra = {"job": "stage_a", "checkpoint": checkpoint_identity(args.checkpoint, args.base), "world": world}
             write_manifest(
                 args.manifest_dir,
                 {"mission": args.mission, "stage_a": args.settings},
                 [args.missions],
-                extra=extra | ({"shard": args.shard} if shards > 1 else {}),
+                extra=extra | ({"shard": shard} if shards > 1 else {}),
             )
         counts = run_rank(
             read_selection(args.selection),
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.settings["sharding_mode"],
             rank=rank,
             world=world,
-            shard=args.shard,
+            shard=shard,
             shards=shards,
             out=Path(args.out.format(rank=rank)),
             resume_dir=args.resume_dir,

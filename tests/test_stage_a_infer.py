@@ -156,7 +156,7 @@ def test_one_shard_deals_as_before_and_k_shards_of_r_ranks_as_one_job_of_k_times
     groups = make_groups(tmp_path, [4, 1, 6, 2])
     for mode in ("per_group", "per_image"):
         plain = {rank: rank_batches(groups, mode, rank, 4, 4) for rank in range(4)}
-        one_shard = {rank: rank_batches(groups, mode, *dealing_rank(rank, 4), 4) for rank in range(4)}
+        one_shard = {rank: rank_batches(groups, mode, *dealing_rank(rank, 4, 0, 1), 4) for rank in range(4)}
         assert one_shard == plain
         two_by_two = {
             shard * 2 + rank: rank_batches(groups, mode, *dealing_rank(rank, 2, shard, 2), 4)

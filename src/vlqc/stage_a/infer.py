@@ -191,7 +191,7 @@ def run_rank(
     rank: int,
     world: int,
     shard: int = 0,
-    shards: int = 1,
+    shards: int = DEFAULTS["shards"],
     out: Path,
     resume_dir: Path,
     device: str = "cpu",

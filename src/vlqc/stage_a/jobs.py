@@ -86,7 +86,7 @@ def _chunks(jobs: Sequence[ImageJob], size: int) -> Iterator[list[ImageJob]]:
         yield list(jobs[start : start + size])
 
 
-def dealing_rank(rank: int, world: int, shard: int = 0, shards: int = 1) -> tuple[int, int]:
+def dealing_rank(rank: int, world: int, shard: int, shards: int) -> tuple[int, int]:
     """(rank, world) of torchrun rank `rank` of `world` in shard `shard` of `shards`, among the ranks of all shards."""
     if not 0 <= rank < world or not 0 <= shard < shards:
         raise VlqcError(
