@@ -211,7 +211,7 @@ wildcard_constraints:
 
 # The folder of one inference job: the mission's Stage-A folder, or with stage_a.shards > 1 the job's
 # shard{shard} folder in it (docs/stage-a.md#shards). One shard keeps the layout from before shards.
-STAGE_A_JOB_DIR = "results/stage_a/{mission}" + ("/shard{shard}" if STAGE_A["shards"] > 1 else "")
+STAGE_A_JOB_DIR = "results/stage_a/{mission}/shard{shard}" if STAGE_A["shards"] > 1 else "results/stage_a/{mission}"
 
 
 def stage_a_every_shard(patterns):
@@ -221,7 +221,7 @@ def stage_a_every_shard(patterns):
 
 # Per-rank files of an inference job, named by the rank within the job; per_image rows are marked `.images`.
 STAGE_A_RANK_FILES = expand(
-    STAGE_A_JOB_DIR + "/{mission}_stage_a{infix}.rank{rank}.jsonl",
+    f"{STAGE_A_JOB_DIR}/{{mission}}_stage_a{{infix}}.rank{{rank}}.jsonl",
     infix=".images" if STAGE_A["sharding_mode"] == "per_image" else "",
     rank=range(stage_a_ranks()),
     allow_missing=True,

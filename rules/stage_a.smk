@@ -3,7 +3,9 @@
 # results/stage_a/{mission}/shard{shard}/; they share the resume folder, each rank writing its own file.
 
 # What each inference rank did (images, generate seconds), summed by the merge into stats.json.
-STAGE_A_RANK_STATS = expand(STAGE_A_JOB_DIR + "/rank{rank}.stats.json", rank=range(stage_a_ranks()), allow_missing=True)
+STAGE_A_RANK_STATS = expand(
+    f"{STAGE_A_JOB_DIR}/rank{{rank}}.stats.json", rank=range(stage_a_ranks()), allow_missing=True
+)
 
 
 rule stage_a_select:
@@ -56,7 +58,9 @@ rule stage_a_infer:
         # The job's run manifest (docs/stage-a.md#run-manifest): settings, checkpoint identity, versions.
         manifest=manifest_outputs(STAGE_A_JOB_DIR),
     log:
-        "results/logs/stage_a/{mission}/infer" + (".shard{shard}" if STAGE_A["shards"] > 1 else "") + ".log",
+        "results/logs/stage_a/{mission}/infer.shard{shard}.log"
+        if STAGE_A["shards"] > 1
+        else "results/logs/stage_a/{mission}/infer.log",
     conda:
         "../envs/model.yaml"
     threads: workflow.cores
