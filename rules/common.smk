@@ -196,18 +196,35 @@ STAGE_A_INFER_KEYS = (
     "sample_seed",
     "sharding_mode",
     "gpus",
+    "shards",
 )
 
 
 def stage_a_ranks():
+    """Ranks of one inference job (of each shard's)."""
     return STAGE_A["gpus"] or STAGE_A["cpu_ranks"]
 
 
-# Per-rank files of the inference job; per_image rows are marked `.images`.
+wildcard_constraints:
+    shard=r"\d+",
+
+
+# The folder of one inference job: the mission's Stage-A folder, or with stage_a.shards > 1 the job's
+# shard{shard} folder in it (docs/stage-a.md#shards). One shard keeps the layout from before shards.
+STAGE_A_JOB_DIR = "results/stage_a/{mission}/shard{shard}" if STAGE_A["shards"] > 1 else "results/stage_a/{mission}"
+
+
+def stage_a_every_shard(patterns):
+    """`patterns` of one inference job, for every shard (the merge's inputs); {mission} stays a wildcard."""
+    return expand(patterns, shard=range(STAGE_A["shards"]), allow_missing=True)
+
+
+# Per-rank files of an inference job, named by the rank within the job; per_image rows are marked `.images`.
 STAGE_A_RANK_FILES = expand(
-    "results/stage_a/{{mission}}/{{mission}}_stage_a{infix}.rank{rank}.jsonl",
+    f"{STAGE_A_JOB_DIR}/{{mission}}_stage_a{{infix}}.rank{{rank}}.jsonl",
     infix=".images" if STAGE_A["sharding_mode"] == "per_image" else "",
     rank=range(stage_a_ranks()),
+    allow_missing=True,
 )
 
 

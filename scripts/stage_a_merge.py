@@ -10,6 +10,9 @@ Example:
         --stats results/stage_a/挡风板安装检查/stats.json \
         results/stage_a/挡风板安装检查/挡风板安装检查_stage_a.images.rank0.jsonl ... \
         --rank-stats results/stage_a/挡风板安装检查/rank0.stats.json ...
+
+With stage_a.shards K > 1 the rank files and rank stats of shard s lie in results/stage_a/<mission>/shard<s>/,
+and --ranks-per-shard gives the ranks of each shard job (docs/stage-a.md#shards).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def arguments() -> cli.Parser:
     parser.add_argument("--mission", required=True)
     parser.add_argument("--stats", type=Path, help="throughput and failure counts (stage_a_stats), with --rank-stats")
     parser.add_argument("--rank-stats", type=Path, nargs="+", help="the ranks' stats files (stage_a_rank_stats)")
+    parser.add_argument(
+        "--ranks-per-shard", type=int, help="ranks of each shard job: needed for rank files in shard<s>/ folders"
+    )
     parser.add_argument("rank_files", type=Path, nargs="+", help="per-image rows: …rank<r>.jsonl")
     return parser
 
@@ -49,7 +55,7 @@ def arguments() -> cli.Parser:
 def run(args: argparse.Namespace) -> dict:
     if (args.stats is None) != (args.rank_stats is None):
         raise VlqcError("--stats and --rank-stats go together: the stats sum the ranks' stats files")
-    result = merge(_selection(args.selection), args.rank_files, args.mission)
+    result = merge(_selection(args.selection), args.rank_files, args.mission, args.ranks_per_shard)
     stats = merge_stats(result, args.mission, args.rank_stats) if args.stats else None
     write_merge(result, args.out, args.failures)
     if stats is not None:

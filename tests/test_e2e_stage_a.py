@@ -1,5 +1,5 @@
 """End to end on the tiny model: `results/<mission>_stage_a.jsonl` through Snakemake with 2 gloo
-ranks, in both sharding modes, with a corrupt photo, and resumed after a kill.
+ranks, in both sharding modes, with a corrupt photo, resumed after a kill, and in 2 shards (stage_a.shards).
 
 The model is trained here by the pipeline's own rules (summary mode, a one-mission demo). A model
 that small, trained for a minute, writes summaries that mostly do not parse, so which groups succeed
@@ -11,6 +11,7 @@ succeed is tested with a scripted backend in test_stage_a_infer.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -169,3 +170,51 @@ def test_a_killed_run_resumes_where_it_stopped(both_modes):
     assert resumed >= finished
     records, failures = outcome(workdir)
     assert len(records) + len(failures) == 4
+
+
+# --- shards (docs/stage-a.md#shards) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(both_modes):
+    """per_image in 2 shards of 1 rank, which deal as the one job of 2 ranks did: shard 0 alone first (as if
+    shard 1 had failed), then the mission. One core, so that each rank computes with one thread as before."""
+    workdir, _, results = both_modes
+    (workdir / "shards.yaml").write_text("stage_a: {sharding_mode: per_image, shards: 2, cpu_ranks: 1}\n")
+    args = ["--cores", "1", "--configfile", "e2e.yaml", "shards.yaml", "--"]
+    shard0 = f"results/stage_a/{MISSION}/shard0"
+    snakemake(workdir, *args, f"{shard0}/{MISSION}_stage_a.images.rank0.jsonl", f"{shard0}/rank0.stats.json")
+    logs = workdir / f"results/logs/stage_a/{MISSION}"
+    shard0_log = (logs / "infer.shard0.log").stat().st_mtime_ns
+    assert not (logs / "infer.shard1.log").exists()
+    done = snakemake(workdir, *args, TARGET)
+    return workdir, results["per_image"], shard0_log, done.stdout + done.stderr
+
+
+def test_shards_give_the_records_and_failures_of_one_job_of_as_many_ranks(sharded):
+    workdir, (records, failures), _, _ = sharded
+    sharded_records, sharded_failures = outcome(workdir)
+    assert sharded_records == records
+    # The same answers (quoted in details), named by rank: rank 0 of shard s is rank s of the one job.
+    for failure in sharded_failures.values():
+        failure["details"] = re.sub(r"shard(\d)/(\S+)\.rank0\.jsonl", r"\2.rank\1.jsonl", failure["details"])
+    assert sharded_failures == failures
+    stats = read_json(workdir / f"results/stage_a/{MISSION}/stats.json", schema="stage_a_stats")
+    assert [(r["rank"], r["world"]) for r in stats["ranks"]] == [(0, 2), (1, 2)] and stats["selected"] == 4
+
+
+def test_a_rerun_after_a_missing_shard_runs_only_that_shard(sharded):
+    workdir, _, shard0_log, output = sharded
+    logs = workdir / f"results/logs/stage_a/{MISSION}"
+    assert (logs / "infer.shard0.log").stat().st_mtime_ns == shard0_log
+    assert re.search(r"^stage_a_infer\s+1$", output, flags=re.M) and "shard=1" in output and "shard=0" not in output
+
+
+def test_each_shard_writes_its_manifest_and_its_files_are_temporary(sharded):
+    workdir, _, _, _ = sharded
+    folder = workdir / f"results/stage_a/{MISSION}"
+    for shard in range(2):
+        metadata = read_json(folder / f"shard{shard}/run_metadata.json", schema="run_metadata")
+        assert (metadata["shard"], metadata["world"]) == (shard, 1)
+        assert read_json(folder / f"shard{shard}/resolved_config.json")["stage_a"]["shards"] == 2
+    assert not list(folder.glob("shard*/*rank*.json*")) and not (folder / "resume").exists()

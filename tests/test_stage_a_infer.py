@@ -17,7 +17,7 @@ from vlqc.jsonl import read_jsonl
 from vlqc.missions import load_missions
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.infer import ResumeLog, Settings, clean_summary, fingerprint, run_rank
-from vlqc.stage_a.jobs import image_jobs, rank_batches, read_selection, write_selection
+from vlqc.stage_a.jobs import dealing_rank, image_jobs, rank_batches, read_selection, write_selection
 
 MISSION = "挡风板安装检查"
 SUMMARY = '{"统计": [{"类别": "BBU设备", "可见性": {"完整": 1}}]}'
@@ -121,6 +121,85 @@ def test_rank_batches_rejects_bad_arguments(tmp_path):
         rank_batches(groups, "per_batch", 0, 1, 1)
     with pytest.raises(VlqcError, match="rank"):
         rank_batches(groups, "per_group", 2, 2, 1)
+
+
+# --- shards (stage_a.shards) ---------------------------------------------------------------------
+
+
+def _shard_loads(groups, mode, shards, world):
+    """(shard, rank) → the image jobs that rank of that shard job generates."""
+    return {
+        (shard, rank): [
+            job for batch in rank_batches(groups, mode, *dealing_rank(rank, world, shard, shards), 4) for job in batch
+        ]
+        for shard in range(shards)
+        for rank in range(world)
+    }
+
+
+@pytest.mark.parametrize("mode", ["per_group", "per_image"])
+def test_shards_deal_every_image_to_exactly_one_rank_of_one_shard(tmp_path, mode):
+    groups = make_groups(tmp_path, [1, 12, 3, 1, 5, 2, 7])
+    seen = [(job.group_seq, job.image_index) for jobs in _shard_loads(groups, mode, 3, 2).values() for job in jobs]
+    assert sorted(seen) == sorted((g.seq, i) for g in groups for i in range(1, len(g.images) + 1))
+
+
+def test_per_image_spreads_a_skewed_set_evenly_over_shards_and_ranks(tmp_path):
+    groups = make_groups(tmp_path, [20, 1, 1, 1, 1])  # 24 photos, one group holding most of them
+    loads = {worker: len(jobs) for worker, jobs in _shard_loads(groups, "per_image", 4, 2).items()}
+    assert sorted(set(loads.values())) == [3]  # 8 ranks of 4 shards, 3 photos each
+    by_group = {worker: len(jobs) for worker, jobs in _shard_loads(groups, "per_group", 4, 2).items()}
+    assert by_group[0, 0] == 20  # per_group leaves the big group on one rank of one shard
+
+
+def test_one_shard_deals_as_before_and_k_shards_of_r_ranks_as_one_job_of_k_times_r(tmp_path):
+    groups = make_groups(tmp_path, [4, 1, 6, 2])
+    for mode in ("per_group", "per_image"):
+        plain = {rank: rank_batches(groups, mode, rank, 4, 4) for rank in range(4)}
+        one_shard = {rank: rank_batches(groups, mode, *dealing_rank(rank, 4, 0, 1), 4) for rank in range(4)}
+        assert one_shard == plain
+        two_by_two = {
+            shard * 2 + rank: rank_batches(groups, mode, *dealing_rank(rank, 2, shard, 2), 4)
+            for shard in range(2)
+            for rank in range(2)
+        }
+        assert two_by_two == plain
+
+
+@pytest.mark.parametrize("rank, world, shard, shards", [(0, 2, 2, 2), (0, 1, -1, 2), (2, 2, 0, 1), (0, 1, 0, 0)])
+def test_dealing_rank_rejects_a_shard_or_rank_out_of_range(rank, world, shard, shards):
+    with pytest.raises(VlqcError, match="shard"):
+        dealing_rank(rank, world, shard, shards)
+
+
+def test_shard_jobs_write_their_own_resume_files_and_a_rerun_with_other_shards_reuses_them(tmp_path, checkpoint):
+    groups = make_groups(tmp_path, [3, 1, 2])
+    done = {}
+    for shard in range(2):
+        backend = Scripted()
+        out = tmp_path / f"shard{shard}" / "out.rank0.jsonl"
+        done[shard] = run_rank(
+            groups,
+            mission=MISSION,
+            missions=MISSIONS,
+            checkpoint=checkpoint,
+            settings=Settings(batch_size=2),
+            mode="per_image",
+            rank=0,
+            world=1,
+            shard=shard,
+            shards=2,
+            out=out,
+            resume_dir=tmp_path / "resume",
+            load_generator=backend,
+        )
+        assert done[shard]["images"] == 3 and sum(backend.batches) == 3
+    # Each shard's rank 0 writes the resume file of its rank among both shards' ranks.
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
+    # One shard of two ranks now: every answer is reused, whichever shard got it.
+    again = Scripted()
+    _, counts = run(groups, tmp_path, checkpoint, again, mode="per_image", rank=1, world=2)
+    assert counts["resumed"] == 3 and counts["generated"] == 0 and again.batches == []
 
 
 def test_selection_round_trip(tmp_path):

@@ -20,7 +20,15 @@ from conftest import REPO
 from vlqc.errors import SchemaError, VlqcError
 from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.schemas import fast_check, validate, validator
-from vlqc.stage_a.merge import REASON_PRIORITY, check_record, merge, merge_stats, rank_of, write_merge
+from vlqc.stage_a.merge import (
+    REASON_PRIORITY,
+    check_record,
+    dealing_rank_of,
+    merge,
+    merge_stats,
+    rank_of,
+    write_merge,
+)
 
 MISSION = "挡风板安装检查"
 SUMMARY = '{"类别":"BBU设备","品牌":"华为","挡风板需求":"无需安装"}'
@@ -87,6 +95,80 @@ def test_rank_of_reads_the_rank_from_the_file_name(name, rank):
 def test_rank_of_rejects_other_names(name):
     with pytest.raises(VlqcError, match="not a rank file"):
         rank_of(name)
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+
+def _shard_file(folder: Path, shard: int, rank: int, rows: list[dict]) -> Path:
+    (folder / f"shard{shard}").mkdir(exist_ok=True)
+    return _rank_file(folder / f"shard{shard}", rank, rows)
+
+
+@pytest.mark.parametrize(
+    "path, ranks_per_shard, rank",
+    [("m/shard0/x.rank1.jsonl", 2, 1), ("m/shard3/x.rank1.jsonl", 2, 7), ("m/x.rank5.jsonl", None, 5)],
+)
+def test_dealing_rank_of_counts_the_ranks_of_earlier_shards(path, ranks_per_shard, rank):
+    assert dealing_rank_of(path, ranks_per_shard) == rank
+
+
+@pytest.mark.parametrize("ranks_per_shard", [None, 2])
+def test_dealing_rank_of_a_shard_file_needs_the_ranks_per_shard_above_its_rank(ranks_per_shard):
+    with pytest.raises(VlqcError, match=r"shard1/x\.rank2\.jsonl: rank 2 of a shard job"):
+        dealing_rank_of("m/shard1/x.rank2.jsonl", ranks_per_shard)
+
+
+def test_merge_gathers_every_shard_and_blames_the_rank_among_all_shards(tmp_path):
+    g0, g1, g2 = _selected(0, ["a.jpg", "b.jpg"]), _selected(1, ["c.jpg"], label="fail"), _selected(2, ["d.jpg"])
+    files = [
+        _shard_file(tmp_path, 0, 0, [_row(g0, 1)]),
+        _shard_file(tmp_path, 0, 1, [_row(g0, 2)]),
+        _shard_file(tmp_path, 1, 0, [_row(g1, 1), _row(g2, 1)]),
+        _shard_file(tmp_path, 1, 1, [_row(g2, 1)]),  # g2's photo again, in another rank of shard 1
+    ]
+    result = merge([g0, g1, g2], files[::-1], MISSION, ranks_per_shard=2)
+    assert [r["group_id"] for r in result.records] == [g0["group_id"], g1["group_id"]]
+    [failure] = result.failures
+    assert failure["group_id"] == g2["group_id"] and failure["reason"] == "duplicate_image"
+    assert failure["rank"] == 3  # rank 1 of shard 1, two ranks a shard
+    assert f"again at shard1/{MISSION}_stage_a.images.rank1.jsonl:1" in failure["details"]
+    assert result.counts["selected"] == 3 and result.counts["rows"] == 5
+
+
+def test_every_selected_group_ends_in_one_output_when_a_shard_wrote_nothing(tmp_path):
+    g0, g1 = _selected(0, ["a.jpg"]), _selected(1, ["b.jpg"])
+    files = [_shard_file(tmp_path, 0, 0, [_row(g0, 1)]), _shard_file(tmp_path, 1, 0, [])]
+    result = merge([g0, g1], files, MISSION, ranks_per_shard=1)
+    assert [r["group_id"] for r in result.records] == [g0["group_id"]]
+    assert [(f["group_id"], f["reason"]) for f in result.failures] == [(g1["group_id"], "missing_image")]
+
+
+def test_two_rank_files_of_one_rank_are_refused(tmp_path):
+    g = _selected(0, ["a.jpg"])
+    one, other = _shard_file(tmp_path, 1, 0, [_row(g, 1)]), _rank_file(tmp_path, 1, [])
+    with pytest.raises(VlqcError, match="two rank files of rank 1"):
+        merge([g], [one, other], MISSION, ranks_per_shard=1)
+
+
+def _stats_of(folder: Path, rank: int, world: int) -> Path:
+    path = folder / f"stats{rank}_{world}.json"
+    doc = {"rank": rank, "world": world, "images": 1, "resumed": 0, "generated": 1, "failed": 0, "generate_s": 1.0}
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("ranks", [[(0, 4), (1, 4), (2, 4)], [(0, 2), (1, 4)], [(1, 2), (2, 2)]])
+def test_merge_stats_want_every_rank_of_one_world_once(tmp_path, ranks):
+    result = merge([_selected(0, [])], [], MISSION)
+    with pytest.raises(VlqcError, match="not every rank of one world once"):
+        merge_stats(result, MISSION, [_stats_of(tmp_path, rank, world) for rank, world in ranks])
+
+
+def test_merge_stats_sum_the_ranks_of_every_shard(tmp_path):
+    result = merge([_selected(0, [])], [], MISSION)
+    stats = merge_stats(result, MISSION, [_stats_of(tmp_path, rank, 4) for rank in (3, 1, 0, 2)])
+    assert [r["rank"] for r in stats["ranks"]] == [0, 1, 2, 3] and stats["generated"] == 4
 
 
 # --- happy path ------------------------------------------------------------------------------
@@ -646,3 +728,27 @@ def test_rank_stats_that_break_the_schema_are_named(tmp_path):
     result = merge([_selected(0, [])], [], MISSION)
     with pytest.raises(SchemaError, match="rank0.stats.json"):
         merge_stats(result, MISSION, [bad])
+
+
+def test_cli_merges_shard_folders_with_the_ranks_per_shard(tmp_path):
+    groups = [_selected(0, ["a.jpg", "b.jpg"]), _selected(1, ["c.jpg"], label="fail")]
+    selection = tmp_path / MISSION / "selection.jsonl"
+    selection.parent.mkdir()
+    write_jsonl(selection, groups, schema="stage_a_group_selection")
+    files = [
+        _shard_file(selection.parent, 0, 0, [_row(groups[0], 1)]),
+        _shard_file(selection.parent, 1, 0, [_row(groups[0], 2), _row(groups[1], 1)]),
+    ]
+    stats = []
+    for shard in range(2):
+        stats.append(selection.parent / f"shard{shard}" / "rank0.stats.json")
+        doc = {"rank": shard, "world": 2, "images": 1, "resumed": 0, "generated": 1, "failed": 0, "generate_s": 2.0}
+        stats[-1].write_text(json.dumps(doc), encoding="utf-8")
+    out, failures, stats_out = tmp_path / "out.jsonl", tmp_path / "failures.jsonl", tmp_path / "stats.json"
+    args = ["--selection", selection, "--out", out, "--failures", failures, "--mission", MISSION]
+    done = _cli(*args, "--stats", stats_out, "--ranks-per-shard", "1", *files, "--rank-stats", *stats)
+    assert done.returncode == 0, done.stderr
+    assert [r["group_id"] for r in read_jsonl(out, schema="stage_a_group")] == [g["group_id"] for g in groups]
+    assert [r["rank"] for r in json.loads(stats_out.read_text(encoding="utf-8"))["ranks"]] == [0, 1]
+    without = _cli(*args, *files)
+    assert without.returncode == 1 and "rank 0 of a shard job" in without.stderr

@@ -5,9 +5,10 @@ with a reason code (a photo that will not load, a summary that is empty or not a
 Bad items never stop the rank; a crash does, and then no rank file appears (atomic write).
 
 Resume: each answer of the model (the raw text, whether or not it cleans to a summary) is
-appended, flushed, to `<resume_dir>/rank<r>.jsonl` under a fingerprint of the checkpoint and the
+appended, flushed, to `<resume_dir>/rank<r>.jsonl` (r: the rank among the ranks of all shards, so shard
+jobs share the folder without sharing a file) under a fingerprint of the checkpoint and the
 generation settings. A rerun reuses every answer that any earlier rank already got with the same
-fingerprint (the world size may differ), so a killed job over thousands of groups does not start
+fingerprint (the world size and the shard count may differ), so a killed job over thousands of groups does not start
 over; the same checkpoint and settings would give the same answer again. Photos that failed to
 load are always retried, and a changed photo (size or mtime) is a new item.
 """
@@ -38,7 +39,7 @@ from vlqc.jsonl import dumps, write_jsonl
 from vlqc.schemas import defaults, section
 from vlqc.stage_a.discover import Group
 from vlqc.stage_a.images import load_image
-from vlqc.stage_a.jobs import ImageJob, rank_batches
+from vlqc.stage_a.jobs import ImageJob, dealing_rank, rank_batches
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ def run_rank(
     mode: str,
     rank: int,
     world: int,
+    shard: int = 0,
+    shards: int = DEFAULTS["shards"],
     out: Path,
     resume_dir: Path,
     device: str = "cpu",
@@ -199,13 +202,15 @@ def run_rank(
     spent in the model's generate calls (`generate_s`, what bench/stage_a_multi_gpu.py compares across ranks).
     `checkpoint` is a model folder or a LoRA adapter folder on `base` (vlqc.inference.checkpoint).
     `load_generator(checkpoint, device=, dtype=, max_pixels=, base=, attn_implementation=)` builds the model
-    backend; by default the settings' engine."""
+    backend; by default the settings' engine. `rank` and `world` are torchrun's; with shards, the images are dealt
+    over the ranks of all shards and the resume file is named by the rank among them (vlqc.stage_a.jobs)."""
     load_generator = load_generator or ENGINES[settings.engine]
-    batches = rank_batches(groups, mode, rank, world, settings.batch_size)
+    dealt_rank, dealt_world = dealing_rank(rank, world, shard, shards)
+    batches = rank_batches(groups, mode, dealt_rank, dealt_world, settings.batch_size)
     prompt = summary_messages(
         mission, missions[mission]["domain"], missions, settings.no_mission, prompts=settings.prompts
     )
-    resume = ResumeLog(resume_dir, rank, fingerprint(checkpoint, prompt, settings, base))
+    resume = ResumeLog(resume_dir, dealt_rank, fingerprint(checkpoint, prompt, settings, base))
     done = resume.load()
     generator: Generator | None = None  # loaded only when something is left to generate
     rows: list[dict[str, Any]] = []

@@ -7,6 +7,10 @@ file, so all ranks agree on the groups without talking to each other. Sharding:
   mixes groups);
 - `per_image`: every image of every group is one job `(group_seq, image_index)`, jobs
   `[rank::world]` in batches of `batch_size`, so groups of very different sizes spread evenly.
+
+Shards (`stage_a.shards`, docs/stage-a.md#shards): a mission's inference may run as K jobs, each its
+own torchrun of `world` ranks. They deal as one world of K × world ranks, in which rank r of shard s
+is rank s × world + r (`dealing_rank`); one shard is the plain case, its ranks keeping their numbers.
 """
 
 from __future__ import annotations
@@ -82,8 +86,17 @@ def _chunks(jobs: Sequence[ImageJob], size: int) -> Iterator[list[ImageJob]]:
         yield list(jobs[start : start + size])
 
 
+def dealing_rank(rank: int, world: int, shard: int, shards: int) -> tuple[int, int]:
+    """(rank, world) of torchrun rank `rank` of `world` in shard `shard` of `shards`, among the ranks of all shards."""
+    if not 0 <= rank < world or not 0 <= shard < shards:
+        raise VlqcError(
+            f"need 0 <= rank < world and 0 <= shard < shards (rank {rank} of {world}, shard {shard} of {shards})"
+        )
+    return shard * world + rank, shards * world
+
+
 def rank_batches(groups: Sequence[Group], mode: str, rank: int, world: int, batch_size: int) -> list[list[ImageJob]]:
-    """The batches rank `rank` of `world` generates, in order."""
+    """The batches rank `rank` of `world` generates, in order (with shards: the dealing rank and world)."""
     if mode not in SHARDING_MODES:
         raise VlqcError(f"sharding_mode must be one of {', '.join(SHARDING_MODES)}, not {mode!r}")
     if not 0 <= rank < world or batch_size < 1:

@@ -6,7 +6,10 @@ one reason code and every problem found in `details`. No partial records are wri
 
 Rank files (`<mission>_stage_a.images.rank<r>.jsonl`, `<mission>_stage_a.rank<r>.jsonl`) are
 streamed line by line and every row is validated against `stage_a_image_row`; a row that does
-not parse or validate stops the merge with an error naming the file and line.
+not parse or validate stops the merge with an error naming the file and line. With shards
+(docs/stage-a.md#shards), shard s's rank files lie in a `shard<s>/` folder and name the rank within the
+shard job; failures name the rank among all shards' ranks, s × ranks_per_shard + r, as the dealing does.
+Two files of one such rank stop the merge.
 
 The merge also writes the mission's stats (`stage_a_stats`): its counts, and the throughput summed
 from the ranks' stats files (`stage_a_rank_stats`, one per rank, written by the inference job).
@@ -40,6 +43,7 @@ RANK_STATS_SCHEMA = "stage_a_rank_stats"
 REASON_PRIORITY = ("empty_group", "out_of_range", "duplicate_image", "inconsistent_row", "missing_image")
 
 _RANK = re.compile(r"(?:^|\.)rank([0-9]+)\.jsonl$")
+_SHARD = re.compile(r"shard([0-9]+)")
 
 
 def rank_of(path: str | os.PathLike) -> int:
@@ -48,6 +52,25 @@ def rank_of(path: str | os.PathLike) -> int:
     if match is None:
         raise VlqcError(f"{path}: not a rank file (expected a name ending in .rank<r>.jsonl)")
     return int(match.group(1))
+
+
+def dealing_rank_of(path: str | os.PathLike, ranks_per_shard: int | None = None) -> int:
+    """The rank among the ranks of all shards (vlqc.stage_a.jobs.dealing_rank) of the rank file `path`: its rank r,
+    and for a file in a `shard<s>/` folder, s × ranks_per_shard + r."""
+    rank = rank_of(path)
+    shard = _SHARD.fullmatch(Path(path).parent.name)
+    if shard is None:
+        return rank
+    if ranks_per_shard is None or rank >= ranks_per_shard:
+        raise VlqcError(
+            f"{path}: rank {rank} of a shard job, but the shard jobs have {ranks_per_shard} ranks (ranks_per_shard)"
+        )
+    return int(shard.group(1)) * ranks_per_shard + rank
+
+
+def _file_label(path: Path) -> str:
+    """How failure details name a rank file: its name, after its shard folder if it is in one."""
+    return f"{path.parent.name}/{path.name}" if _SHARD.fullmatch(path.parent.name) else path.name
 
 
 @dataclass
@@ -131,15 +154,22 @@ def _priority(issue: _Issue) -> tuple[int, int]:
     return len(REASON_PRIORITY), issue.image_index
 
 
-def merge(selection: list[dict], rank_files: Iterable[str | os.PathLike], mission: str) -> MergeResult:
-    """Merge the rank files' rows into records and failures for every selected group."""
+def merge(
+    selection: list[dict], rank_files: Iterable[str | os.PathLike], mission: str, ranks_per_shard: int | None = None
+) -> MergeResult:
+    """Merge the rank files' rows into records and failures for every selected group. `ranks_per_shard`: the ranks
+    of each shard job, needed for rank files in shard folders (see dealing_rank_of)."""
     groups = _index(selection, mission)
     rows = 0
     stray: dict[int, str] = {}  # unselected group_seq → where its first row is
     stray_rows = 0
+    ranked = [(dealing_rank_of(path, ranks_per_shard), path) for path in map(Path, rank_files)]
     # Rank order, so that "the first offending row" does not depend on how the files were listed.
-    for path in sorted(map(Path, rank_files), key=lambda p: (rank_of(p), str(p))):
-        rank = rank_of(path)
+    ranked.sort(key=lambda item: (item[0], str(item[1])))
+    for (rank, path), (next_rank, next_path) in zip(ranked, ranked[1:]):
+        if rank == next_rank and path != next_path:
+            raise VlqcError(f"two rank files of rank {rank}: {path} and {next_path}")
+    for rank, path in ranked:
         for lineno, row in _rows(path):
             rows += 1
             group = groups.get(row["group_seq"])
@@ -147,7 +177,7 @@ def merge(selection: list[dict], rank_files: Iterable[str | os.PathLike], missio
                 stray_rows += 1
                 stray.setdefault(row["group_seq"], f"{path}:{lineno}")
                 continue
-            group.add(row, rank, f"{path.name}:{lineno}")
+            group.add(row, rank, f"{_file_label(path)}:{lineno}")
     if stray:
         first = ", ".join(f"{seq} ({where})" for seq, where in list(stray.items())[:5])
         log.warning(
@@ -234,11 +264,18 @@ def _write(fh: IO, records: list[dict], schema: str, path: str | os.PathLike) ->
 
 def merge_stats(result: MergeResult, mission: str, rank_stats: Iterable[str | os.PathLike]) -> dict[str, Any]:
     """The mission's `stage_a_stats`: the merge's counts plus the ranks' work. The ranks run side by side,
-    so images/s is what they generated together over the generate seconds of the slowest one."""
+    so images/s is what they generated together over the generate seconds of the slowest one. With shards, a
+    rank's stats name its rank among all shards' ranks; the stats of one dealing must be given, every rank once."""
     ranks = sorted((read_json(path, schema=RANK_STATS_SCHEMA) for path in rank_stats), key=lambda r: r["rank"])
     seen = [r["rank"] for r in ranks]
     if len(set(seen)) != len(seen):
         raise VlqcError(f"rank stats of {mission}: a rank appears twice among ranks {seen}")
+    worlds = sorted({r["world"] for r in ranks})
+    if len(worlds) > 1 or (ranks and seen != list(range(worlds[0]))):
+        raise VlqcError(
+            f"rank stats of {mission}: ranks {seen} of worlds {worlds}, not every rank of one world once "
+            "(stats of another shards or ranks setting?)"
+        )
     generated = sum(r["generated"] for r in ranks)
     generate_s = max((r["generate_s"] for r in ranks), default=0.0)
     return {
