@@ -3,9 +3,9 @@
 `one_node_cluster(folder)` installs the Debian packages when they are missing (apt-get, as root or through sudo),
 writes slurm.conf under `folder`, starts the daemons (slurmd "configless": it fetches the configuration from
 slurmctld, as job steps then do from slurmd), waits until the node takes jobs, yields the environment the client
-tools need (SLURM_CONF) and stops the daemons (and munged, if it started it) by their pid files afterwards. No accounting daemon runs, so
-`sacct` has nothing to answer: jobs are followed with `squeue`, and MinJobAge keeps finished jobs visible to it
-long enough for Snakemake's status checks and the test's own.
+tools need (SLURM_CONF) and stops the daemons (and munged, if it started it) by their pid files afterwards.
+No accounting daemon runs, so `sacct` has nothing to answer: jobs are followed with `squeue`, and MinJobAge keeps
+finished jobs visible to it long enough for Snakemake's status checks and the test's own.
 """
 
 from __future__ import annotations
