@@ -13,6 +13,8 @@ rule stage_a_select:
         "results/logs/stage_a/{mission}/select.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=stage_a_settings("pass_group_number", "fail_group_number", "sample_seed"),
     shell:
@@ -32,6 +34,8 @@ rule stage_a_verify:
         "results/logs/stage_a/{mission}/verify.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=stage_a_settings("max_pixels"),
         base=base_flag,
@@ -57,9 +61,9 @@ rule stage_a_infer:
         "results/logs/stage_a/{mission}/infer.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=STAGE_A["gpus"],
+        **cluster_resources("model", gpus=STAGE_A["gpus"]),
     params:
         ranks=stage_a_ranks(),
         out=lambda wildcards, output: output.rows[0].replace(".rank0.jsonl", ".rank{rank}.jsonl"),
@@ -90,6 +94,8 @@ rule stage_a_merge:
         "results/logs/stage_a/{mission}/merge.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         # Once merged, the resume entries of the inference job are no longer needed.
         "python scripts/stage_a_merge.py --selection {input.selection} --mission {wildcards.mission:q}"
