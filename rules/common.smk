@@ -480,9 +480,10 @@ CLUSTER = config["cluster"]
 
 
 def on_cluster():
-    """True where jobs run as cluster jobs: the planning process of a non-local executor (Snakemake then has no
-    core count of its own) and the Snakemake a cluster job runs itself in (remote mode)."""
-    return workflow.non_local_exec or workflow.remote_exec
+    """True where jobs run as cluster jobs: planning for an executor with no core count of its own (a cluster
+    executor: Snakemake is only given --cores to run jobs locally) and the Snakemake a cluster job runs itself in
+    (remote mode, whose "all cores" are the node's, not the job's)."""
+    return workflow.remote_exec or workflow.resource_settings.cores is None
 
 
 def machine_threads():
