@@ -11,6 +11,7 @@ finished jobs visible to it long enough for Snakemake's status checks and the te
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -113,6 +114,22 @@ def _stop(pid_files: list[Path]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _cancel_all(env: dict) -> None:
+    """Cancel what is left (a failed test's jobs): their steps would outlive slurmd otherwise."""
+    subprocess.run(["scancel", "--user", getpass.getuser()], env=env, check=True)
+    for _ in range(60):
+        active = subprocess.run(
+            ["squeue", "--noheader", "--states=RUNNING,COMPLETING,PENDING", "--format=%i"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if active.returncode == 0 and not active.stdout.strip():
+            return
+        time.sleep(0.5)
+    raise ClusterError(f"jobs still active 30 s after scancel: {active.stdout.split()}")
+
+
 def _wait_for_node(env: dict, folder: Path, node: str) -> None:
     state = ""
     for _ in range(60):
@@ -136,11 +153,17 @@ def one_node_cluster(folder: Path, partition: str = "debug") -> Iterator[dict]:
     # Leave the machine some memory of its own.
     conf.write_text(slurm_conf(folder, node, os.cpu_count() or 1, memory_mb() * 9 // 10, partition), "utf-8")
     env = {**os.environ, "SLURM_CONF": str(conf)}
+    ready = False
     try:
         # -c: a clean start, no jobs or node state from an earlier cluster.
         subprocess.run(["slurmctld", "-c", "-f", str(conf)], check=True, env=env, capture_output=True)
         subprocess.run(["slurmd", "-c", "--conf-server", node], check=True, env=env, capture_output=True)
         _wait_for_node(env, folder, node)
+        ready = True
         yield env
     finally:
-        _stop([folder / f"{daemon}.pid" for daemon in DAEMONS] + ([munge_pid] if munge_pid else []))
+        try:
+            if ready:
+                _cancel_all(env)
+        finally:
+            _stop([folder / f"{daemon}.pid" for daemon in DAEMONS] + ([munge_pid] if munge_pid else []))
