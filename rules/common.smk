@@ -489,3 +489,39 @@ def base_flag(wildcards, input):
 def manifest_outputs(folder):
     """The run manifest files a Stage-A or Stage-B job writes into `folder` (vlqc.manifest)."""
     return [f"{folder}/{name}" for name in MANIFEST_FILES] + [directory(f"{folder}/{SOURCES_DIR}")]
+
+
+# --- Cluster (issue 19): what each job asks a SLURM cluster for (profiles/slurm, docs/cluster.md) ---------------
+
+CLUSTER = config["cluster"]
+
+
+def on_cluster():
+    """True where jobs run as cluster jobs: planning for an executor with no core count of its own (a cluster
+    executor: Snakemake is only given --cores to run jobs locally) and the Snakemake a cluster job runs itself in
+    (remote mode, whose "all cores" are the node's, not the job's)."""
+    return workflow.remote_exec or workflow.resource_settings.cores is None
+
+
+def machine_threads():
+    """Threads of a job that uses a whole machine: every core Snakemake is given locally, cluster.model.cpus on a
+    cluster (where the job asks for that many CPUs, not for the whole node)."""
+    return CLUSTER["model"]["cpus"] if on_cluster() else workflow.cores
+
+
+def cluster_resources(kind, gpus=0):
+    """The SLURM resources of a job (snakemake-executor-plugin-slurm's names): cluster.<kind> ("data" or "model")
+    sizes it, its threads are its CPUs, `gpus` > 0 asks for GPUs (the plugin's `gpu`) on cluster.gpu_partition.
+    Local runs give these resources no limit, so they change nothing there."""
+    resources = {
+        "gpu": gpus,
+        "cpus_per_task": lambda wildcards, threads: threads,
+        "mem_mb": CLUSTER[kind]["mem_mb"],
+        "runtime": CLUSTER[kind]["runtime"],
+    }
+    partition = (CLUSTER["gpu_partition"] if gpus else None) or CLUSTER["partition"]
+    if partition:
+        resources["slurm_partition"] = partition
+    if CLUSTER["account"]:
+        resources["slurm_account"] = CLUSTER["account"]
+    return resources

@@ -11,6 +11,8 @@ rule demo_tickets:
         "results/logs/demo_tickets.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(
             config["demo"],
@@ -42,6 +44,8 @@ rule convert_annotations:
     conda:
         "../envs/data.yaml"
     threads: config["convert"]["workers"]
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(config["convert"], "max_pixels", "factor", "mode", "summary_format", "jpeg_quality"),
         domains=mission_domains_json(),
@@ -62,6 +66,8 @@ rule split_dataset:
         "results/logs/split/{dataset}.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(config["convert"], "val_fraction", "split_seed", "tiny_train", "tiny_val"),
     shell:

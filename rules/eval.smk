@@ -13,6 +13,8 @@ rule eval_candidates:
         "results/logs/eval/{dataset}/candidates.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(EVAL, "len_buckets", "modes"),
     shell:
@@ -32,6 +34,8 @@ rule eval_split:
         n=r"\d+",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(EVAL, "len_buckets"),
     shell:
@@ -54,7 +58,9 @@ rule eval_loss:
         "results/logs/eval/eval_loss/{run}/step_{step}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
+    resources:
+        **cluster_resources("model"),
     params:
         root=lambda wildcards, input: os.path.dirname(input.images),
         settings=settings_json(EVAL, "batch_size"),
@@ -78,7 +84,9 @@ rule eval_ablation:
         "results/logs/eval/ablation/{run}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
+    resources:
+        **cluster_resources("model"),
     params:
         root=lambda wildcards, input: os.path.dirname(input.images),
         settings=settings_json(EVAL, "batch_size", "ablation"),
@@ -107,6 +115,8 @@ rule eval_grounding:
         "../envs/model.yaml"
     # One thread, as golden_dump: a small model's decoding is per-step overhead more than arithmetic.
     threads: 1
+    resources:
+        **cluster_resources("model"),
     params:
         root=lambda wildcards, input: os.path.dirname(input.images),
         settings=settings_json(

@@ -12,6 +12,8 @@ rule golden_set:
         n=r"\d+",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=settings_json(config["eval"], "golden_seed"),
     shell:
@@ -41,6 +43,8 @@ rule golden_dump:
     # took 21 s with one thread, 17 s with two on 2 idle cores; 44 s and 89 s on busy ones), so two dumps
     # run side by side.
     threads: 1
+    resources:
+        **cluster_resources("model"),
     params:
         root=lambda wildcards, input: os.path.dirname(input.images),
         settings=settings_json(

@@ -27,6 +27,8 @@ rule plot_loss:
         "results/logs/plots/train/{run}/loss.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_training.py loss --run {wildcards.run:q} --logging {input} --out {output} > {log} 2>&1"
 
@@ -45,6 +47,8 @@ rule plot_eval_buckets:
         "results/logs/plots/train/{run}/eval_loss_buckets.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_training.py buckets --run {wildcards.run:q} --out {output} {input} > {log} 2>&1"
 
@@ -63,6 +67,8 @@ rule plot_ablation:
         "results/logs/plots/train/{run}/ablation.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_training.py ablation --run {wildcards.run:q} --ablation {input} --out {output} > {log} 2>&1"
 
@@ -81,6 +87,8 @@ rule plot_grounding:
         "results/logs/plots/train/{run}/grounding.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_grounding.py --run {wildcards.run:q} --grounding {input} --out {output} > {log} 2>&1"
 
@@ -97,6 +105,8 @@ rule plot_stage_a:
         "results/logs/plots/stage_a/summary.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_stage_a.py --out {output} {input:q} > {log} 2>&1"
 
@@ -117,6 +127,8 @@ rule plot_stage_b_confusion:
         kind=PLOT_KINDS,
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_stage_b.py confusion --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
         " --group-report {input:q} --out {output:q} > {log:q} 2>&1"
@@ -138,6 +150,8 @@ rule plot_stage_b_metrics:
         kind=PLOT_KINDS,
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_stage_b.py metrics --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
         " --metrics {input:q} --out {output:q} > {log:q} 2>&1"
@@ -160,6 +174,8 @@ rule plot_stage_b_outcomes:
         kind=PLOT_KINDS,
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/plot_stage_b.py outcomes --title {wildcards.mission:q}' {wildcards.kind}/{wildcards.run}'"
         " --group-report {input.group_report:q} --need-review {input.need_review:q} --out {output:q} > {log:q} 2>&1"
@@ -186,6 +202,8 @@ rule plot_stage_b_false_pass:
         kind=PLOT_KINDS,
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         runs=lambda wildcards, input: " ".join(
             shlex.join(["--run", mission, path]) for mission, path in zip(report_missions(), input)
@@ -223,6 +241,8 @@ rule report_headline:
         "results/logs/plots/headline.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         args=headline_args,
     shell:
@@ -247,6 +267,8 @@ rule plot_sweep_table:
         "results/logs/plots/sweeps/{sweep}/summary.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         axes=sweep_axes,
     shell:
@@ -270,6 +292,8 @@ rule plot_sweep_heatmap:
         "results/logs/plots/sweeps/{sweep}/heatmap.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         axes=sweep_axes,
     shell:

@@ -17,6 +17,8 @@ rule stage_a_select:
         "results/logs/stage_a/{mission}/select.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=stage_a_settings("pass_group_number", "fail_group_number", "sample_seed"),
     shell:
@@ -36,6 +38,8 @@ rule stage_a_verify:
         "results/logs/stage_a/{mission}/verify.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=stage_a_settings("max_pixels"),
         base=base_flag,
@@ -63,9 +67,9 @@ rule stage_a_infer:
         else "results/logs/stage_a/{mission}/infer.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=STAGE_A["gpus"],
+        **cluster_resources("model", gpus=STAGE_A["gpus"]),
     params:
         ranks=stage_a_ranks(),
         shard=lambda wildcards: f"--shard {wildcards.shard}" if STAGE_A["shards"] > 1 else "",
@@ -98,6 +102,8 @@ rule stage_a_merge:
         "results/logs/stage_a/{mission}/merge.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         ranks=stage_a_ranks(),
     shell:

@@ -40,9 +40,9 @@ rule stage_b_eval:
         run="[^/]+",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=STAGE_B["gpus"],
+        **cluster_resources("model", gpus=STAGE_B["gpus"]),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings("eval"),
@@ -68,9 +68,9 @@ rule stage_b_train:
         run="[^/]+",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=STAGE_B["gpus"],
+        **cluster_resources("model", gpus=STAGE_B["gpus"]),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         settings=stage_b_settings("train"),

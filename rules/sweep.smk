@@ -44,6 +44,8 @@ rule sweep_config:
         "results/logs/sweep_config/{sweep}/{point}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         # The sweep narrowed to this point: a change to another point's values leaves this one alone.
         settings=lambda w: json.dumps(
@@ -67,6 +69,8 @@ rule sweep_dataset:
         "results/logs/sweep_dataset/{sweep}/{point}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/sft_dataset.py --train {input.train} --val {input.val} --config {input.config}"
         " --missions {input.missions} --out {output} > {log} 2>&1"
@@ -89,9 +93,9 @@ rule sweep_train:
         "results/logs/sweep_train/{sweep}/{point}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=config["train"]["gpus"],
+        **cluster_resources("model", gpus=config["train"]["gpus"]),
     params:
         settings=settings_json(config["train"], "cpu_ranks", "gpus"),
     shell:
@@ -112,6 +116,8 @@ rule sweep_summary:
         "results/logs/sweep_summary/{sweep}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=lambda wildcards: json.dumps({wildcards.sweep: SWEEPS[wildcards.sweep]}, ensure_ascii=False),
     shell:
@@ -132,7 +138,9 @@ rule sweep_eval_loss:
         "results/logs/sweep_eval_loss/{sweep}/{point}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
+    resources:
+        **cluster_resources("model"),
     params:
         settings=settings_json(config["eval"], "batch_size"),
         # The rows' image paths are relative to the dataset's folder.
@@ -156,7 +164,9 @@ rule sweep_ablation:
         "results/logs/sweep_ablation/{sweep}/{point}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
+    resources:
+        **cluster_resources("model"),
     params:
         settings=settings_json(config["eval"], "batch_size", "ablation"),
         images=lambda wildcards, input: os.path.dirname(input.images),

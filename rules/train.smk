@@ -11,6 +11,8 @@ rule base_model:
         "results/logs/base_model/{name}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     params:
         settings=base_model_settings(),
     shell:
@@ -31,6 +33,8 @@ rule sft_dataset:
         "results/logs/sft_dataset/{run}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("data"),
     shell:
         "python scripts/sft_dataset.py --train {input.train} --val {input.val} --config {input.config}"
         " --missions {input.missions} --out {output} > {log} 2>&1"
@@ -56,9 +60,9 @@ checkpoint train_sft:
         "results/logs/train_sft/{run}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
     resources:
-        gpu=config["train"]["gpus"],
+        **cluster_resources("model", gpus=config["train"]["gpus"]),
     params:
         settings=settings_json(config["train"], "cpu_ranks", "gpus"),
     shell:
@@ -76,6 +80,8 @@ rule merge_adapter:
         "results/logs/merge_adapter/{run}.log",
     conda:
         "../envs/model.yaml"
+    resources:
+        **cluster_resources("model"),
     shell:
         "python scripts/merge_adapter.py --checkpoint {input.checkpoint} --base {input.base} --out {output}"
         " > {log} 2>&1"
@@ -97,7 +103,9 @@ rule eval_sft:
         "results/logs/eval_sft/{run}.log",
     conda:
         "../envs/model.yaml"
-    threads: workflow.cores
+    threads: machine_threads()
+    resources:
+        **cluster_resources("model"),
     params:
         settings=settings_json(config["train"], "eval_batch_size", "eval_max_new_tokens"),
     shell:
