@@ -4,7 +4,9 @@ The same photos, prompt and greedy settings go through a Stage-A rank twice: in 
 and through the server. The photos are larger than the pixel budget, so the engine's resizing is what
 the server sees. ms-swift renders the image prompt with its own `qwen3_vl` template and runs the image
 processor with `do_resize=False` on what it was sent; both give the tokens and pixels of the in-process
-path, so the rank rows (summaries, or failure codes quoting the answer) must be equal.
+path, so the rank rows (summaries, or failure codes quoting the answer) must be equal. The same holds for
+`results/<mission>_stage_a.jsonl`, its failure file and the kept rank file when Snakemake runs the mission
+with `stage_a.engine: openai` pointed at the server.
 
 The untrained tiny model says much the same whatever the photo, so equal rows alone would not show equal
 pixels; the first token's log-probabilities do: they move by ~1e-3 when the photo is resized with another
@@ -13,6 +15,8 @@ kernel, and must agree with the in-process ones to 1e-4.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +29,7 @@ from PIL import Image
 from support.swift_deploy import Server, swift_deploy
 from test_openai_engine import photo
 from test_stage_a_infer import MISSION, MISSIONS
+from workflow_env import copy_workflow, snakemake
 
 from vlqc.inference.generation import Generator, Request, resized
 from vlqc.inference.openai_engine import OpenAIGenerator, Servers
@@ -39,6 +44,12 @@ pytestmark = pytest.mark.e2e
 SERVED_NAME = "vlqc-tiny"
 BUDGET = 131072  # pixels; every photo below is larger
 TOP = 5  # log-probabilities compared per photo
+TARGET = f"results/{MISSION}_stage_a.jsonl"
+OUTPUTS = (
+    TARGET,
+    f"results/{MISSION}_stage_a.failures.jsonl",
+    f"results/stage_a/{MISSION}/{MISSION}_stage_a.images.rank0.jsonl",
+)
 SIZES = [[(640, 480), (480, 640)], [(900, 300)], [(512, 512), (700, 500), (400, 900)]]
 
 
@@ -132,6 +143,35 @@ def test_first_token_logprobs_through_the_server_equal_the_in_process_ones(deplo
 def load_image_size(engine: OpenAIGenerator, image: Image.Image) -> tuple[int, int]:
     height, width = resized(engine.processor, image.height, image.width)
     return width, height
+
+
+def test_the_mission_through_snakemake_with_engine_openai_equals_engine_plain(deployment, groups, tiny_dir, tmp_path):
+    workdir = copy_workflow(tmp_path)
+    shutil.copytree(groups[0].folder.parents[2], workdir / "tickets")
+    stage_a = {
+        "input_root": "tickets",
+        "checkpoint": str(tiny_dir),
+        "max_pixels": BUDGET,
+        "batch_size": 4,
+        "max_new_tokens": 24,
+        "sharding_mode": "per_image",
+    }
+    servers = {"base_urls": [deployment.base_url], "model": SERVED_NAME}
+    outputs, requests = {}, {}
+    for engine, extra in (("plain", {}), ("openai", {"openai": servers})):
+        overlay = {"keep_intermediate_outputs": True, "stage_a": {**stage_a, "engine": engine, **extra}}
+        (workdir / f"{engine}.yaml").write_text(json.dumps(overlay, ensure_ascii=False), encoding="utf-8")
+        before = completed_requests(deployment)
+        snakemake(workdir, "--configfile", f"{engine}.yaml", "--", TARGET)
+        outputs[engine] = {name: (workdir / name).read_text(encoding="utf-8") for name in OUTPUTS}
+        resolved = json.loads((workdir / f"results/stage_a/{MISSION}/resolved_config.json").read_text())
+        assert resolved["stage_a"]["engine"] == engine
+        requests[engine] = completed_requests(deployment) - before
+        shutil.rmtree(workdir / "results")
+    photos = sum(len(sizes) for sizes in SIZES)
+    assert requests == {"plain": 0, "openai": photos}
+    assert outputs["openai"] == outputs["plain"]
+    assert len(outputs["plain"][OUTPUTS[2]].splitlines()) == photos
 
 
 def test_a_killed_server_fails_the_remaining_photos_with_a_reason(deployment, groups, tiny_dir, tmp_path):
