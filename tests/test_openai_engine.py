@@ -129,14 +129,23 @@ def test_a_request_the_server_keeps_failing_fails_alone_with_the_reason(serve, t
     assert len(server.bodies) == 2 + 3, "the failing request was retried twice, the others sent once"
 
 
-def test_an_unreachable_replica_fails_only_the_photos_it_took(serve, tiny_dir):  # noqa: F811
+def test_an_unreachable_replica_is_left_out_and_its_request_goes_to_another(serve, tiny_dir, caplog):  # noqa: F811
     good = serve(lambda body: Reply(body=completion(ANSWER), delay=0.05))
-    answers = engine(tiny_dir, [good.base_url, "http://127.0.0.1:9/v1"], max_retries=0, concurrency=1).generate(
-        [Request("s", IMAGE_TAG, [photo(320 + 16 * n, 240)]) for n in range(6)], Sampling(max_new_tokens=4)
+    dead = "http://127.0.0.1:9/v1"
+    generator = engine(tiny_dir, [dead, good.base_url, dead], max_retries=0, concurrency=2)
+    requests = [Request("s", IMAGE_TAG, [photo(320 + 16 * n, 240)]) for n in range(7)]
+    assert generator.generate(requests, Sampling(max_new_tokens=4)) == [ANSWER] * 7
+    assert len(good.bodies) == 7
+    assert caplog.text.count(f"{dead} dropped for this call") == 2
+
+
+def test_when_no_replica_answers_every_photo_fails_with_the_reason(tiny_dir):
+    dead = ["http://127.0.0.1:9/v1", "http://127.0.0.1:7/v1"]
+    answers = engine(tiny_dir, dead, max_retries=0).generate(
+        [Request("s", IMAGE_TAG, [photo(320 + 16 * n, 240)]) for n in range(5)], Sampling(max_new_tokens=4)
     )
-    failed = [a for a in answers if isinstance(a, BackendError)]
-    assert {a.code for a in failed} == {"backend_unavailable"} and len(good.bodies) == 6 - len(failed) > 0
-    assert all(a == ANSWER for a in answers if not isinstance(a, BackendError))
+    assert [a.code for a in answers] == ["backend_unavailable"] * 5, answers
+    assert all(isinstance(a, BackendError) for a in answers)
 
 
 # --- a Stage-A rank on engine openai ----------------------------------------------------------------------

@@ -12,16 +12,20 @@ whose budget is at least as large resizes nothing and sees the pixels the in-pro
 
 Requests are spread over the replicas (`base_urls`) through one shared queue, `concurrency` in flight
 per replica, so a faster replica takes more of them. Transport, timeouts and retries are the `openai`
-client's, through Stage-B's `OpenAIBackend`, one per replica. A request that still fails after the
-client's retries comes back as a `BackendError` (a `SampleError`) in its slot: that photo fails with
-the reason (`http_<status>`, `backend_unavailable`, `bad_response`) and the others go on.
+client's, through Stage-B's `OpenAIBackend`, one per replica. A replica that cannot be reached after the
+client's retries is left out for the rest of the call and its request goes to the others (the next call
+tries it again). A request that still fails comes back as a `BackendError` (a `SampleError`) in its
+slot: that photo fails with the reason (`http_<status>`, `backend_unavailable`, `bad_response`) and the
+others go on.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 import queue
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +42,10 @@ from vlqc.inference.generation import Request, check_image, load_processor
 from vlqc.inference.prompts import hf_messages
 from vlqc.inference.sampling import Sampling
 from vlqc.schemas import defaults
-from vlqc.stage_b.backends import OpenAIBackend
+from vlqc.stage_b.backends import BACKEND_UNAVAILABLE, OpenAIBackend
+from vlqc.stage_b.rollout import BackendError
+
+log = logging.getLogger(__name__)
 
 # The config schema's `stage_a.openai` section is the one home of these defaults.
 SERVER_DEFAULTS = defaults("config", "stage_a.openai")
@@ -125,18 +132,34 @@ class OpenAIGenerator:
         todo: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(requests)):
             todo.put(index)
+        down: set[int] = set()  # replicas that could not be reached in this call
+        lock = threading.Lock()
 
-        def serve(replica: OpenAIBackend) -> None:
+        def serve(replica: int) -> None:
             # Each worker takes the next request when its last one is answered.
-            while True:
+            while replica not in down:
                 try:
                     index = todo.get_nowait()
                 except queue.Empty:
                     return
-                answers[index] = replica.complete(self.messages(requests[index]), options)
+                answer = self.replicas[replica].complete(self.messages(requests[index]), options)
+                if isinstance(answer, BackendError) and answer.code == BACKEND_UNAVAILABLE:
+                    with lock:
+                        # Unreachable after the client's retries: the other replicas take this request and the
+                        # rest of the call; the last one left records its failures instead.
+                        if len(down) < len(self.replicas) - 1 or replica in down:
+                            if replica not in down:
+                                log.warning("%s dropped for this call: %s", self.servers.base_urls[replica], answer)
+                            down.add(replica)
+                            todo.put(index)
+                            return
+                answers[index] = answer
 
-        workers = [replica for replica in self.replicas for _ in range(self.servers.concurrency)]
-        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-            for done in [pool.submit(serve, replica) for replica in workers]:
-                done.result()  # a worker's own error (not a server's) stops the rank
+        # A request put back after the other replicas' workers ran out of work waits for the next round; each
+        # round after the first follows a replica going down, so there are at most as many rounds as replicas.
+        while not todo.empty():
+            workers = [n for n in range(len(self.replicas)) if n not in down for _ in range(self.servers.concurrency)]
+            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+                for done in [pool.submit(serve, replica) for replica in workers]:
+                    done.result()  # a worker's own error (not a server's) stops the rank
         return answers  # every slot is filled: the queue is empty and every worker returned
