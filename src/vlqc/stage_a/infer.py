@@ -1,7 +1,8 @@
 """One Stage-A rank: summarise its share of the selected images and write its rank file.
 
 Every image job ends as one `stage_a_image_row`: `ok` with the cleaned summary, or an error
-with a reason code (a photo that will not load, a summary that is empty or not a summary).
+with a reason code (a photo that will not load, a summary that is empty or not a summary; with engine
+openai also a photo the servers did not answer, vlqc.inference.openai_engine).
 Bad items never stop the rank; a crash does, and then no rank file appears (atomic write).
 
 Resume: each answer of the model (the raw text, whether or not it cleans to a summary) is
