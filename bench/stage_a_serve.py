@@ -5,13 +5,15 @@ first with the checkpoint in this process, then through `--replicas` servers of 
 same checkpoint (transformers engine, `--server-max-batch-size`), requests spread over them with
 `--concurrency` in flight per replica. images/s is over the seconds in the engines' generate calls
 (model load and server start apart); `wall_s` is the whole rank. Greedy decoding: the rows of every
-served run must equal the in-process ones (`rows_equal`), or the script stops.
+served run must equal the in-process ones (`rows_equal`), or the script stops. The in-process run is
+repeated last, and each run records the 1-minute load average at its start: on a shared machine the
+spread between the two plain runs is the noise of the served ones.
 
 Without --checkpoint a tiny base model with random weights is built (`untrained: true` in the JSON;
 its answers are not summaries, so every row is an `unparseable_summary` failure quoting the answer, which
 still has to match). Without resources/demo/tickets (or --root) demo tickets are generated.
 
-    python bench/stage_a_serve.py --groups 4 --max-new-tokens 48 --replicas 1 2
+    python bench/stage_a_serve.py            # 4 + 4 groups, 48 new tokens, 1 then 2 replicas
 
 Prints a table and writes bench/results/stage_a_serve.json.
 """
@@ -71,10 +73,11 @@ def rank(groups, mission: str, checkpoint: Path, settings: Settings, work: Path)
     return list(read_jsonl(work / "rank0.jsonl", schema="stage_a_image_row")), {**counts, "wall_s": round(wall, 2)}
 
 
-def run_row(engine: str, rows: list[dict], counts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def run_row(engine: str, rows: list[dict], counts: dict[str, Any], load: float, **extra: Any) -> dict[str, Any]:
     return {
         "engine": engine,
         **extra,
+        "load_avg_1m": round(load, 2),  # at the start: other work on a shared machine skews a run
         "images": counts["images"],
         "ok": sum(row["ok"] for row in rows),
         "generate_s": counts["generate_s"],
@@ -92,9 +95,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--max-pixels", type=int, default=65536)
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1], help="served runs, with this many servers")
-    parser.add_argument("--concurrency", type=int, default=4, help="stage_a.openai.concurrency (per replica)")
-    parser.add_argument("--server-max-batch-size", type=int, default=4, help="swift deploy --max_batch_size")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="served runs, with this many servers")
+    parser.add_argument("--concurrency", type=int, default=8, help="stage_a.openai.concurrency (per replica)")
+    parser.add_argument("--server-max-batch-size", type=int, default=8, help="swift deploy --max_batch_size")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/stage_a_serve.json")
     args = parser.parse_args()
     settings = Settings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels)
@@ -110,8 +113,9 @@ def main() -> None:
             missions = {args.mission: load_missions(MISSIONS_FILE)[args.mission]}
             generate(root, missions, 4 * args.groups, DEMO_SEED, manifest=work / "tickets.json", progress=False)
         groups = sample_groups(discover(root, args.mission), args.groups, args.groups, seed=17)
+        load = os.getloadavg()[0]
         local_rows, counts = rank(groups, args.mission, checkpoint, settings, work / "plain")
-        runs = [run_row("plain", local_rows, counts)]
+        runs = [run_row("plain", local_rows, counts, load)]
         server_start_s = []
         for replicas in args.replicas:
             with ExitStack() as stack:
@@ -133,14 +137,24 @@ def main() -> None:
                     concurrency=args.concurrency,
                 )
                 served = dataclasses.replace(settings, engine="openai", openai=openai)
+                load = os.getloadavg()[0]
                 rows, counts = rank(groups, args.mission, checkpoint, served, work / f"openai{replicas}")
             if rows != local_rows:
                 sys.exit(f"the rows through {replicas} replica(s) differ from the in-process ones")
-            runs.append(run_row("openai", rows, counts, replicas=replicas, rows_equal=True))
-    print(f"{'engine':<7} {'replicas':>8} {'images':>6} {'ok':>4} {'generate s':>10} {'wall s':>7} {'images/s':>9}")
+            runs.append(run_row("openai", rows, counts, load, replicas=replicas, rows_equal=True))
+        # In process once more: the two plain runs bracket the served ones, showing how much the machine's
+        # other work moved the numbers in between.
+        load = os.getloadavg()[0]
+        rows, counts = rank(groups, args.mission, checkpoint, settings, work / "plain_again")
+        runs.append(run_row("plain", rows, counts, load, rows_equal=rows == local_rows))
+    print(
+        f"{'engine':<7} {'replicas':>8} {'load':>5} {'images':>6} {'ok':>4} {'generate s':>10} "
+        f"{'wall s':>7} {'images/s':>9}"
+    )
     for r in runs:
         print(
-            f"{r['engine']:<7} {r.get('replicas', '-'):>8} {r['images']:>6} {r['ok']:>4} {r['generate_s']:>10} "
+            f"{r['engine']:<7} {r.get('replicas', '-'):>8} {r['load_avg_1m']:>5} {r['images']:>6} {r['ok']:>4} "
+            f"{r['generate_s']:>10} "
             f"{r['wall_s']:>7} {r['images_per_s']:>9}"
         )
     versions = package_versions()
