@@ -182,6 +182,7 @@ def stage_a_settings(*keys):
 STAGE_A_INFER_KEYS = (
     "batch_size",
     "engine",
+    "openai",
     "attn_implementation",
     "wave_rows",
     "wave_memory_fraction",

@@ -1,7 +1,8 @@
 """One Stage-A rank: summarise its share of the selected images and write its rank file.
 
 Every image job ends as one `stage_a_image_row`: `ok` with the cleaned summary, or an error
-with a reason code (a photo that will not load, a summary that is empty or not a summary).
+with a reason code (a photo that will not load, a summary that is empty or not a summary; with engine
+openai also a photo the servers did not answer, vlqc.inference.openai_engine).
 Bad items never stop the rank; a crash does, and then no rank file appears (atomic write).
 
 Resume: each answer of the model (the raw text, whether or not it cleans to a summary) is
@@ -33,6 +34,7 @@ from vlqc.inference.answers import strip_summary_header, summary_entries
 from vlqc.inference.checkpoint import adapter_base, folder_fingerprint
 from vlqc.inference.fast_generation import COMPILE_CHOICES, FastGenerator
 from vlqc.inference.generation import Generator, Request, Sampling, check_attn_implementation
+from vlqc.inference.openai_engine import OpenAIGenerator, Servers
 from vlqc.inference.profiles import PromptConfig
 from vlqc.inference.prompts import IRRELEVANT, summary_messages
 from vlqc.jsonl import dumps, write_jsonl
@@ -43,8 +45,9 @@ from vlqc.stage_a.jobs import ImageJob, dealing_rank, rank_batches
 
 log = logging.getLogger(__name__)
 
-# How summaries are generated: plain transformers `generate` (the reference) or the fast greedy loop.
-ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": FastGenerator}
+# How summaries are generated: plain transformers `generate` (the reference), the fast greedy loop, or
+# OpenAI-compatible servers (settings.openai; a photo they do not answer fails alone).
+ENGINES: dict[str, Callable[..., Generator]] = {"plain": Generator, "fast": FastGenerator, "openai": OpenAIGenerator}
 
 
 # Settings that say how the work is batched, not what is generated.
@@ -74,15 +77,23 @@ class Settings:
     # The summary prompt's profile and overrides (docs/prompts.md); the rule resolves stage_a.prompts null
     # to the serving run's training prompts.
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    # Engine openai only: the servers and the client's transport settings; of these only the served model's
+    # name is in the fingerprint (the checkpoint stands for the weights the servers serve).
+    openai: Servers = field(default_factory=Servers)
 
     @classmethod
     def from_config(cls, stage_a: Mapping[str, Any], where: str = "stage_a settings") -> Settings:
         """From a `stage_a` config section (checked here; a missing key takes the schema default).
         Its sample_seed seeds sampled decoding too."""
         stage_a = section("config", "stage_a", stage_a, where)
-        names = [name for name in cls.__dataclass_fields__ if name not in ("seed", "prompts")]
+        names = [name for name in cls.__dataclass_fields__ if name not in ("seed", "prompts", "openai")]
         prompts = PromptConfig.of(stage_a["prompts"])
-        return cls(**{name: stage_a[name] for name in names}, seed=stage_a["sample_seed"], prompts=prompts)
+        return cls(
+            **{name: stage_a[name] for name in names},
+            seed=stage_a["sample_seed"],
+            prompts=prompts,
+            openai=Servers.of(stage_a["openai"]),
+        )
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -118,7 +129,9 @@ def fingerprint(checkpoint: Path, prompt: tuple[str, str], settings: Settings, b
     digest.update(folder_fingerprint(checkpoint).encode())
     if (resolved := adapter_base(checkpoint, base)) is not None:
         digest.update(folder_fingerprint(resolved).encode())
-    knobs = {k: v for k, v in asdict(settings).items() if k not in BATCHING}
+    knobs = {k: v for k, v in asdict(settings).items() if k not in (*BATCHING, "openai")}
+    if settings.engine == "openai":
+        knobs["served_model"] = settings.openai.model
     digest.update(dumps({"prompt": prompt, "settings": knobs}).encode())
     return digest.hexdigest()
 
@@ -204,7 +217,7 @@ def run_rank(
     `load_generator(checkpoint, device=, dtype=, max_pixels=, base=, attn_implementation=)` builds the model
     backend; by default the settings' engine. `rank` and `world` are torchrun's; with shards, the images are dealt
     over the ranks of all shards and the resume file is named by the rank among them (vlqc.stage_a.jobs)."""
-    load_generator = load_generator or ENGINES[settings.engine]
+    load_generator = load_generator or _engine(settings)
     dealt_rank, dealt_world = dealing_rank(rank, world, shard, shards)
     batches = rank_batches(groups, mode, dealt_rank, dealt_world, settings.batch_size)
     prompt = summary_messages(
@@ -248,6 +261,9 @@ def run_rank(
         texts = generator.generate([Request(*prompt, [image]) for _, _, image in todo], settings.sampling())
         generate_s += time.perf_counter() - started
         for (job, key, _), text in zip(todo, texts):
+            if isinstance(text, SampleError):  # engine openai: the servers gave this photo no answer
+                rows.append(_failed(job, text))
+                continue
             rows.append(_answer_row(job, text))
             counts["generated"] += 1
             if key is not None:
@@ -255,6 +271,18 @@ def run_rank(
     counts["failed"] = sum(not row["ok"] for row in rows)
     write_jsonl(out, rows, schema="stage_a_image_row")
     return {**counts, "generate_s": round(generate_s, 3)}
+
+
+def _engine(settings: Settings) -> Callable[..., Generator]:
+    """The loader of the settings' engine, called as `run_rank` documents."""
+    if settings.engine != "openai":
+        return ENGINES[settings.engine]
+
+    def served(checkpoint: Path, *, max_pixels: int | None, base: Path | None, **in_process: Any) -> Generator:
+        # device, dtype and attention kernels are the servers' business
+        return OpenAIGenerator(checkpoint, servers=settings.openai, max_pixels=max_pixels, base=base)
+
+    return served
 
 
 def _drop_unprocessable(generator: Generator, todo: list, rows: list[dict[str, Any]]) -> list:

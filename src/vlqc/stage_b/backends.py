@@ -141,7 +141,7 @@ class OpenAIBackend:
         return AutoTokenizer.from_pretrained(self.tokenizer_dir)
 
     def chat(self, prompts: Sequence[tuple[str, str]], sampling: Sampling) -> list[str | BackendError]:
-        options = self._sampling_options(sampling)
+        options = self.sampling_options(sampling)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda prompt: self._complete(*prompt, options), prompts))
 
@@ -153,7 +153,7 @@ class OpenAIBackend:
         return len(self.tokenizer(text)["input_ids"])
 
     @staticmethod
-    def _sampling_options(sampling: Sampling) -> dict[str, Any]:
+    def sampling_options(sampling: Sampling) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
@@ -168,12 +168,16 @@ class OpenAIBackend:
         return options
 
     def _complete(self, system: str, user: str, options: Mapping[str, Any]) -> str | BackendError:
-        """One prompt's answer, or the error of its last attempt (never raised: it belongs to this prompt)."""
+        return self.complete([{"role": "system", "content": system}, {"role": "user", "content": user}], options)
+
+    def complete(self, messages: list[dict[str, Any]], options: Mapping[str, Any]) -> str | BackendError:
+        """The answer to chat `messages` (Stage-A's carry images), or the error of its last attempt (never
+        raised: it belongs to this prompt). `options`: `sampling_options` of the call."""
         where = str(self.client.base_url)
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                messages=messages,
                 extra_headers=self._headers,
                 **options,
             )
