@@ -80,8 +80,9 @@ def resolve_checkpoint(given: Path | None, work: Path) -> tuple[Path, bool]:
 
 def demo_stage_a(work: Path, mission: str, tickets: int, seed: int) -> Path:
     """A Stage-A file of `tickets` fresh demo tickets, each image's summary the converter's ground truth."""
-    domain = load_missions(MISSIONS_FILE)[mission]["domain"]
-    generate(work / "demo", [mission], tickets, seed, manifest=work / "demo.json", progress=False)
+    entry = load_missions(MISSIONS_FILE)[mission]
+    domain = entry["domain"]
+    generate(work / "demo", {mission: entry}, tickets, seed, manifest=work / "demo.json", progress=False)
     convert_dataset(ConvertSettings(work / "demo", work / "data", mission_domains={mission: domain}), workers=1)
     samples = read_jsonl(work / "data/all_samples.jsonl", schema="sample")
     records = ground_truth_records(samples, mission)
