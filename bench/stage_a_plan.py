@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,21 +35,13 @@ from PIL import Image
 from vlqc.jsonl import write_json
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the e2e tests' scratch copy of the workflow
+from workflow_env import copy_workflow  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MISSION = "挡风板安装检查"
 TARGET = f"results/{MISSION}_stage_a.jsonl"
 TARGET_SECONDS = 10.0
-# What Snakemake reads of the workflow (the e2e tests copy the same parts, tests/workflow_env.py).
-WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "src", "config", "schemas", "envs", "profiles", "report")
-
-
-def copy_workflow(dest: Path) -> None:
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, dest / part)
 
 
 def write_tickets(root: Path, groups: int) -> None:
