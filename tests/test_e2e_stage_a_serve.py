@@ -53,10 +53,6 @@ OUTPUTS = (
 SIZES = [[(640, 480), (480, 640)], [(900, 300)], [(512, 512), (700, 500), (400, 900)]]
 
 
-def completed_requests(served: Server) -> int:
-    return served.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
-
-
 @pytest.fixture(scope="module")
 def deployment(tiny_dir, tmp_path_factory) -> Iterator[Server]:
     with swift_deploy(tiny_dir, tmp_path_factory.mktemp("deploy"), SERVED_NAME) as served:
@@ -101,11 +97,11 @@ def served(deployment: Server, **client: Any) -> dict[str, Any]:
 
 
 def test_greedy_rank_rows_through_the_server_equal_the_in_process_ones(deployment, groups, tiny_dir, tmp_path):
-    before = completed_requests(deployment)
+    before = deployment.completed_requests()
     remote, counts = rank(groups, tiny_dir, tmp_path / "served", **served(deployment))
     local, _ = rank(groups, tiny_dir, tmp_path / "local")
     photos = sum(len(sizes) for sizes in SIZES)
-    assert counts["generated"] == photos and completed_requests(deployment) - before == photos
+    assert counts["generated"] == photos and deployment.completed_requests() - before == photos
     assert remote == local
 
 
@@ -161,12 +157,12 @@ def test_the_mission_through_snakemake_with_engine_openai_equals_engine_plain(de
     for engine, extra in (("plain", {}), ("openai", {"openai": servers})):
         overlay = {"keep_intermediate_outputs": True, "stage_a": {**stage_a, "engine": engine, **extra}}
         (workdir / f"{engine}.yaml").write_text(json.dumps(overlay, ensure_ascii=False), encoding="utf-8")
-        before = completed_requests(deployment)
+        before = deployment.completed_requests()
         snakemake(workdir, "--configfile", f"{engine}.yaml", "--", TARGET)
         outputs[engine] = {name: (workdir / name).read_text(encoding="utf-8") for name in OUTPUTS}
         resolved = json.loads((workdir / f"results/stage_a/{MISSION}/resolved_config.json").read_text())
         assert resolved["stage_a"]["engine"] == engine
-        requests[engine] = completed_requests(deployment) - before
+        requests[engine] = deployment.completed_requests() - before
         shutil.rmtree(workdir / "results")
     photos = sum(len(sizes) for sizes in SIZES)
     assert requests == {"plain": 0, "openai": photos}
@@ -178,9 +174,9 @@ def test_a_killed_server_fails_the_remaining_photos_with_a_reason(deployment, gr
     result: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
     slow = {"max_new_tokens": 64, **served(deployment, concurrency=1, max_retries=0, timeout_s=30.0)}
     run = threading.Thread(target=lambda: result.append(rank(groups, tiny_dir, tmp_path, **slow)))
-    already = completed_requests(deployment)
+    already = deployment.completed_requests()
     run.start()
-    while completed_requests(deployment) == already and run.is_alive():
+    while deployment.completed_requests() == already and run.is_alive():
         time.sleep(0.05)
     deployment.kill()
     run.join(timeout=120)

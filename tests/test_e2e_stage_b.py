@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import pytest
 from support.ground_truth import ground_truth_records
 from support.swift_deploy import swift_deploy
-from test_stage_b_swift_deploy import completed_requests
 from workflow_env import snakemake, trained_workflow
 
 from vlqc.jsonl import read_json, read_jsonl, write_jsonl
@@ -94,7 +93,7 @@ def workflow(tmp_path_factory):
             "--",
             f"{OPENAI_RUN}/verdicts.jsonl",
         )
-        served = completed_requests(server)
+        served = server.completed_requests()
     tickets = {f"{r['group_id']}::{r['label']}" for r in records}
     rerun = (workdir / TRAIN_RUN / "verdicts.jsonl").stat().st_mtime_ns != first_written
     return Workflow(workdir, tickets, served, first_train, rerun, plan)

@@ -36,10 +36,6 @@ PROMPTS = [
 ]
 
 
-def completed_requests(served: Server) -> int:
-    return served.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
-
-
 @pytest.fixture(scope="module")
 def deployment(tiny_dir, tmp_path_factory) -> Iterator[Server]:
     with swift_deploy(tiny_dir, tmp_path_factory.mktemp("deploy"), SERVED_NAME) as served:
@@ -88,9 +84,9 @@ def test_killed_server_turns_the_remaining_prompts_into_errors(deployment, tiny_
     remote = client(deployment, tiny_dir, concurrency=1)
     answers: list[str | BackendError] = []
     run = threading.Thread(target=lambda: answers.extend(remote.chat(prompts, Sampling(max_new_tokens=24))))
-    already = completed_requests(deployment)
+    already = deployment.completed_requests()
     run.start()
-    while completed_requests(deployment) == already and run.is_alive():
+    while deployment.completed_requests() == already and run.is_alive():
         time.sleep(0.05)
     deployment.kill()
     run.join(timeout=60)

@@ -44,6 +44,10 @@ class Server:
     def log_tail(self) -> str:
         return self.log_text()[-3000:]
 
+    def completed_requests(self) -> int:
+        """Chat completions the server has answered with 200, by its access log."""
+        return self.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+
     def serving(self) -> bool:
         """Whether the server lists our model; False while it is not listening yet."""
         try:
