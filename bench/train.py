@@ -164,18 +164,18 @@ def summarize(timing: dict, warmup: int, flops: Any, peak_flop_per_s: float | No
     walls = [b - a for a, b in zip(ends, ends[1:])]
     steady, seconds = steps[warmup:], statistics.mean(walls[warmup:])
     mean = lambda key: statistics.mean(sum(s[key]) if isinstance(s[key], list) else s[key] for s in steady)  # noqa: E731
-    tokens = mean("lengths")
+    tokens, batch = mean("lengths"), statistics.mean(len(s["lengths"]) for s in steady)
     summary: dict[str, Any] = {
-        "batch": statistics.mean(len(s["lengths"]) for s in steady),
+        "batch": batch,
         "first_steps_seconds": [round(w, 3) for w in walls[:warmup]],
         "steady_steps": len(steady),
         "seconds_per_step": round(seconds, 4),
         "seconds_per_step_stdev": round(statistics.stdev(walls[warmup:]), 4) if len(steady) > 1 else 0.0,
-        "samples_per_s": round(statistics.mean(len(s["lengths"]) for s in steady) / seconds, 2),
+        "samples_per_s": round(batch / seconds, 2),
         "tokens_per_s": round(tokens / seconds),
         "padded_tokens_per_s": round(mean("padded_tokens") / seconds),
         "padding_share": round(1 - tokens / mean("padded_tokens"), 4),
-        "mean_sequence_tokens": round(tokens / statistics.mean(len(s["lengths"]) for s in steady), 1),
+        "mean_sequence_tokens": round(tokens / batch, 1),
         "label_tokens_per_step": round(mean("label_tokens"), 1),
         "images_per_step": round(statistics.mean(len(s["images"]) for s in steady), 2),
     }
