@@ -104,6 +104,18 @@ def test_all_matched_supervises_the_ground_truth_values_and_keeps_the_rollout_pr
     assert kept > 10 and answer_ids(tokenizer, built)[:kept] == rollout[:kept]
     assert built.stats.reused_tokens + built.stats.new_tokens == len(answer_ids(tokenizer, built))
     assert built.rollout_text == text
+    import torch  # generate() hands back tensors
+
+    as_tensors = build_channel_b(
+        torch.tensor(PROMPT),
+        torch.tensor(rollout),
+        gt,
+        tokenizer,
+        suffix_ids=torch.tensor(tokenizer.encode(SUFFIX_TEXT)),
+        iou_threshold=0.5,
+        line_threshold=25,
+    )
+    assert as_tensors == built and type(as_tensors.input_ids[0]) is int  # what generate() returns works too
 
 
 def test_a_false_positive_is_masked_and_keeps_its_tokens(tokenizer):

@@ -149,6 +149,7 @@ def build_channel_b(
     if gt.domain is None:
         raise VlqcError("the ground truth of a channel-B sample needs its domain (parse its target strictly)")
     ends = set(tokenizer.all_special_ids)
+    prompt_ids, rollout_ids = [int(i) for i in prompt_ids], [int(i) for i in rollout_ids]  # tensors too
     kept_ids = list(rollout_ids)
     while kept_ids and kept_ids[-1] in ends:
         kept_ids.pop()
@@ -193,8 +194,8 @@ def build_channel_b(
         new_tokens=len(answer_ids) - reused,
     )
     return ChannelB(
-        input_ids=[*prompt_ids, *answer_ids, *suffix_ids],
-        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_labels + list(suffix_ids),
+        input_ids=[*prompt_ids, *answer_ids, *map(int, suffix_ids)],
+        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_labels + [int(i) for i in suffix_ids],
         stats=stats,
         rollout_text=text,
         matching=matching,
