@@ -253,3 +253,11 @@ def test_text_the_tokenizer_would_change_falls_back(tokenizer):
 def test_the_ground_truth_needs_its_domain(tokenizer):
     with pytest.raises(VlqcError, match="domain"):
         build(tokenizer, rollout_of(tokenizer, HEADER + "{}"), DenseAnswer(None, (BOX,), ()))
+
+
+def test_token_bytes_are_exact_and_refuse_unknown_ids(tokenizer):
+    text = '<DOMAIN=BBU>, {"类别": "龘"}\n'
+    ids = tokenizer.encode(text + SUFFIX_TEXT)
+    assert b"".join(token_bytes(tokenizer, ids)) == (text + SUFFIX_TEXT).encode()
+    with pytest.raises(VlqcError, match="not a byte-level BPE token"):
+        token_bytes(tokenizer, [len(tokenizer) + 5])
