@@ -262,9 +262,12 @@ def test_salvage_never_raises_and_keeps_only_objects_strict_accepts(demo_records
         for _ in range(rng.randint(1, 4)):  # delete, duplicate or replace a character
             at = rng.randrange(len(text))
             text[at : at + 1] = rng.choice([[], [text[at]] * 2, [rng.choice('{}[]",: 0123456789x')]])
-        salvaged = parse_dense("".join(text), strict=False)
-        for obj in salvaged.objects:
+        text = "".join(text)
+        salvaged = parse_dense(text, strict=False)
+        assert len(salvaged.spans) == len(salvaged.objects)
+        for obj, span in zip(salvaged.objects, salvaged.spans):
             assert _strictly_alone(obj, salvaged.domain), obj
+            assert _span_holds(text, span, obj), (text, span)
 
 
 def _strictly_alone(obj: DenseObject, domain: str | None) -> bool:
@@ -278,6 +281,49 @@ def _strictly_alone(obj: DenseObject, domain: str | None) -> bool:
         except AnswerError:
             continue
     return False
+
+
+def _span_holds(text: str, span: tuple[int, int, int], obj: DenseObject) -> bool:
+    """The span's value is the object's JSON, and its key (if any) a string then a colon."""
+    key_start, value_start, value_end = span
+    value = json.loads(text[value_start:value_end])
+    if key_start == value_start:
+        return value[obj.kind] == list(obj.points)
+    key, colon = text[key_start:value_start].rstrip().rsplit(":", 1)
+    return isinstance(json.loads(key), str) and not colon and value[obj.kind] == list(obj.points)
+
+
+def test_salvage_gives_each_kept_object_its_place_in_the_text():
+    text = answer(BOX, QUAD, LINE)
+    salvaged = parse_dense(text, strict=False)
+    assert [(text[k:v], text[v:e]) for k, v, e in salvaged.spans] == [
+        (f'"object_{n}": ', json.dumps(obj, ensure_ascii=False, separators=JSON_SEPARATORS))
+        for n, obj in enumerate((BOX, QUAD, LINE), 1)
+    ]
+    assert salvaged.spans[0][0] == len(HEADER) + 1  # offsets count the header and the opening brace
+    assert parse_dense(text).spans == ()  # strict: objects only
+    assert salvaged == parse_dense(text)  # spans are positions, not content
+
+
+def test_spans_skip_what_salvage_drops_and_count_what_it_strips():
+    member = json.dumps(BOX, ensure_ascii=False, separators=JSON_SEPARATORS)
+    # A cut answer, a malformed and a wrong member, whitespace and a fence before the JSON, no header.
+    texts = [
+        answer(BOX, QUAD)[: answer(BOX, QUAD).index("类别=挡风板")],
+        answer(_with(BOX, bbox_2d=[1, 2, 3]), BOX, LINE).replace('"line_points": 3,', '"line_points": 3'),
+        " \n " + HEADER + "  ```json\n" + answer(BOX, header="") + "\n```",
+        "好的：\n" + answer(BOX, header=""),
+        HEADER + '{"object_1" :  ' + member + "}",
+    ]
+    for text in texts:
+        salvaged = parse_dense(text, strict=False)
+        assert len(salvaged.spans) == len(salvaged.objects) == 1, text
+        key_start, value_start, value_end = salvaged.spans[0]
+        assert text[value_start:value_end] == member, text
+        assert re.fullmatch(r'"object_[12]"\s*:\s*', text[key_start:value_start]), text
+    listed = HEADER + "[" + json.dumps({"bbox_2d": [1, 2, 3, 4], "desc": "类别=BBU设备"}, ensure_ascii=False) + "]"
+    ((key_start, value_start, value_end),) = parse_dense(listed, strict=False).spans
+    assert key_start == value_start == len(HEADER) + 1 and value_end == len(listed) - 1
 
 
 # --- docs/answers.md worked examples ------------------------------------------------------------

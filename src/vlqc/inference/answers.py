@@ -12,7 +12,8 @@ integers. The list form `[{"bbox_2d": [...], "desc": …}, …]` of earlier vlqc
 - `parse_dense(text, strict=False)` (salvage) never raises: it returns every complete object that keeps
   the object rules, and a `Dropped` record with a reason code for each object or piece of text it could
   not keep (docs/answers.md#salvage-and-reason-codes). A clean answer salvages to what strict returns
-  and no drops.
+  and no drops. Salvage also gives where each kept object stands in `text` (`DenseAnswer.spans`), so a
+  caller can rebuild an answer around the model's own text (Stage-2 channel B, vlqc.train.stage2.sequence).
 
 Also here: `strip_summary_header`, the summary readers (`summary_document`, `summary_entries`;
 docs/summary-format.md), the verdict parser (`parse_verdict`; docs/verdict.md#parsing) and
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlqc.data.desc import parse_desc
@@ -96,6 +97,11 @@ class DenseAnswer:
     domain: str | None  # from the header line; None when absent (or, in salvage, unreadable)
     objects: tuple[DenseObject, ...]
     dropped: tuple[Dropped, ...]  # empty for a clean answer
+    # Salvage only (strict leaves it empty): one (key_start, value_start, value_end) per object, character
+    # offsets into the text given to parse_dense (header included); key_start is the key's opening quote
+    # (value_start in the list form), value_end is just past the value's closing brace. Positions, not
+    # content: two answers with the same objects compare equal wherever they stand.
+    spans: tuple[tuple[int, int, int], ...] = field(default=(), compare=False)
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -106,18 +112,20 @@ def strip_summary_header(text: str) -> str:
     return _HEADER.sub("", text, count=1).strip()
 
 
-def _dense_header(text: str, strict: bool) -> tuple[str | None, str]:
-    """The header's domain and the text after the header line."""
+def _dense_header(text: str, strict: bool) -> tuple[str | None, str, int]:
+    """The header's domain, the text after the header line (whitespace trimmed) and where that text starts."""
     match = _HEADER.match(text)
     if match is None:
         if strict:
             raise AnswerError("header", f"the first line must be <DOMAIN=BBU|RRU>, <TASK={DENSE_TASK}>: {text[:60]!r}")
-        return None, text.strip()
+        return None, text.strip(), len(text) - len(text.lstrip())
     domain, task = match.group(1).strip(), match.group(2).strip()
     if strict and (domain not in (BBU, RRU) or task != DENSE_TASK):
         found = match.group(0).strip()
         raise AnswerError("header", f"header must be <DOMAIN=BBU|RRU>, <TASK={DENSE_TASK}>, not {found!r}")
-    return (domain.upper() if domain.upper() in (BBU, RRU) else None), text[match.end() :].strip()
+    rest = text[match.end() :]
+    start = match.end() + len(rest) - len(rest.lstrip())
+    return (domain.upper() if domain.upper() in (BBU, RRU) else None), rest.strip(), start
 
 
 # --- dense objects ------------------------------------------------------------------------------
@@ -202,14 +210,13 @@ def _desc(desc: Any, allowed: frozenset[str]) -> str:
 
 def parse_dense(text: str, *, strict: bool = True) -> DenseAnswer:
     """The objects of a dense answer; strict raises `AnswerError`, salvage (`strict=False`) never raises."""
-    domain, body = _dense_header(text, strict)
+    domain, body, start = _dense_header(text, strict)
     allowed = _allowed_categories(domain)
     if strict:
         return DenseAnswer(domain, _strict_objects(body, allowed), ())
-    objects: list[DenseObject] = []
-    dropped: list[Dropped] = []
-    _Salvage(body, allowed, objects, dropped).run()
-    return DenseAnswer(domain, tuple(objects), tuple(dropped))
+    salvage = _Salvage(body, start, allowed)
+    salvage.run()
+    return DenseAnswer(domain, tuple(salvage.objects), tuple(salvage.dropped), tuple(salvage.spans))
 
 
 def _strict_objects(body: str, allowed: frozenset[str]) -> tuple[DenseObject, ...]:
@@ -250,10 +257,14 @@ def _cut_header(text: str) -> bool:
 class _Salvage:
     """Walks the top-level object (or list) one member at a time with `raw_decode`, so a cut or malformed
     member loses only itself: what precedes it is kept, and after a malformed one the walk resumes at the
-    next `"object_<n>":` key (next `{` item of a list)."""
+    next `"object_<n>":` key (next `{` item of a list). `start`: where `body` stands in the parsed text,
+    so the spans of the kept objects are offsets into that text."""
 
-    def __init__(self, body: str, allowed: frozenset[str], objects: list[DenseObject], dropped: list[Dropped]):
-        self.body, self.allowed, self.objects, self.dropped = body, allowed, objects, dropped
+    def __init__(self, body: str, start: int, allowed: frozenset[str]):
+        self.body, self.start, self.allowed = body, start, allowed
+        self.objects: list[DenseObject] = []
+        self.dropped: list[Dropped] = []
+        self.spans: list[tuple[int, int, int]] = []
 
     def drop(self, where: str, reason: str, detail: str) -> None:
         self.dropped.append(Dropped(where, reason, detail))
@@ -263,7 +274,9 @@ class _Salvage:
 
     def run(self) -> None:
         # A ```json fence is no loss, closed or (in a cut answer) not.
-        body = self.body = _FENCE_CLOSE.sub("", _FENCE_OPEN.sub("", self.body, count=1), count=1)
+        fence = opened.end() if (opened := _FENCE_OPEN.match(self.body)) else 0
+        self.start += fence
+        body = self.body = _FENCE_CLOSE.sub("", self.body[fence:], count=1)
         start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
         if start < 0:
             if _cut_header(body):
@@ -287,9 +300,11 @@ class _Salvage:
         while True:
             n += 1
             where = f"object_{n}"
+            key_start = pos
             try:
                 if keyed:
                     where, pos = self.key(pos)
+                value_start = pos
                 value, pos = _DECODER.raw_decode(body, pos)
             except json.JSONDecodeError as exc:
                 if _ends_inside(exc):
@@ -300,7 +315,8 @@ class _Salvage:
                     return None
                 pos = resume
                 continue
-            self.keep(where, value, keyed)
+            if self.keep(where, value, keyed):
+                self.spans.append((self.start + key_start, self.start + value_start, self.start + pos))
             pos = self.skip(pos)
             if pos == len(body):
                 self.drop("answer", "truncated", f"the answer ends before its closing {close}")
@@ -335,14 +351,17 @@ class _Salvage:
         match = (_NEXT_KEY if keyed else _NEXT_ITEM).search(self.body, pos)
         return None if match is None else self.skip(match.start() + 1)
 
-    def keep(self, where: str, value: Any, keyed: bool) -> None:
+    def keep(self, where: str, value: Any, keyed: bool) -> bool:
+        """Keeps the object or drops it with its reason; whether it was kept."""
         if keyed and not _OBJECT_KEY.fullmatch(where):
             self.drop(where, "bad_key", f"key {where!r} is not object_<n>")
-            return
+            return False
         try:
             self.objects.append(_dense_object(value, keyed, self.allowed))
         except _Broken as exc:
             self.drop(where, OBJECT_REASONS[exc.rule], exc.detail)
+            return False
+        return True
 
 
 # --- summaries ----------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Stage-2 AB: training on the model's own rollouts (docs/stage2.md)."""
+"""Stage-2 AB training: teacher-forced channel A mixed with rollout-matching channel B on the model's own rollouts."""
