@@ -25,7 +25,8 @@ rule all:
             split=["train", "val", "train_tiny", "val_tiny"],
         ),
         serving_model(),
-        f"results/train/sft/{config['train']['run']}/eval.json",
+        f"{run_dir(config['train']['run'])}/eval.json",
+        stage2_targets(),
         demo_stage_targets(),
         # Per saved checkpoint (known once training ran) its golden dump and grounding metrics; the report's plots.
         lambda wildcards: [path for run in config["train"]["runs"] for path in golden_dumps(run)],

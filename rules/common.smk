@@ -54,10 +54,58 @@ def mission_domains_json():
 
 # --- model -------------------------------------------------------------------------------
 
-from vlqc.train.config import config_sources, load_train_config
+from snakemake.exceptions import WorkflowError
+
+from vlqc.train.config import config_sources, is_stage2, load_train_config
+
+# Training runs by stage (the {stage} wildcard): SFT runs, and Stage-2 AB runs that start from an SFT run's
+# merged model (docs/stage2.md). A run's folder is results/train/<stage>/<run>/.
+TRAIN_RUNS = {"sft": config["train"]["runs"], "stage2": config["train"]["stage2_runs"]}
+
+
+def run_stages():
+    """Run name → its stage. Names are unique across the stages, so a name (train.run, init_from) says which run."""
+    stages = {}
+    for stage, runs in TRAIN_RUNS.items():
+        for run in runs:
+            if run in stages:
+                raise WorkflowError(f"train: run {run!r} is named in both train.runs and train.stage2_runs")
+            stages[run] = stage
+    return stages
+
+
+RUN_STAGE = run_stages()
+TRAIN_CONFIG_FILES = {run: path for runs in TRAIN_RUNS.values() for run, path in runs.items()}
 
 # Every run's training config is merged and checked now, so a typo fails the plan, not the job.
-TRAIN_CONFIGS = {run: load_train_config(path) for run, path in config["train"]["runs"].items()}
+TRAIN_CONFIGS = {run: load_train_config(path) for run, path in TRAIN_CONFIG_FILES.items()}
+
+
+def train_run_problems():
+    """Runs named under the wrong stage, Stage-2 runs that start from no SFT run, a serving run that is none."""
+    found = []
+    for run, cfg in TRAIN_CONFIGS.items():
+        where = f"train.{'runs' if RUN_STAGE[run] == 'sft' else 'stage2_runs'}.{run} ({TRAIN_CONFIG_FILES[run]})"
+        if RUN_STAGE[run] == "sft" and is_stage2(cfg):
+            found.append(f"{where}: a Stage-2 AB config (init_from, stage2_ab): name it under train.stage2_runs")
+        elif RUN_STAGE[run] == "stage2" and not is_stage2(cfg):
+            found.append(f"{where}: an SFT config (no init_from, no stage2_ab): name it under train.runs")
+        elif RUN_STAGE[run] == "stage2" and cfg["init_from"] not in TRAIN_RUNS["sft"]:
+            found.append(
+                f"{where}: init_from {cfg['init_from']!r} is no SFT run of train.runs ({', '.join(TRAIN_RUNS['sft'])})"
+            )
+    if config["train"]["run"] not in RUN_STAGE:
+        found.append(f"train.run: {config['train']['run']!r} is no run of train.runs or train.stage2_runs")
+    return found
+
+
+TRAIN_RUN_PROBLEMS = train_run_problems()
+if TRAIN_RUN_PROBLEMS:
+    raise WorkflowError("training runs of the config:\n  " + "\n  ".join(TRAIN_RUN_PROBLEMS))
+
+
+wildcard_constraints:
+    stage="|".join(TRAIN_RUNS),
 
 
 def workdir_path(path):
@@ -69,20 +117,37 @@ def workdir_path(path):
 # The files each run's config extends (parents first, the config itself not included): jobs that
 # read the config read them too, so they are inputs, and editing a parent reruns the run.
 TRAIN_CONFIG_PARENTS = {
-    run: [workdir_path(source) for source in config_sources(path)[:-1]] for run, path in config["train"]["runs"].items()
+    run: [workdir_path(source) for source in config_sources(path)[:-1]] for run, path in TRAIN_CONFIG_FILES.items()
 }
 
 
-def train_config(wildcards):
-    return config["train"]["runs"][wildcards.run]
+def train_config(wildcards, stage=None):
+    """The config file of run {run}, which must be a run of `stage`: given, else the rule's {stage}, else sft
+    (the rules of per-step SFT jobs, whose paths say sft)."""
+    stage = stage or wildcards.get("stage", "sft")
+    if RUN_STAGE.get(wildcards.run) != stage:
+        raise WorkflowError(f"results/train/{stage}/{wildcards.run}: {wildcards.run!r} is no {stage} run of train")
+    return TRAIN_CONFIG_FILES[wildcards.run]
 
 
 def train_config_parents(wildcards):
     return TRAIN_CONFIG_PARENTS[wildcards.run]
 
 
+def run_dir(run):
+    """The folder of training run `run`: results/train/<stage>/<run>."""
+    return f"results/train/{RUN_STAGE[run]}/{run}"
+
+
 def base_model_dir(wildcards=None):
     return f"results/train/base/{config['base_model']['name']}"
+
+
+def train_base(wildcards):
+    """The model run {run} trains from (and a LoRA adapter of it merges into): base_model for an SFT run,
+    the init_from SFT run's merged model for a Stage-2 run (so that run trains first)."""
+    cfg = TRAIN_CONFIGS[wildcards.run]
+    return f"results/train/sft/{cfg['init_from']}/merged" if is_stage2(cfg) else base_model_dir()
 
 
 def base_model_settings():
@@ -112,8 +177,13 @@ def saved_steps(run):
 
 
 def serving_model():
-    """The merged checkpoint that Stage-A and Stage-B load."""
-    return f"results/train/sft/{config['train']['run']}/merged"
+    """The merged checkpoint that Stage-A and Stage-B load: train.run's, an SFT or a Stage-2 run."""
+    return f"{run_dir(config['train']['run'])}/merged"
+
+
+def stage2_targets():
+    """The merged model and eval of every Stage-2 run (rule all)."""
+    return [f"results/train/stage2/{run}/{name}" for run in TRAIN_RUNS["stage2"] for name in ("merged", "eval.json")]
 
 
 # --- evaluation (rules/eval.smk) ------------------------------------------------------------
@@ -235,8 +305,6 @@ def intermediate(paths):
 
 
 # --- Stage-B -----------------------------------------------------------------------------
-
-from snakemake.exceptions import WorkflowError
 
 from vlqc.stage_b.engine import OUTPUT_FILES as STAGE_B_OUTPUT_FILES, TRAIN_OUTPUT_DIRS as STAGE_B_TRAIN_DIRS
 from vlqc.stage_b.engine import config_keys as stage_b_config_keys

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning through ms-swift under torchrun (rule train_sft).
+"""Training through ms-swift under torchrun: SFT (rule train_sft), or Stage-2 AB for a config with stage2_ab
+(rule train_stage2, docs/stage2.md).
 
 Settings: the `train` config section (cpu_ranks, gpus); what is trained comes from --config.
 """
@@ -14,9 +15,11 @@ from vlqc.train.run import train
 def arguments() -> cli.Parser:
     parser = cli.Parser(__doc__, settings="train")
     parser.add_argument("--config", type=Path, required=True, help="training config YAML (extends allowed)")
-    parser.add_argument("--base", type=Path, required=True, help="base model folder")
+    parser.add_argument(
+        "--base", type=Path, required=True, help="base model folder (Stage-2: the init_from run's merged model)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="folder with the ms-swift train.jsonl / val.jsonl")
-    parser.add_argument("--out", type=Path, required=True, help="run folder results/train/sft/<run>")
+    parser.add_argument("--out", type=Path, required=True, help="run folder results/train/{sft,stage2}/<run>")
     parser.add_argument("--threads", type=int, required=True, help="CPU threads shared by the processes")
     return parser
 

@@ -8,6 +8,10 @@ every problem in one error, then schema defaults and derived values are filled i
 file is a config resolved that way (`resolved_config.json` of a run, `config.json` of a sweep
 point): it loads through the same checks and resolves to itself. `swift_invocation` turns the
 result into the `swift sft` arguments and environment of ms-swift 4.6.
+
+A config with `init_from` and a `stage2_ab` section (always both) is a Stage-2 AB run (docs/stage2.md):
+its base model is the SFT run `init_from`'s merged model, it trains on dense rows alone, and its
+trainer reads the resolved `stage2_ab` section from environment variable STAGE2_ENV (`stage2_env`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ SCHEMA = "train_config"
 # Qwen3-VL: patch 16 × spatial merge 2, so one visual token per 32×32 pixels.
 PIXELS_PER_TOKEN = 32 * 32
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+# The environment variable that carries a Stage-2 run's settings (`stage2_env`) to its trainer.
+STAGE2_ENV = "VLQC_STAGE2_AB"
+# The weights of data.modes other than dense: a Stage-2 run must set them to 0.
+NON_DENSE_MODES = ("summary", "verdict")
 # tuner.train_vit_norms: the LayerNorms of Qwen3-VL's vision blocks (the model type is always qwen3_vl);
 # ms-swift searches each parameter name with it. The aligner's norms (visual.merger.norm,
 # visual.deepstack_merger_list.*.norm) are not matched: they follow freeze_aligner.
@@ -166,12 +174,57 @@ def _consistency_problems(cfg: dict, given: dict) -> list[str]:
         found.append("tuner.train_vit_norms: has no effect while tuner.freeze_vit is false (the whole tower trains)")
     if sum(cfg["data"]["modes"].values()) <= 0:
         found.append("data.modes: the weights must sum to more than 0")
+    found += stage2_problems(cfg)
     found += prompt_problems(cfg["prompts"])
     cap = cfg["template"]["max_pixels"]
     pixels = cfg["data"]["augmentation"].get("max_pixels", cap)
     if pixels > cap:
         found.append(f"data.augmentation.max_pixels: {pixels} is above the training cap template.max_pixels {cap}")
     return found
+
+
+def stage2_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """What makes `cfg` neither an SFT run nor a Stage-2 AB run: init_from without stage2_ab or the other
+    way round, or a Stage-2 run whose data holds other rows than dense ones (channel B rolls out dense
+    answers and matches them to the row's objects: a summary or verdict row has none to match)."""
+    stage2, init_from = cfg.get("stage2_ab"), cfg.get("init_from")
+    if stage2 is None:
+        if init_from is None:
+            return []
+        return [
+            f"init_from: {init_from!r} makes this a Stage-2 AB run, which needs a stage2_ab section too "
+            "(stage2_ab: {} takes every default; docs/stage2.md); an SFT run has no init_from"
+        ]
+    found = []
+    if init_from is None:
+        found.append("stage2_ab: a Stage-2 AB run needs init_from: <the SFT run (train.runs) it starts from>")
+    modes = cfg["data"]["modes"]
+    if any(modes[mode] for mode in NON_DENSE_MODES):
+        given = ", ".join(f"{mode} {modes[mode]}" for mode in NON_DENSE_MODES)
+        found.append(
+            f"data.modes: a Stage-2 AB run trains on dense rows only, not {given} "
+            "(set data.modes: {dense: 1.0, summary: 0, verdict: 0})"
+        )
+    if cfg["data"]["recombined_verdicts"]:
+        found.append(
+            f"data.recombined_verdicts: {cfg['data']['recombined_verdicts']} verdict rows in a Stage-2 AB run, "
+            "which trains on dense rows only (set it to 0)"
+        )
+    return found
+
+
+def is_stage2(cfg: Mapping[str, Any]) -> bool:
+    """Whether resolved config `cfg` is a Stage-2 AB run's."""
+    return cfg.get("stage2_ab") is not None
+
+
+def stage2_env(cfg: Mapping[str, Any], dump_dir: str | Path) -> dict[str, str]:
+    """The environment a Stage-2 AB run's trainer reads its settings from: STAGE2_ENV, the JSON of the
+    resolved stage2_ab section plus `dump_dir` (absolute), where rollout dumps go."""
+    if not is_stage2(cfg):
+        raise VlqcError("stage2_env: the config has no stage2_ab section (an SFT run)")
+    settings = {**copy.deepcopy(cfg["stage2_ab"]), "dump_dir": str(Path(dump_dir).resolve())}
+    return {STAGE2_ENV: json.dumps(settings, ensure_ascii=False, sort_keys=True)}
 
 
 def prompt_problems(section: Mapping[str, Any]) -> list[str]:
@@ -293,12 +346,20 @@ def _cli(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _check_model_length(model_dir: Path, length: int) -> None:
-    config_path = model_dir / "config.json"
+def max_positions(model_dir: str | Path) -> int | None:
+    """max_position_embeddings of the model folder's language model (Qwen3-VL: its text_config), None
+    when its config.json gives none."""
+    config_path = Path(model_dir) / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise VlqcError(f"{config_path}: cannot read the model config: {exc}") from exc
-    limit = config.get("text_config", config).get("max_position_embeddings")
+    return config.get("text_config", config).get("max_position_embeddings")
+
+
+def _check_model_length(model_dir: Path, length: int) -> None:
+    limit = max_positions(model_dir)
     if limit is not None and length > limit:
-        raise VlqcError(f"global_max_length {length} is above {config_path}: max_position_embeddings {limit}")
+        raise VlqcError(
+            f"global_max_length {length} is above {model_dir / 'config.json'}: max_position_embeddings {limit}"
+        )

@@ -25,12 +25,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlqc.errors import VlqcError
-from vlqc.evaluation.loss import scoped_environ
+from vlqc.evaluation.loss import IGNORE_INDEX, scoped_environ
 from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.train.sft_data import ROW_SCHEMA, data_config, swift_env
 
@@ -40,10 +40,39 @@ POLICIES = ("resample", "error")
 EXAMPLES = 10  # over-length rows named in the log, the manifest and an error
 
 
-def length_counter(base_model: str | Path, data_dir: str | Path, cfg: Mapping[str, Any]) -> Callable[[dict], int]:
-    """ms-swift's encoded length of a row (prompt, image tokens and answer) under the run's settings:
-    the template of `swift sft` in train mode, images resolved against `data_dir` and the processor's
-    pixel budget of training (`swift_env`), so an image is seen at the size training sees it."""
+class RowLengths:
+    """ms-swift's encoded length of a row (`lengths(row)`: prompt, image tokens and answer) and of its
+    prompt (`lengths.prompt(row)`: the tokens before the first supervised one, i.e. before the assistant's
+    answer, the Stage-2 length gate's measure), each distinct row encoded once for both."""
+
+    def __init__(self, template: Any, data_dir: Path):
+        self.template, self.data_dir = template, data_dir
+        # Epochs repeat rows (every row the augmentation bypasses): each distinct row is encoded once.
+        self.known: dict[str, tuple[int, int]] = {}
+
+    def _measure(self, row: dict) -> tuple[int, int]:
+        key = json.dumps([row["messages"], row.get("images")], ensure_ascii=False)
+        if key not in self.known:
+            inputs: dict[str, Any] = {"messages": [dict(m) for m in row["messages"]]}
+            if row.get("images"):
+                inputs["images"] = [str(self.data_dir / rel) for rel in row["images"]]
+            encoded = self.template.encode(inputs, return_length=True)
+            labels = encoded["labels"]
+            prompt = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+            self.known[key] = int(encoded["length"]), prompt
+        return self.known[key]
+
+    def __call__(self, row: dict) -> int:
+        return self._measure(row)[0]
+
+    def prompt(self, row: dict) -> int:
+        return self._measure(row)[1]
+
+
+def length_counter(base_model: str | Path, data_dir: str | Path, cfg: Mapping[str, Any]) -> RowLengths:
+    """The lengths of rows under the run's settings: the template of `swift sft` in train mode, images
+    resolved against `data_dir` and the processor's pixel budget of training (`swift_env`), so an image
+    is seen at the size training sees it."""
     from swift import get_processor, get_template
 
     data_dir = Path(data_dir)
@@ -52,20 +81,7 @@ def length_counter(base_model: str | Path, data_dir: str | Path, cfg: Mapping[st
     # No limit: the template measures, the policy decides.
     template = get_template(processor, template_type="qwen3_vl", max_length=None)
     template.set_mode("train")
-
-    # Epochs repeat rows (every row the augmentation bypasses): each distinct row is encoded once.
-    known: dict[str, int] = {}
-
-    def count(row: dict) -> int:
-        key = json.dumps([row["messages"], row.get("images")], ensure_ascii=False)
-        if key not in known:
-            inputs: dict[str, Any] = {"messages": [dict(m) for m in row["messages"]]}
-            if row.get("images"):
-                inputs["images"] = [str(data_dir / rel) for rel in row["images"]]
-            known[key] = int(template.encode(inputs, return_length=True)["length"])
-        return known[key]
-
-    return count
+    return RowLengths(template, data_dir)
 
 
 def _describe(row: Mapping[str, Any], index: int, length: int) -> dict[str, Any]:
@@ -122,14 +138,15 @@ def apply_policy(
 
 
 def fit_dataset(
-    data_dir: Path, work_dir: Path, base_model: Path, cfg: Mapping[str, Any]
+    data_dir: Path, work_dir: Path, base_model: Path, cfg: Mapping[str, Any], count: RowLengths | None = None
 ) -> tuple[Path, Path | None, dict[str, Any]]:
     """The train and val files ms-swift trains on (val None when there are no val rows left) and
     the report for the log and the manifest. Files that hold no over-length row are used as built;
-    others are written fitted under `work_dir/data/`."""
+    others are written fitted under `work_dir/data/`. `count`: the run's length counter, when the
+    caller measures the rows again (the Stage-2 length gate)."""
     started = time.perf_counter()
     policy, limit, seed = cfg["data"]["over_length"], cfg["global_max_length"], cfg["training"]["seed"]
-    count = length_counter(base_model, data_dir, cfg)
+    count = count or length_counter(base_model, data_dir, cfg)
     paths: dict[str, Path | None] = {}
     report: dict[str, Any] = {"policy": policy}
     for part in ("train", "val"):

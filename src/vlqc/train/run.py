@@ -1,9 +1,12 @@
-"""Run one SFT job: row lengths, manifest, then ms-swift under torchrun, then the saved checkpoints in place.
+"""Run one training job (SFT or Stage-2 AB): row lengths, manifest, then ms-swift under torchrun, then the saved
+checkpoints in place.
 
 ms-swift is the training engine; this module only resolves the config, measures
 every row against global_max_length and applies data.over_length
 (vlqc.train.over_length, docs/prompts.md#over-length-rows), records the run,
-launches `torchrun -m swift.cli.sft` and moves every checkpoint it kept
+launches `torchrun -m swift.cli.sft` (a Stage-2 AB run: `-m vlqc.train.stage2.main`,
+the same arguments, its settings in environment variable VLQC_STAGE2_AB after the
+length gate passed; docs/stage2.md) and moves every checkpoint it kept
 (`training.save_steps`, `training.save_total_limit`) out of its work folder
 `<out>/swift` (then removed): `<out>/steps/step_<S>/` for each, and the last one
 also at `<out>/checkpoint` (hard links), so later rules have one fixed path for the
@@ -21,16 +24,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlqc.errors import VlqcError
+from vlqc.jsonl import read_jsonl
 from vlqc.manifest import write_manifest
-from vlqc.train.config import config_sources, load_train_config, swift_invocation
-from vlqc.train.over_length import fit_dataset
-from vlqc.train.sft_data import data_config, swift_env
+from vlqc.train.config import config_sources, is_stage2, load_train_config, stage2_env, swift_invocation
+from vlqc.train.over_length import fit_dataset, length_counter
+from vlqc.train.sft_data import ROW_SCHEMA, data_config, swift_env
+from vlqc.train.stage2.gate import check_lengths
 
 REPO = Path(__file__).resolve().parents[3]
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# The module torchrun runs: ms-swift's `swift sft`, or the Stage-2 AB entry point, which takes the same
+# arguments and runs ms-swift's sft pipeline with its own trainer.
+SFT_MODULE = "swift.cli.sft"
+STAGE2_MODULE = "vlqc.train.stage2.main"
+# Where a Stage-2 run's rollout dumps go, in its run folder (an output of the rule, empty without dumps).
+ROLLOUTS_DIR = "rollouts"
 
 
-def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
+def launch_command(args: list[str], nproc: int, use_gpu: bool, module: str = SFT_MODULE) -> list[str]:
     device_args = [] if use_gpu else ["--use_cpu", "true", "--ddp_backend", "gloo"]
     return [
         sys.executable,
@@ -40,7 +51,7 @@ def launch_command(args: list[str], nproc: int, use_gpu: bool) -> list[str]:
         f"--nproc_per_node={nproc}",
         "--max-restarts=0",
         "-m",
-        "swift.cli.sft",
+        module,
         *args,
         *device_args,
     ]
@@ -93,14 +104,28 @@ def train(
     threads: int,
     extra_args: Sequence[str] = (),
 ) -> Path:
-    """Run the SFT job; `extra_args` go to `swift sft` after the config's own (bench/train.py's
+    """Run the training job (SFT, or Stage-2 AB for a config with stage2_ab, whose `base_model` is its
+    init_from run's merged model); `extra_args` go to `swift sft` after the config's own (bench/train.py's
     step-timing plugin)."""
     cfg = load_train_config(config_path)
+    stage2 = is_stage2(cfg)
     work_dir = out_dir / "swift"
     if work_dir.exists():
         shutil.rmtree(work_dir)  # a rerun starts clean; Snakemake already removed the final outputs
     # Over-length rows redrawn (or an error) before ms-swift sees them: it would redraw them unseen.
-    train_rows, val_rows, over_length = fit_dataset(data_dir, work_dir, base_model, cfg)
+    count = length_counter(base_model, data_dir, cfg)
+    train_rows, val_rows, over_length = fit_dataset(data_dir, work_dir, base_model, cfg, count)
+    extra: dict = {}
+    if stage2:
+        # Each row measured once: the gate reads the prompt lengths of the encodings fit_dataset made.
+        files = {path: list(read_jsonl(path, ROW_SCHEMA)) for path in (train_rows, val_rows) if path}
+        max_new = cfg["stage2_ab"]["rollout"]["max_new_tokens"]
+        extra["length_gate"] = check_lengths(files, count.prompt, max_new, base_model)
+        rollouts = out_dir / ROLLOUTS_DIR
+        if rollouts.exists():
+            shutil.rmtree(rollouts)  # no dump of an earlier run stays among this run's
+        rollouts.mkdir(parents=True)  # always there (a rule output): empty while stage2_ab.dump.every is 0
+        extra |= {"init_from": cfg["init_from"], "stage2_env": stage2_env(cfg, rollouts)}
     args, env = swift_invocation(
         cfg,
         model_dir=base_model,
@@ -115,6 +140,7 @@ def train(
         **env,
         **swift_env(data_dir, data_config(cfg)),  # image paths resolve against the data folder
         "OMP_NUM_THREADS": str(max(1, threads // nproc)),
+        **extra.get("stage2_env", {}),  # VLQC_STAGE2_AB: the Stage-2 trainer's settings
     }
     write_manifest(
         out_dir,
@@ -128,10 +154,12 @@ def train(
             "gpus": gpus,
             "swift_args": [*args, *extra_args],
             "over_length": over_length,
+            **extra,
         },
         environ=env,
     )
-    result = subprocess.run(launch_command([*args, *extra_args], nproc, use_gpu=gpus > 0), env=env)
+    module = STAGE2_MODULE if stage2 else SFT_MODULE
+    result = subprocess.run(launch_command([*args, *extra_args], nproc, use_gpu=gpus > 0, module=module), env=env)
     if result.returncode != 0:
         raise VlqcError(f"ms-swift training failed (exit {result.returncode}); its output is in the job log above")
     final = keep_checkpoints(work_dir, out_dir)

@@ -1,1 +1,1 @@
-"""Stage-2 AB training: teacher-forced channel A mixed with rollout-matching channel B on the model's own rollouts."""
+"""Stage-2 AB: teacher-forced channel A mixed with channel B learned from the model's own rollouts (docs/stage2.md)."""
