@@ -136,7 +136,7 @@ TRAINED_STEPS = 3
 # Checkpoints at steps 2 and 3: evaluation has more than one to compare.
 STEPS = (
     f"training: {{epochs: 1, max_steps: {TRAINED_STEPS}, per_device_train_batch_size: 2, save_steps: 2,"
-    " logging_steps: 1}\n"
+    " logging_steps: 1, liger_kernel: false}\n"
 )
 
 

@@ -411,6 +411,14 @@ def test_liger_kernel_switch_reaches_the_trainer(liger, model_dir, tmp_path, mon
         assert parse_with_ms_swift(args, monkeypatch).training_args.use_liger_kernel is False
 
 
+def test_liger_kernel_on_a_cpu_run_is_refused_naming_the_config(tmp_path):
+    from vlqc.train.run import train
+
+    config = write(tmp_path, "t.yaml", "training: {liger_kernel: true}\n")
+    with pytest.raises(VlqcError, match=r"t\.yaml: training\.liger_kernel needs a GPU"):
+        train(config, tmp_path / "base", tmp_path / "data", tmp_path / "run", nproc=1, gpus=0, threads=1)
+
+
 def test_no_val_split_means_no_val_dataset_flag(model_dir, tmp_path):
     cfg = load_train_config(write(tmp_path, "t.yaml", "data: {val: []}\n"))
     args, _ = invocation(cfg, model_dir, tmp_path, val=False)

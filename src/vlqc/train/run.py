@@ -108,6 +108,11 @@ def train(
     init_from run's merged model); `extra_args` go to `swift sft` after the config's own (bench/train.py's
     step-timing plugin)."""
     cfg = load_train_config(config_path)
+    if cfg["training"]["liger_kernel"] and not gpus:
+        raise VlqcError(
+            f"{config_path}: training.liger_kernel needs a GPU (Liger's kernels are Triton) and this run has "
+            "train.gpus 0: set training.liger_kernel: false for a CPU run"
+        )
     stage2 = is_stage2(cfg)
     work_dir = out_dir / "swift"
     if work_dir.exists():
