@@ -1,5 +1,5 @@
-"""Stage-2 channel B: the training sequence built from a greedy rollout of the dense answer
-(docs/answers.md#the-dense-answer). Pure logic: no model, no trainer.
+"""Stage-2 channel B: the training sequence built from a greedy rollout of the dense answer (docs/stage2.md#channel-b,
+docs/answers.md#the-dense-answer). Pure logic: no model, no trainer.
 
 Contract:
 - `build_channel_b(prompt_ids, rollout_ids, gt, tokenizer, suffix_ids=, iou_threshold=, line_threshold=)`
