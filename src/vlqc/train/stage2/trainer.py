@@ -12,8 +12,9 @@ Contract:
   The loss of the window is normalised by its new label tokens (HF's `num_items_in_batch`), as SFT's is.
 - Logged on B steps only: `time/rollout_generate_s`, `time/rollout_build_s`, `rollout/gen_tokens_per_s`,
   `rollout/gen_tokens_mean`, `rollout/parse_truncated_rate`, `rollout/match_precision`,
-  `rollout/match_recall`, `rollout/fallback_rate`; on every step `stage2_ab/b_ratio_realized` (B steps so far
-  over steps so far) and `stage2_ab/channel_b` (1 on a B step).
+  `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>` (counts); on every step `stage2_ab/b_ratio_realized` (B steps so far
+  over steps so far), `stage2_ab/channel_b` (1 on a B step) and, with dumps on, the dump writer's counts
+  `stage2_ab/dumps_*`.
 
 Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section and its dump folder), written by
 `vlqc.train.run`; `vlqc.train.stage2.main` points ms-swift at this class.
@@ -40,6 +41,7 @@ from vlqc.train.stage2.sequence import FallBack, build_channel_b
 
 ENV = "VLQC_STAGE2_AB"
 IGNORE = -100
+FALLBACKS = "rollout/fallbacks/"  # + reason: rows of the B steps since the last log that trained as A
 
 
 def is_channel_b(step: int, b_ratio: float) -> bool:
@@ -192,7 +194,7 @@ class Stage2ABTrainer(Seq2SeqTrainer):
             )
         if isinstance(result, FallBack):
             stats["fallback"] += 1
-            self.pending[f"rollout/fallback_{result.reason}"].append(1.0)
+            self.pending[f"{FALLBACKS}{result.reason}"].append(1.0)
         else:
             s = result.stats
             stats["pred"] += s.pred
@@ -228,10 +230,10 @@ class Stage2ABTrainer(Seq2SeqTrainer):
             logs["stage2_ab/b_ratio_realized"] = self.steps_run["b"] / done if done else 0.0
             logs["stage2_ab/channel_b"] = float(self.last_channel_b)
             for key, values in self.pending.items():
-                logs[key] = sum(values) if key.startswith("rollout/fallback_") else sum(values) / len(values)
+                logs[key] = sum(values) if key.startswith(FALLBACKS) else sum(values) / len(values)  # counts, means
             self.pending.clear()
             if self.dumps is not None:
-                logs.update({f"rollout/dumps_{k}": v for k, v in self.dumps.counts().items()})
+                logs.update({f"stage2_ab/dumps_{k}": v for k, v in self.dumps.counts().items()})
         super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
