@@ -12,9 +12,9 @@ Contract:
   The loss of the window is normalised by its new label tokens (HF's `num_items_in_batch`), as SFT's is.
 - Logged on B steps only: `time/rollout_generate_s`, `time/rollout_build_s`, `rollout/gen_tokens_per_s`,
   `rollout/gen_tokens_mean`, `rollout/parse_truncated_rate`, `rollout/match_precision`,
-  `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>` (counts); on every step `stage2_ab/b_ratio_realized` (B steps so far
-  over steps so far), `stage2_ab/channel_b` (1 on a B step) and, with dumps on, the dump writer's counts
-  `stage2_ab/dumps_*`.
+  `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>` (counts); on every step
+  `stage2_ab/b_ratio_realized` (B steps so far over steps so far), `stage2_ab/channel_b` (1 on a B step)
+  and, with dumps on, the dump writer's counts `stage2_ab/dumps_*`.
 
 Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section and its dump folder), written by
 `vlqc.train.run`; `vlqc.train.stage2.main` points ms-swift at this class.
