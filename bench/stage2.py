@@ -64,6 +64,7 @@ from train import _parameters, machine, step_flops, summarize
 from vlqc.errors import VlqcError
 from vlqc.jsonl import read_json, read_jsonl, write_json
 from vlqc.train.run import train
+from vlqc.train.stage2.trainer import FALLBACKS
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_AT_ENV = "VLQC_BENCH_STOP_AT"  # wall-clock time (epoch seconds) after which the run stops stepping
@@ -80,7 +81,6 @@ ROLLOUT_MEANS = (
     "rollout/match_precision",
     "rollout/match_recall",
 )
-FALLBACK_PREFIX = "rollout/fallback_"
 
 
 def main() -> None:
@@ -252,9 +252,9 @@ def rollout_summary(rows: list[dict], seconds_per_step: float, accumulation: int
         if values:
             summary[key] = round(statistics.mean(values), 4)
     summary["fallbacks"] = {
-        key.removeprefix(FALLBACK_PREFIX): sum(row[key] for row in rows if key in row)
+        key.removeprefix(FALLBACKS): sum(row[key] for row in rows if key in row)
         for key in sorted({k for row in rows for k in row})
-        if key.startswith(FALLBACK_PREFIX) and key != "rollout/fallback_rate"
+        if key.startswith(FALLBACKS)
     }
     if "time/rollout_generate_s" in summary:
         # The trainer times each micro-batch's rollout; a step holds `accumulation` of them.

@@ -63,7 +63,7 @@ def _run(channels: str, began: float = 50.0) -> tuple[dict, list[dict]]:
                 "rollout/gen_tokens_per_s": 100.0,
                 "rollout/gen_tokens_mean": 64.0,
                 "rollout/fallback_rate": 0.5,
-                "rollout/fallback_no_header": 1.0,
+                "rollout/fallbacks/no_header": 1.0,
             }
         logged.append(row)
     logged.append({"train_runtime": now - began, "global_step/max_steps": f"{len(channels)}/{len(channels)}"})
