@@ -284,6 +284,9 @@ def test_global_max_length_above_the_model_limit_is_an_error(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_parse_with_ms_swift(name, model_dir, tmp_path, monkeypatch):
     cfg = load_train_config(REPO / "config" / "train" / f"{name}.yaml")
+    # ms-swift refuses use_liger_kernel where liger-kernel is not installed (this CPU venv); the GPU recipes
+    # turn it on, and test_liger_kernel_switch_reaches_the_trainer checks that the flag gets through.
+    cfg["training"]["liger_kernel"] = False
     args, env = invocation(cfg, model_dir, tmp_path)
     parsed = parse_with_ms_swift(args, monkeypatch)
     assert parsed.model_type == "qwen3_vl" and parsed.check_model is False
