@@ -48,21 +48,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 from machine import repo_path  # bench/machine.py, beside this script
 from swift.callbacks import TrainerCallback, callbacks_map
 from train import PLUGIN as TIMING_PLUGIN
-from train import _parameters, machine, step_flops, summarize
+from train import _parameters, machine, read_run, step_flops, summarize, timed_scratch
 
 from vlqc.errors import VlqcError
-from vlqc.jsonl import read_json, read_jsonl, write_json
+from vlqc.jsonl import write_json
 from vlqc.train.run import train
 from vlqc.train.stage2.trainer import FALLBACKS
 
@@ -154,11 +152,7 @@ def run_stage2(
     }
     plugins = ["--external_plugins", str(TIMING_PLUGIN)]
     callbacks = ["--callbacks", "vlqc_step_timing"]
-    with tempfile.TemporaryDirectory(dir=REPO / "results") as scratch:
-        scratch = Path(scratch)
-        overlay = scratch / "bench.yaml"
-        overlay.write_text(yaml.safe_dump(overlay_doc, allow_unicode=True), encoding="utf-8")
-        os.environ["VLQC_STEP_TIMING"] = str(scratch / "timing.json")
+    with timed_scratch(overlay_doc) as scratch:
         started = time.perf_counter()
         guard, fired = None, threading.Event()
         if limit is not None:
@@ -170,7 +164,7 @@ def run_stage2(
             guard.start()
         try:
             train(
-                overlay,
+                scratch / "bench.yaml",
                 base,
                 data,
                 scratch / "run",
@@ -187,10 +181,8 @@ def run_stage2(
             if guard is not None:
                 guard.cancel()
         wall = time.perf_counter() - started
-        timing = read_json(scratch / "timing.json")
+        timing, logged, resolved = read_run(scratch)
         logging_path = scratch / "run/logging.jsonl"
-        logged = list(read_jsonl(logging_path))
-        resolved = read_json(scratch / "run/resolved_config.json")
     flops = step_flops(base, resolved) if gpu else None
     accumulation = resolved["training"]["gradient_accumulation_steps"]
     result = {

@@ -26,6 +26,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +111,36 @@ def machine(gpu: bool) -> dict[str, Any]:
     return {**gpu_info(), "bf16_flop_per_s": measure_ceilings()["bf16_flop_per_s"]}
 
 
+@contextmanager
+def timed_scratch(overlay_doc: dict) -> Iterator[Path]:
+    """A scratch folder under results/ holding `bench.yaml` (the run's config: `overlay_doc`, which extends
+    the bench config) with $VLQC_STEP_TIMING pointing into it; the run goes to `run/` there (`read_run`)."""
+    with tempfile.TemporaryDirectory(dir=REPO / "results") as scratch:
+        scratch = Path(scratch)
+        (scratch / "bench.yaml").write_text(yaml.safe_dump(overlay_doc, allow_unicode=True), encoding="utf-8")
+        os.environ["VLQC_STEP_TIMING"] = str(scratch / "timing.json")
+        yield scratch
+
+
+def read_run(scratch: Path) -> tuple[dict, list[dict], dict]:
+    """The step records, the logging rows and the resolved config of the run in a `timed_scratch` folder."""
+    return (
+        read_json(scratch / "timing.json"),
+        list(read_jsonl(scratch / "run/logging.jsonl")),
+        read_json(scratch / "run/resolved_config.json"),
+    )
+
+
 def run_variant(
     config: Path, settings: dict, steps: int, args: argparse.Namespace, gpu: bool, host: dict
 ) -> dict[str, Any]:
     bench_training = {"max_steps": steps, "save_steps": steps, "logging_steps": 1}
     overlay_doc = {"extends": str(config.resolve()), **settings}
     overlay_doc["training"] = {**settings.get("training", {}), **bench_training}
-    with tempfile.TemporaryDirectory(dir=REPO / "results") as scratch:
-        scratch = Path(scratch)
-        overlay = scratch / "bench.yaml"
-        overlay.write_text(yaml.safe_dump(overlay_doc, allow_unicode=True), encoding="utf-8")
-        os.environ["VLQC_STEP_TIMING"] = str(scratch / "timing.json")
+    with timed_scratch(overlay_doc) as scratch:
         started = time.perf_counter()
         train(
-            overlay,
+            scratch / "bench.yaml",
             args.base,
             args.data,
             scratch / "run",
@@ -132,9 +150,7 @@ def run_variant(
             extra_args=["--external_plugins", str(PLUGIN), "--callbacks", "vlqc_step_timing"],
         )
         wall = time.perf_counter() - started
-        timing = read_json(scratch / "timing.json")
-        logged = list(read_jsonl(scratch / "run/logging.jsonl"))
-        resolved = read_json(scratch / "run/resolved_config.json")
+        timing, logged, resolved = read_run(scratch)
     flops = step_flops(args.base, resolved) if gpu else None
     return {
         "settings": settings,
