@@ -62,7 +62,6 @@ class Stage2ABTrainer(Seq2SeqTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage2 = settings_from_env()
-        self.tokenizer_ = self.template.tokenizer
         self.steps_run = {"a": 0, "b": 0}
         self.pending: dict[str, list[float]] = defaultdict(list)
         self.last_channel_b = False
@@ -138,7 +137,7 @@ class Stage2ABTrainer(Seq2SeqTrainer):
 
     def rollouts(self, rows: list[dict[str, Any]], *, seed: int, max_new_tokens: int) -> list[list[int]]:
         """Greedy answers to the rows' prompts, one generate call for the batch (prompts padded left)."""
-        tokenizer = self.tokenizer_
+        tokenizer = self.template.tokenizer
         prompts = [row["prompt_ids"] for row in rows]
         width = max(len(p) for p in prompts)
         device = rows[0]["pixel_values"].device
@@ -174,7 +173,7 @@ class Stage2ABTrainer(Seq2SeqTrainer):
     def build_row(self, row: dict[str, Any], rollout: list[int], stats: dict, step: int, dump: bool) -> dict:
         """The row's channel-B encoding, or its own (channel A) when the builder falls back."""
         own = {k: row[k] for k in ("input_ids", "labels", "pixel_values", "image_grid_thw")}
-        tokenizer = self.tokenizer_
+        tokenizer = self.template.tokenizer
         answer, suffix = split_suffix(row["answer_ids"], tokenizer)
         try:
             truth = parse_dense(tokenizer.decode(answer, skip_special_tokens=False))
@@ -213,7 +212,7 @@ class Stage2ABTrainer(Seq2SeqTrainer):
         return rollout_record(
             step=step,
             sample_id=row["sample_id"],
-            prompt=self.tokenizer_.decode(prompt, skip_special_tokens=False),
+            prompt=self.template.tokenizer.decode(prompt, skip_special_tokens=False),
             rollout=result.rollout_text,
             answer=parse_dense(result.rollout_text, strict=False),
             gt=truth.objects if truth is not None else (),
