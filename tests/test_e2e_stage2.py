@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from safetensors.torch import load_file
+from support.swift_deploy import Server, swift_deploy
 from test_stage2_config import jobs
 from workflow_env import snakemake
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.e2e
 
 RUN = "results/train/stage2/ab"
 SFT = "results/train/sft/lora"
+SERVED = "results/train/stage2/srv"  # run ab with server rollouts
 # Given after e2e.yaml: Snakemake merges config files key by key, so train.runs and train.run stay e2e.yaml's.
 # The other modules build with e2e.yaml alone; the Stage-2 jobs only add results/train/stage2/ab/ (and logs), and
 # the overlay reruns none of the shared jobs (the plan test).
@@ -107,9 +109,12 @@ def test_every_b_row_is_built_or_falls_back_under_a_reason_and_is_dumped(stage2)
     workdir, _ = stage2
     rows = {step: row for step, row in enumerate(training_rows(workdir), start=1) if step in B_STEPS}
     dumps = list(read_jsonl(workdir / RUN / "rollouts/rollouts.rank0.jsonl", schema="stage2_rollout_dump"))
-    assert [(d["step"], d["sample_id"]) for d in dumps] == [
-        (step - 1, f"step{step - 1}.rank0.row{i}") for step in B_STEPS for i in range(BATCH)
-    ]
+    assert [d["step"] for d in dumps] == [step - 1 for step in B_STEPS for _ in range(BATCH)]
+    # Named by the train row they rolled out (found through its `channel`): its sample and epoch.
+    named = {
+        f"{row['meta']['source']}@{row['meta']['epoch']}" for row in read_jsonl(workdir / RUN / "data/train.jsonl")
+    }
+    assert all(d["sample_id"] in named for d in dumps), [d["sample_id"] for d in dumps]
     assert [p.name for p in (workdir / RUN / "rollouts").glob("[!.]*")] == ["rollouts.rank0.jsonl"]
     for step, row in rows.items():
         prefix = "rollout/fallbacks/"
@@ -139,7 +144,12 @@ def test_the_run_records_its_origin_and_settings(stage2):
     assert metadata["length_gate"]["max_new_tokens"] == MAX_NEW
     resolved = read_json(out / "resolved_config.json")
     assert resolved["init_from"] == "lora"
-    assert settings == {**resolved["stage2_ab"], "dump_dir": str((out / "rollouts").resolve())}
+    assert settings == {
+        **resolved["stage2_ab"],
+        "dump_dir": str((out / "rollouts").resolve()),
+        "rows": str((out / "swift/data/stage2_train.jsonl").resolve()),  # the numbered rows, gone with swift/
+        "image_root": str((out / "data").resolve()),
+    }
     sources = sorted(p.name for p in (out / "sources").glob("*.yaml"))
     assert sources[0].endswith("base.yaml") and sources[-1].endswith("e2e_stage2.yaml")
     assert any(name.endswith("stage2_demo.yaml") for name in sources)
@@ -190,3 +200,40 @@ def test_the_merged_stage2_model_serves_stage_a(stage2, tmp_path, monkeypatch):
     assert all(row["ok"] or row["error"]["code"] in MODEL_FAILURES for row in rows), rows
     identity = read_json(tmp_path / "manifest/run_metadata.json", schema="run_metadata")["checkpoint"]
     assert identity["kind"] == "model" and Path(identity["path"]).resolve() == (workdir / RUN / "merged").resolve()
+
+
+# --- the same run with its rollouts on a rollout server ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(stage2, tmp_path_factory) -> tuple[Path, Server]:
+    """Run `srv`: run `ab`'s config with `rollout.backend: server`, on a rollout server serving the SFT run's merged
+    model (the Stage-2 run's base, as the learner starts from it)."""
+    workdir, _ = stage2
+    with swift_deploy(
+        workdir / SFT / "merged", tmp_path_factory.mktemp("rollout"), module="vlqc.train.stage2.rollout_server"
+    ) as server:
+        url = server.base_url.removesuffix("/v1")
+        config = f"extends: e2e_stage2.yaml\nstage2_ab: {{rollout: {{backend: server, server: {{url: '{url}'}}}}}}\n"
+        (workdir / "config/train/e2e_stage2_server.yaml").write_text(config, encoding="utf-8")
+        overlay = "train: {stage2_runs: {srv: config/train/e2e_stage2_server.yaml}}\n"
+        (workdir / "stage2_server.yaml").write_text(overlay, encoding="utf-8")
+        snakemake(workdir, "--configfile", "e2e.yaml", "stage2_server.yaml", "--", f"{SERVED}/checkpoint")
+        yield workdir, server
+
+
+def test_server_rollouts_train_exactly_as_in_process_ones(served):
+    """Same weights, same greedy rollouts, same sequences: the losses and gradients of every step are equal."""
+    workdir, server = served
+    ours = [json.loads(line) for line in (workdir / SERVED / "logging.jsonl").read_text(encoding="utf-8").splitlines()]
+    ours = [row for row in ours if "loss" in row]
+    theirs = training_rows(workdir)
+    assert [(r["loss"], r["grad_norm"]) for r in ours] == [(r["loss"], r["grad_norm"]) for r in theirs]
+    dumps = {run: list(read_jsonl(workdir / run / "rollouts/rollouts.rank0.jsonl")) for run in (RUN, SERVED)}
+    fields = ("step", "sample_id", "rollout", "rollout_tokens", "matches")
+    assert [[d[f] for f in fields] for d in dumps[SERVED]] == [[d[f] for f in fields] for d in dumps[RUN]]
+    # The adapter went over before each B step, then the step's rows.
+    for step, row in enumerate(ours, start=1):
+        assert ("time/rollout_sync_s" in row) == (step in B_STEPS), row
+    log = server.log_text()
+    assert log.count('"POST /update_adapter/ HTTP/1.1" 200') == log.count('"POST /infer/ HTTP/1.1" 200') == len(B_STEPS)

@@ -44,7 +44,12 @@ def test_an_empty_stage2_ab_section_takes_every_default_from_the_schema(tmp_path
     assert cfg["stage2_ab"] == defaults("train_config", "stage2_ab")
     assert cfg["stage2_ab"] == {
         "b_ratio": 0.5,
-        "rollout": {"backend": "hf", "max_new_tokens": 512, "seed": 0},
+        "rollout": {
+            "backend": "hf",
+            "max_new_tokens": 512,
+            "seed": 0,
+            "server": {"url": None, "timeout_s": 600, "connect_timeout_s": 300},
+        },
         "matching": {"iou_threshold": 0.5, "line_threshold": 25},
         "dump": {"every": 0, "max_chars": 4000, "queue_size": 64, "min_free_mb": 512},
     }
@@ -52,7 +57,12 @@ def test_an_empty_stage2_ab_section_takes_every_default_from_the_schema(tmp_path
 
 def test_a_given_key_keeps_its_value_and_its_siblings_their_defaults(tmp_path):
     cfg = load_train_config(stage2_config(tmp_path, "stage2_ab: {rollout: {max_new_tokens: 64}, dump: {every: 2}}\n"))
-    assert cfg["stage2_ab"]["rollout"] == {"backend": "hf", "max_new_tokens": 64, "seed": 0}
+    assert cfg["stage2_ab"]["rollout"] == {
+        "backend": "hf",
+        "max_new_tokens": 64,
+        "seed": 0,
+        "server": {"url": None, "timeout_s": 600, "connect_timeout_s": 300},
+    }
     assert cfg["stage2_ab"]["dump"]["every"] == 2 and cfg["stage2_ab"]["dump"]["queue_size"] == 64
 
 
@@ -60,7 +70,7 @@ def test_an_sft_config_has_no_stage2_section_and_no_init_from(tmp_path):
     cfg = load_train_config(write(tmp_path, "sft.yaml", "{}\n"))
     assert cfg["init_from"] is None and "stage2_ab" not in cfg and not is_stage2(cfg)
     with pytest.raises(VlqcError, match="no stage2_ab section"):
-        stage2_env(cfg, tmp_path)
+        stage2_env(cfg, tmp_path, tmp_path / "train.jsonl", tmp_path)
 
 
 def test_unknown_and_bad_keys_are_named_by_their_dotted_path_with_the_file(tmp_path):
@@ -83,7 +93,7 @@ def test_unknown_and_bad_keys_are_named_by_their_dotted_path_with_the_file(tmp_p
         "stage2_ab.rollout.temprature: unknown key",
         "stage2_ab.channel: unknown key",
         "stage2_ab.b_ratio: 1.5 is greater than the maximum of 1",
-        "stage2_ab.rollout.backend: 'vllm' is not one of ['hf']",
+        "stage2_ab.rollout.backend: 'vllm' is not one of ['hf', 'server']",
         "stage2_ab.matching.iou_threshold: 0 is less than or equal to the minimum of 0",
         "stage2_ab.dump.every: -1 is less than the minimum of 0",
     ):
@@ -118,6 +128,18 @@ def test_a_stage2_run_trains_on_dense_rows_only(tmp_path):
         load_train_config(stage2_config(tmp_path, "stage2_ab: {}\n", "rv.yaml"), {"data.recombined_verdicts": 4})
 
 
+def test_server_rollouts_need_a_url_and_a_lora_run(tmp_path):
+    path = stage2_config(tmp_path, "stage2_ab: {rollout: {backend: server}}\n")
+    with pytest.raises(
+        SchemaError, match="stage2_ab.rollout.server.url: backend server needs the rollout server's URL"
+    ):
+        load_train_config(path)
+    with pytest.raises(SchemaError, match="syncs a LoRA adapter .* tuner.train_type is full"):
+        load_train_config(path, {"stage2_ab.rollout.server.url": "http://127.0.0.1:8000", "tuner.train_type": "full"})
+    cfg = load_train_config(path, {"stage2_ab.rollout.server.url": "http://127.0.0.1:8000"})
+    assert cfg["stage2_ab"]["rollout"]["server"]["url"] == "http://127.0.0.1:8000"
+
+
 def test_shipped_stage2_recipes_resolve_and_reload_from_their_resolved_json(tmp_path):
     recipe = load_train_config(REPO / "config/train/stage2_ab.yaml")
     assert recipe["stage2_ab"] == defaults("train_config", "stage2_ab") and recipe["init_from"] == "demo"
@@ -137,10 +159,16 @@ def test_shipped_stage2_recipes_resolve_and_reload_from_their_resolved_json(tmp_
 def test_the_trainer_settings_are_the_resolved_section_plus_an_absolute_dump_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_train_config(stage2_config(tmp_path, "stage2_ab: {b_ratio: 0.25, dump: {every: 3}}\n"))
-    env = stage2_env(cfg, Path("results/train/stage2/ab/rollouts"))
+    run = Path("results/train/stage2/ab")
+    env = stage2_env(cfg, run / "rollouts", run / "swift/data/stage2_train.jsonl", run / "data")
     assert list(env) == [STAGE2_ENV] == ["VLQC_STAGE2_AB"]
     settings = json.loads(env[STAGE2_ENV])
-    assert settings == {**cfg["stage2_ab"], "dump_dir": str(tmp_path / "results/train/stage2/ab/rollouts")}
+    assert settings == {
+        **cfg["stage2_ab"],
+        "dump_dir": str(tmp_path / run / "rollouts"),
+        "rows": str(tmp_path / run / "swift/data/stage2_train.jsonl"),
+        "image_root": str(tmp_path / run / "data"),
+    }
     assert settings["b_ratio"] == 0.25 and settings["dump"]["every"] == 3
 
 

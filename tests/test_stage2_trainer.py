@@ -25,7 +25,8 @@ def test_half_ratio_alternates_starting_with_a():
 
 
 def _batch(side: str) -> dict:
-    """Two rows of lengths 5 and 3 (prompt 3 / 2 tokens), one 2×2-patch and one 1×2-patch image."""
+    """Two rows of lengths 5 and 3 (prompt 3 / 2 tokens; token 2 and 6 of an image), one 2×2-patch and one
+    1×2-patch image, with their channels."""
     rows = [([1, 2, 3, 40, 41], [IGNORE] * 3 + [40, 41]), ([5, 6, 50], [IGNORE] * 2 + [50])]
     width, pad = 5, 0
     ids, labels, mask = [], [], []
@@ -42,6 +43,8 @@ def _batch(side: str) -> dict:
         "attention_mask": torch.tensor(mask),
         "pixel_values": torch.arange(6 * 3, dtype=torch.float32).reshape(6, 3),
         "image_grid_thw": grids,
+        "mm_token_type_ids": torch.isin(torch.tensor(ids), torch.tensor([2, 6])).long(),  # the image tokens
+        "channel": ["7", "3"],
     }
 
 
@@ -53,6 +56,8 @@ def test_split_rows_reads_each_rows_prompt_answer_and_patches(side):
     assert first["pixel_values"].shape[0] == 4 and second["pixel_values"].shape[0] == 2
     assert second["pixel_values"][0, 0].item() == 12  # the patches after the first image's four
     assert second["image_grid_thw"].tolist() == [[1, 1, 2]]
+    assert first["mm_token_type_ids"].tolist() == [0, 1, 0, 0, 0] and second["mm_token_type_ids"].tolist() == [0, 1, 0]
+    assert (first["channel"], second["channel"]) == ("7", "3")
 
 
 def test_split_rows_refuses_rows_without_one_image_each():

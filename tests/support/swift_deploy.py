@@ -1,4 +1,5 @@
-"""`swift deploy` serving a checkpoint on 127.0.0.1, for the `openai` backend's tests and benchmark.
+"""`swift deploy` (or a server built on it) serving a checkpoint on 127.0.0.1, for the `openai` backend's and the
+Stage-2 rollout server's tests and benchmarks.
 
     with swift_deploy(checkpoint, workdir) as server:
         OpenAIBackend(server.base_url, server.served_name, tokenizer_dir=checkpoint)
@@ -72,8 +73,11 @@ def swift_deploy(
     served_name: str = "vlqc",
     max_batch_size: int | None = None,
     deadline_s: float = STARTUP_DEADLINE_S,
+    module: str | None = None,
 ) -> Iterator[Server]:
-    """A started server (VlqcError with its log tail if it exits or does not serve within the deadline)."""
+    """A started server (VlqcError with its log tail if it exits or does not serve within the deadline).
+    `module`: run `python -m <module>` with the same arguments instead of `swift deploy` (the Stage-2 rollout
+    server, swift deploy with more routes)."""
     options = {
         "--model": str(checkpoint),
         "--model_type": "qwen3_vl",
@@ -84,7 +88,8 @@ def swift_deploy(
     }
     if max_batch_size is not None:
         options["--max_batch_size"] = str(max_batch_size)
-    command = [str(Path(sys.executable).with_name("swift")), "deploy", *chain.from_iterable(options.items())]
+    program = [sys.executable, "-m", module] if module else [str(Path(sys.executable).with_name("swift")), "deploy"]
+    command = [*program, *chain.from_iterable(options.items())]
     log = workdir / "swift_deploy.log"
     started = time.perf_counter()
     with log.open("wb") as sink:

@@ -210,6 +210,15 @@ def stage2_problems(cfg: Mapping[str, Any]) -> list[str]:
             f"data.recombined_verdicts: {cfg['data']['recombined_verdicts']} verdict rows in a Stage-2 AB run, "
             "which trains on dense rows only (set it to 0)"
         )
+    rollout = stage2["rollout"]
+    if rollout["backend"] == "server":
+        if not rollout["server"]["url"]:
+            found.append("stage2_ab.rollout.server.url: backend server needs the rollout server's URL")
+        if cfg["tuner"]["train_type"] != "lora":
+            found.append(
+                f"stage2_ab.rollout.backend: server syncs a LoRA adapter to the rollout server, and this run's "
+                f"tuner.train_type is {cfg['tuner']['train_type']} (use backend hf)"
+            )
     return found
 
 
@@ -218,12 +227,17 @@ def is_stage2(cfg: Mapping[str, Any]) -> bool:
     return cfg.get("stage2_ab") is not None
 
 
-def stage2_env(cfg: Mapping[str, Any], dump_dir: str | Path) -> dict[str, str]:
+def stage2_env(
+    cfg: Mapping[str, Any], dump_dir: str | Path, rows: str | Path, image_root: str | Path
+) -> dict[str, str]:
     """The environment a Stage-2 AB run's trainer reads its settings from: STAGE2_ENV, the JSON of the
-    resolved stage2_ab section plus `dump_dir` (absolute), where rollout dumps go."""
+    resolved stage2_ab section plus, as absolute paths, `dump_dir` (where rollout dumps go), `rows` (the
+    train file ms-swift reads, whose rows carry their line number as `channel`) and `image_root` (the folder
+    its image paths are relative to)."""
     if not is_stage2(cfg):
         raise VlqcError("stage2_env: the config has no stage2_ab section (an SFT run)")
-    settings = {**copy.deepcopy(cfg["stage2_ab"]), "dump_dir": str(Path(dump_dir).resolve())}
+    paths = {"dump_dir": dump_dir, "rows": rows, "image_root": image_root}
+    settings = {**copy.deepcopy(cfg["stage2_ab"]), **{key: str(Path(p).resolve()) for key, p in paths.items()}}
     return {STAGE2_ENV: json.dumps(settings, ensure_ascii=False, sort_keys=True)}
 
 

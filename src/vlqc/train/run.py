@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlqc.errors import VlqcError
-from vlqc.jsonl import read_jsonl
+from vlqc.jsonl import read_jsonl, write_jsonl
 from vlqc.manifest import write_manifest
 from vlqc.train.config import config_sources, is_stage2, load_train_config, stage2_env, swift_invocation
 from vlqc.train.over_length import fit_dataset, length_counter
@@ -39,6 +39,7 @@ SFT_MODULE = "swift.cli.sft"
 STAGE2_MODULE = "vlqc.train.stage2.main"
 # Where a Stage-2 run's rollout dumps go, in its run folder (an output of the rule, empty without dumps).
 ROLLOUTS_DIR = "rollouts"
+STAGE2_ROWS = "stage2_train.jsonl"  # under <work dir>/data/: the train rows with their line numbers
 
 
 def launch_command(args: list[str], nproc: int, use_gpu: bool, module: str = SFT_MODULE) -> list[str]:
@@ -130,7 +131,14 @@ def train(
         if rollouts.exists():
             shutil.rmtree(rollouts)  # no dump of an earlier run stays among this run's
         rollouts.mkdir(parents=True)  # always there (a rule output): empty while stage2_ab.dump.every is 0
-        extra |= {"init_from": cfg["init_from"], "stage2_env": stage2_env(cfg, rollouts)}
+        # Each row names itself (`channel`, its line): channel B looks up its messages and photo by it.
+        numbered = work_dir / "data" / STAGE2_ROWS
+        write_jsonl(
+            numbered, ({**row, "channel": str(i)} for i, row in enumerate(files[train_rows])), schema=ROW_SCHEMA
+        )
+        train_rows = numbered
+        settings = stage2_env(cfg, rollouts, numbered, data_dir)
+        extra |= {"init_from": cfg["init_from"], "stage2_env": settings}
     args, env = swift_invocation(
         cfg,
         model_dir=base_model,

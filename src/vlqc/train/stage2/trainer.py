@@ -10,19 +10,27 @@ Contract:
   `vlqc.train.stage2.sequence.build_channel_b` on the rollout's own token ids against the ground truth read
   from the row's target. A row the builder cannot use trains as channel A and is counted under its reason.
   The loss of the window is normalised by its new label tokens (HF's `num_items_in_batch`), as SFT's is.
-- Logged on B steps only: `time/rollout_generate_s`, `time/rollout_build_s`, `rollout/gen_tokens_per_s`,
+- Rollouts run in the training process (`rollout.backend: hf`) or on a rollout server (`server`,
+  vlqc.train.stage2.remote): the server gets the learner's LoRA adapter before the first B step after any
+  optimizer step (rank 0 sends it, every rank waits), then the rows' prompts (messages and photo, found by
+  the row's `channel`: its line in `rows`), and must encode them to the learner's prompt tokens.
+- Logged on B steps only: `time/rollout_generate_s`, `time/rollout_build_s`, `time/rollout_sync_s` (server),
+  `rollout/gen_tokens_per_s`,
   `rollout/gen_tokens_mean`, `rollout/parse_truncated_rate`, `rollout/match_precision`,
   `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>` (counts); on every step
   `stage2_ab/b_ratio_realized` (B steps so far over steps so far), `stage2_ab/channel_b` (1 on a B step)
   and, with dumps on, the dump writer's counts `stage2_ab/dumps_*`.
 
-Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section and its dump folder), written by
+Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section, its dump folder, its numbered train
+rows and their image folder), written by
 `vlqc.train.run`; `vlqc.train.stage2.main` points ms-swift at this class.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 import os
 import time
 from collections import defaultdict
@@ -36,7 +44,9 @@ from transformers import GenerationConfig
 
 from vlqc.errors import VlqcError
 from vlqc.inference.answers import AnswerError, parse_dense
+from vlqc.jsonl import read_jsonl
 from vlqc.train.stage2.dump import RolloutDumpWriter, rollout_record
+from vlqc.train.stage2.remote import RolloutClient, learner_adapter
 from vlqc.train.stage2.sequence import FallBack, build_channel_b
 
 ENV = "VLQC_STAGE2_AB"
@@ -66,6 +76,15 @@ class Stage2ABTrainer(Seq2SeqTrainer):
         self.pending: dict[str, list[float]] = defaultdict(list)
         self.last_channel_b = False
         self.dumps = None
+        # Read as written by vlqc.train.run a moment before (validated there).
+        self.source_rows = list(read_jsonl(self.stage2["rows"]))
+        self.server, self.synced_step = None, None
+        rollout = self.stage2["rollout"]
+        if rollout["backend"] == "server":
+            server = rollout["server"]
+            self.server = RolloutClient.connect(
+                server["url"], timeout_s=server["timeout_s"], connect_timeout_s=server["connect_timeout_s"]
+            )
         dump = self.stage2["dump"]
         if dump["every"]:
             self.dumps = RolloutDumpWriter(
@@ -96,10 +115,13 @@ class Stage2ABTrainer(Seq2SeqTrainer):
 
     def channel_b(self, batch: dict[str, Any], step: int, *, dump: bool) -> dict[str, Any]:
         rows = split_rows(batch)
-        for i, row in enumerate(rows):
-            # ms-swift keeps no row ids in a batch: a rollout is named by where it ran.
-            row["sample_id"] = f"step{step}.rank{self.args.process_index}.row{i}"
+        for row in rows:
+            row["source"] = self.source_row(row["channel"])
+            meta = row["source"]["meta"]
+            row["sample_id"] = f"{meta['source']}@{meta['epoch']}"
         rollout = self.stage2["rollout"]
+        if self.server is not None and self.synced_step != step:
+            self.sync_server(step)
         started = time.perf_counter()
         generated = self.rollouts(rows, seed=rollout["seed"] + step, max_new_tokens=rollout["max_new_tokens"])
         generated_at = time.perf_counter()
@@ -135,44 +157,41 @@ class Stage2ABTrainer(Seq2SeqTrainer):
             self.template.set_mode(mode)
             model.train(training)
 
+    def source_row(self, channel: str | None) -> dict[str, Any]:
+        if channel is None or not channel.isdigit() or int(channel) >= len(self.source_rows):
+            raise VlqcError(f"a Stage-2 batch row has channel {channel!r}, not a line of {self.stage2['rows']}")
+        return self.source_rows[int(channel)]
+
+    def sync_server(self, step: int) -> None:
+        """The rollout server takes the learner's adapter (rank 0 sends it; every rank waits for it)."""
+        started = time.perf_counter()
+        if self.args.process_index == 0:
+            self.server.sync(*learner_adapter(self.accelerator.unwrap_model(self.model)), step)
+        self.accelerator.wait_for_everyone()
+        self.synced_step = step
+        self.pending["time/rollout_sync_s"].append(time.perf_counter() - started)
+
     def rollouts(self, rows: list[dict[str, Any]], *, seed: int, max_new_tokens: int) -> list[list[int]]:
-        """Greedy answers to the rows' prompts, one generate call for the batch (prompts padded left)."""
-        tokenizer = self.template.tokenizer
-        prompts = [row["prompt_ids"] for row in rows]
-        width = max(len(p) for p in prompts)
-        device = rows[0]["pixel_values"].device
-        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
-            mask[i, width - len(prompt) :] = 1
-        stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-        )
-        torch.manual_seed(seed)
-        with self.rollout_mode() as model:
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pixel_values=torch.cat([row["pixel_values"] for row in rows]),
-                image_grid_thw=torch.cat([row["image_grid_thw"] for row in rows]),
-                generation_config=config,
+        """Greedy answers to the rows' prompts, each ended by its first stop token when it stopped."""
+        stops = [self.template.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        if self.server is None:
+            # Seeded on a fork of the RNG: training's dropout draws stay what they would be with rollouts
+            # on a server (or none).
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices), self.rollout_mode() as model:
+                torch.manual_seed(seed)
+                answers = greedy_answers(model, self.template.tokenizer, rows, stops, max_new_tokens)
+        else:
+            prompts = [infer_request(row["source"], self.stage2["image_root"]) for row in rows]
+            answers = self.server.generate(
+                prompts, [row["prompt_ids"] for row in rows], max_new_tokens=max_new_tokens, seed=seed
             )
-        answers = []
-        for tokens in out[:, width:].tolist():
-            # The first stop ends the answer (kept: the builder reads it); padding after it is not the model's.
-            end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
-            answers.append(tokens[:end])
-        return answers
+        # The first stop ends the answer (kept: the builder reads it); padding after it is not the model's.
+        return [tokens[: next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))] for tokens in answers]
 
     def build_row(self, row: dict[str, Any], rollout: list[int], stats: dict, step: int, dump: bool) -> dict:
         """The row's channel-B encoding, or its own (channel A) when the builder falls back."""
-        own = {k: row[k] for k in ("input_ids", "labels", "pixel_values", "image_grid_thw")}
+        own = {k: row[k] for k in ("input_ids", "labels", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
         tokenizer = self.template.tokenizer
         answer, suffix = split_suffix(row["answer_ids"], tokenizer)
         try:
@@ -200,7 +219,11 @@ class Stage2ABTrainer(Seq2SeqTrainer):
             stats["gt"] += s.gt
             stats["matched"] += s.matched
             stats["truncated"] += s.truncated
-            own.update(input_ids=result.input_ids, labels=result.labels)
+            # The built sequence starts with the row's prompt (its image tokens); all after it is text. The
+            # collator would make every token text otherwise, and the image's positions (M-RoPE) wrong.
+            types = row["mm_token_type_ids"][: len(row["prompt_ids"])]
+            types = torch.cat([types, types.new_zeros(len(result.input_ids) - len(types))])
+            own.update(input_ids=result.input_ids, labels=result.labels, mm_token_type_ids=types)
         if dump:
             self.dumps.submit(self.dump_record(row, rollout, result, truth, step))
         return own
@@ -243,14 +266,58 @@ class Stage2ABTrainer(Seq2SeqTrainer):
                 self.dumps.close()
 
 
+def greedy_answers(model, tokenizer, rows: list[dict[str, Any]], stops: list[int], max_new_tokens: int) -> list:
+    """The rows' greedy answers (token ids, padding after a stop included) from `model`, one generate call
+    (prompts padded left): `prompt_ids`, `mm_token_type_ids`, `pixel_values` and `image_grid_thw` of each row."""
+    prompts = [row["prompt_ids"] for row in rows]
+    width = max(len(p) for p in prompts)
+    device = rows[0]["pixel_values"].device
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
+        mask[i, width - len(prompt) :] = 1
+        types[i, width - len(prompt) :] = rows[i]["mm_token_type_ids"][: len(prompt)]
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        mm_token_type_ids=types,  # without them generate places the image tokens wrong (M-RoPE), silently
+        pixel_values=torch.cat([row["pixel_values"] for row in rows]),
+        image_grid_thw=torch.cat([row["image_grid_thw"] for row in rows]),
+        generation_config=config,
+    )
+    return out[:, width:].tolist()
+
+
+def infer_request(source: dict[str, Any], image_root: str) -> dict[str, Any]:
+    """`swift rollout`'s infer request for a train row: its system and user turns and its photo inline (the
+    server need not see this machine's files)."""
+    images = []
+    for name in source.get("images", []):
+        path = os.path.join(image_root, name)
+        kind = mimetypes.guess_type(path)[0] or "image/jpeg"
+        with open(path, "rb") as image:
+            images.append(f"data:{kind};base64,{base64.b64encode(image.read()).decode()}")
+    return {"messages": source["messages"][:2], "images": images}
+
+
 def split_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of a collated batch (one image a row): each row's unpadded ids and labels, its
-    prompt (the ids before the first label), its answer (the labelled ids) and its image's patches."""
+    """The rows of a collated batch (one image a row): each row's unpadded ids, labels and token types (image
+    or text: what M-RoPE places by), its prompt (the ids before the first label), its answer (the labelled
+    ids), its image's patches and its `channel`."""
     grids = batch["image_grid_thw"]
     count = batch["input_ids"].shape[0]
     if grids.shape[0] != count:
         raise VlqcError(f"Stage-2 channel B needs one image a row; this batch has {grids.shape[0]} for {count} rows")
     patches = grids.prod(dim=-1).tolist()
+    channels = batch.get("channel") or [None] * count  # the rows' line numbers (vlqc.train.run)
     pixels = torch.split(batch["pixel_values"], patches)
     rows = []
     for i in range(count):
@@ -263,12 +330,14 @@ def split_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
         first, last = labelled[0], labelled[-1] + 1
         rows.append(
             {
+                "channel": channels[i],
                 "input_ids": ids,
                 "labels": labels,
                 "prompt_ids": ids[:first],
                 "answer_ids": ids[first:last],
                 "pixel_values": pixels[i],
                 "image_grid_thw": grids[i : i + 1],
+                "mm_token_type_ids": batch["mm_token_type_ids"][i][real],
             }
         )
     return rows
