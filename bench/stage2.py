@@ -37,6 +37,11 @@ carried as a tarball; the model is built on the GPU machine:
         --out results/train/base/qwen3_vl_2b && \\
     python bench/stage2.py --gpus 1 --steps 16 --warmup 4 --time-limit 300
 
+`--backend server` runs the same with `stage2_ab.rollout.backend: server`, on a rollout server this script
+starts on the base model (`python -m vlqc.train.stage2.rollout_server`, `--max_batch_size 0`; on a GPU run it
+shares the learner's card) and reports its start-up; default output `stage2_{cpu,gpu}_server.json`. B steps
+then include the adapter sync (`time/rollout_sync_s`).
+
 `--time-limit` (GPU default 300 s) bounds the training call (not the GPU ceilings measured before it,
 ~10 s): past `limit − STOP_RESERVE_S` the run stops after its current step and saves (a callback of this
 file, loaded as a second plugin), and at the limit every process it started is killed. A run stopped early
@@ -48,8 +53,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +67,23 @@ from swift.callbacks import TrainerCallback, callbacks_map
 from train import PLUGIN as TIMING_PLUGIN
 from train import _parameters, machine, read_run, step_flops, summarize, timed_scratch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness the tests use: tests/support
+
+from support.swift_deploy import swift_deploy  # noqa: E402
+
 from vlqc.errors import VlqcError
 from vlqc.jsonl import write_json
 from vlqc.train.run import train
 from vlqc.train.stage2.trainer import FALLBACKS
 
 REPO = Path(__file__).resolve().parents[1]
+SERVER_MODULE = "vlqc.train.stage2.rollout_server"
 STOP_AT_ENV = "VLQC_BENCH_STOP_AT"  # wall-clock time (epoch seconds) after which the run stops stepping
 STOP_RESERVE_S = 45  # the time-guarded run's last save and exit
 CHANNEL_KEY = "stage2_ab/channel_b"
 # The trainer's B-step metrics (vlqc/train/stage2/trainer.py): means over a step's micro-batches.
 ROLLOUT_MEANS = (
+    "time/rollout_sync_s",
     "time/rollout_generate_s",
     "time/rollout_build_s",
     "rollout/gen_tokens_per_s",
@@ -90,6 +104,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps reported apart from the steady ones")
     parser.add_argument("--b-ratio", type=float, default=0.5)
     parser.add_argument("--gpus", type=int, default=0, help="0: CPU (gloo, one process); else 1")
+    parser.add_argument(
+        "--backend", choices=("hf", "server"), default="hf", help="server: on a rollout server this script starts"
+    )
     parser.add_argument("--time-limit", type=float, default=None, help="seconds; default 300 on a GPU, none on CPU")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/stage2_{cpu,gpu}.json")
     args = parser.parse_args()
@@ -105,7 +122,7 @@ def main() -> None:
     limit = args.time_limit if args.time_limit is not None else (300.0 if gpu else None)
     if limit is not None and limit <= STOP_RESERVE_S:
         parser.error(f"--time-limit {limit} leaves no time to step before the {STOP_RESERVE_S} s kept for the end")
-    out = args.out or REPO / f"bench/results/stage2_{kind}.json"
+    out = args.out or REPO / f"bench/results/stage2_{kind}{'_server' if args.backend == 'server' else ''}.json"
     host = machine(gpu)
     if gpu:
         import torch
@@ -121,6 +138,7 @@ def main() -> None:
         "steps_asked": args.steps,
         "warmup_steps": args.warmup,
         "b_ratio": args.b_ratio,
+        "backend": args.backend,
         "time_limit_s": limit,
         "machine": host,
         # Other work on the machine slows a CPU run: the 1/5/15-minute load averages when it started.
@@ -152,6 +170,22 @@ def run_stage2(
     }
     plugins = ["--external_plugins", str(TIMING_PLUGIN)]
     callbacks = ["--callbacks", "vlqc_step_timing"]
+    served: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if args.backend == "server":
+            # The base model served as the learner starts from it; a batch's rollouts generated together.
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vlqc-rollout-")))
+            server = stack.enter_context(swift_deploy(base, folder, max_batch_size=0, module=SERVER_MODULE))
+            url = server.base_url.removesuffix("/v1")
+            overlay_doc["stage2_ab"]["rollout"] = {"backend": "server", "server": {"url": url}}
+            served = {"server": {"module": SERVER_MODULE, "max_batch_size": 0, "startup_s": round(server.startup_s, 1)}}
+        result = _timed_run(overlay_doc, plugins, callbacks, base, data, args, gpu, limit, host)
+    return {**served, **result}
+
+
+def _timed_run(
+    overlay_doc: dict, plugins: list[str], callbacks: list[str], base: Path, data: Path, args, gpu: bool, limit, host
+) -> dict[str, Any]:
     with timed_scratch(overlay_doc) as scratch:
         started = time.perf_counter()
         guard, fired = None, threading.Event()
@@ -249,8 +283,10 @@ def rollout_summary(rows: list[dict], seconds_per_step: float, accumulation: int
         if key.startswith(FALLBACKS)
     }
     if "time/rollout_generate_s" in summary:
-        # The trainer times each micro-batch's rollout; a step holds `accumulation` of them.
+        # The trainer times each micro-batch's rollout, a step holds `accumulation` of them; a server's adapter
+        # sync is once a step.
         per_step = (summary["time/rollout_generate_s"] + summary.get("time/rollout_build_s", 0.0)) * accumulation
+        per_step += summary.get("time/rollout_sync_s", 0.0)
         summary["rollout_seconds_per_step"] = round(per_step, 4)
         summary["rollout_share"] = round(per_step / seconds_per_step, 3)
     return summary
