@@ -112,10 +112,13 @@ def test_server_rollouts_equal_the_learners_own_before_and_after_an_adapter_sync
     client.sync(*learner_adapter(learner), step=4)
     assert served() == again
 
-    # Weights that do not fit the served adapter are refused whole, and the server keeps the last ones.
-    stray = {"base_model.model.nowhere.lora_A.weight": torch.zeros(4, 4)}
-    with pytest.raises(RolloutServerError, match=r"HTTP 400 .*does not match the served one: 1 unexpected"):
-        client.sync(learner_adapter(learner)[0], stray, step=5)
+    # Weights that do not fit the served adapter are refused whole, and the server keeps the last ones: here
+    # every right tensor, zeroed (they would change the answers), plus one stray.
+    config, tensors = learner_adapter(learner)
+    stray = {key: torch.zeros_like(value) for key, value in tensors.items()}
+    stray["base_model.model.nowhere.lora_A.weight"] = torch.zeros(4, 4)
+    with pytest.raises(RolloutServerError, match=r"HTTP 400 .*does not match the served one: 1 unexpected .*0 missing"):
+        client.sync(config, stray, step=5)
     assert client.adapter_step() == 4 and served() == again
 
 

@@ -100,8 +100,10 @@ class RolloutClient:
     def generate(
         self, prompts: list[dict[str, Any]], prompt_ids: list[list[int]], *, max_new_tokens: int, seed: int
     ) -> list[list[int]]:
-        """Greedy answers' token ids to `prompts` (`swift rollout` infer requests: messages, images), ended by
-        their first stop token when they stopped; `prompt_ids` are the learner's encodings of the same prompts."""
+        """Greedy answers' token ids to `prompts` (`swift rollout` infer requests: messages, images) as the server
+        returns them: ms-swift drops pad tokens (Qwen's `<|endoftext|>`), a closing `<|im_end|>` stays; the
+        builder reads an answer's end from its text, not its last token. `prompt_ids`: the learner's encodings
+        of the same prompts."""
         config = {
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
@@ -119,9 +121,7 @@ class RolloutClient:
             got = answer.get("prompt_token_ids")
             if got != expected:
                 raise RolloutServerError(f"rollout server {self.url}: prompt {i} {prompt_difference(got, expected)}")
-            choice = answer["choices"][0]
-            tokens = list(choice["token_ids"])
-            out.append(tokens)
+            out.append(list(answer["choices"][0]["token_ids"]))
         return out
 
     def _get(self, path: str) -> Any:

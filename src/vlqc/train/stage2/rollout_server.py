@@ -8,8 +8,8 @@ Added to `swift deploy`'s routes (its `/health/` and `/infer/`, the protocol `sw
 - `GET /get_world_size/`: `{"world_size": 1}`, as `swift rollout` answers it (one process generates here).
 - `POST /update_adapter/`: `{"step": S, "config": <adapter_config.json>, "tensors": <base64 safetensors>}`,
   the learner's LoRA adapter as peft saves it. The first one wraps the served model in that adapter; later
-  ones overwrite its weights in place, and any key that does not match the served adapter's is an error
-  (HTTP 400) instead of a silent partial load. Answers `{"step": S, "tensors": <count>}`.
+  ones overwrite its weights in place. Keys or shapes that do not match the served adapter's are refused
+  (HTTP 400) before anything is copied, instead of a silent partial load. Answers `{"step": S, "tensors": n}`.
 - `GET /adapter_step/`: `{"step": S}` of the last adapter loaded (null before the first).
 
 `swift rollout` syncs weights over NCCL through vLLM; this server takes them over HTTP, so a learner needs
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load, save_file
 from swift.pipelines.infer.deploy import SwiftDeploy
 from swift.tuners import Swift
@@ -77,13 +77,17 @@ class RolloutServer(SwiftDeploy):
                 engine.model = Swift.from_pretrained(engine.model, folder, adapter_name=ADAPTER_NAME)
             engine.model.eval()
             return
-        result = set_peft_model_state_dict(engine.model, tensors, adapter_name=ADAPTER_NAME)
-        missing = [key for key in result.missing_keys if f".{ADAPTER_NAME}." in key]
-        if result.unexpected_keys or missing:
+        # Checked before anything is copied: a refused adapter leaves the served one as it was.
+        served = get_peft_model_state_dict(engine.model, adapter_name=ADAPTER_NAME)
+        unexpected, missing = sorted(tensors.keys() - served.keys()), sorted(served.keys() - tensors.keys())
+        reshaped = sorted(k for k in tensors.keys() & served.keys() if tensors[k].shape != served[k].shape)
+        if unexpected or missing or reshaped:
             raise ValueError(
-                f"the adapter does not match the served one: {len(result.unexpected_keys)} unexpected keys "
-                f"(first {result.unexpected_keys[:3]}), {len(missing)} missing (first {missing[:3]})"
+                f"the adapter does not match the served one: {len(unexpected)} unexpected keys (first "
+                f"{unexpected[:3]}), {len(missing)} missing (first {missing[:3]}), {len(reshaped)} of another "
+                f"shape (first {reshaped[:3]})"
             )
+        set_peft_model_state_dict(engine.model, tensors, adapter_name=ADAPTER_NAME)
 
 
 def main(argv: list[str] | None = None) -> None:
