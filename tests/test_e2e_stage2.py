@@ -149,6 +149,7 @@ def test_the_run_records_its_origin_and_settings(stage2):
         "dump_dir": str((out / "rollouts").resolve()),
         "rows": str((out / "swift/data/stage2_train.jsonl").resolve()),  # the numbered rows, gone with swift/
         "image_root": str((out / "data").resolve()),
+        "base_model": str((workdir / SFT / "merged").resolve()),
     }
     sources = sorted(p.name for p in (out / "sources").glob("*.yaml"))
     assert sources[0].endswith("base.yaml") and sources[-1].endswith("e2e_stage2.yaml")

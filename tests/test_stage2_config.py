@@ -70,7 +70,7 @@ def test_an_sft_config_has_no_stage2_section_and_no_init_from(tmp_path):
     cfg = load_train_config(write(tmp_path, "sft.yaml", "{}\n"))
     assert cfg["init_from"] is None and "stage2_ab" not in cfg and not is_stage2(cfg)
     with pytest.raises(VlqcError, match="no stage2_ab section"):
-        stage2_env(cfg, tmp_path, tmp_path / "train.jsonl", tmp_path)
+        stage2_env(cfg, tmp_path, tmp_path / "train.jsonl", tmp_path, tmp_path)
 
 
 def test_unknown_and_bad_keys_are_named_by_their_dotted_path_with_the_file(tmp_path):
@@ -160,7 +160,8 @@ def test_the_trainer_settings_are_the_resolved_section_plus_an_absolute_dump_dir
     monkeypatch.chdir(tmp_path)
     cfg = load_train_config(stage2_config(tmp_path, "stage2_ab: {b_ratio: 0.25, dump: {every: 3}}\n"))
     run = Path("results/train/stage2/ab")
-    env = stage2_env(cfg, run / "rollouts", run / "swift/data/stage2_train.jsonl", run / "data")
+    base = Path("results/train/sft/demo/merged")
+    env = stage2_env(cfg, run / "rollouts", run / "swift/data/stage2_train.jsonl", run / "data", base)
     assert list(env) == [STAGE2_ENV] == ["VLQC_STAGE2_AB"]
     settings = json.loads(env[STAGE2_ENV])
     assert settings == {
@@ -168,6 +169,7 @@ def test_the_trainer_settings_are_the_resolved_section_plus_an_absolute_dump_dir
         "dump_dir": str(tmp_path / run / "rollouts"),
         "rows": str(tmp_path / run / "swift/data/stage2_train.jsonl"),
         "image_root": str(tmp_path / run / "data"),
+        "base_model": str(tmp_path / base),
     }
     assert settings["b_ratio"] == 0.25 and settings["dump"]["every"] == 3
 

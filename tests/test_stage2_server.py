@@ -1,5 +1,6 @@
 """Stage-2 server rollouts (docs/stage2.md#server-rollouts) against the real rollout server
-(`python -m vlqc.train.stage2.rollout_server`, swift deploy's transformers engine) serving the tiny model on CPU.
+(`python -m vlqc.train.stage2.rollout_server`, swift deploy's transformers engine) serving the tiny model on CPU;
+the tests that need it are marked e2e.
 
 The learner's side is the trainer's own code: the row is encoded by ms-swift's template in train mode and split
 by `split_rows`, in-process answers come from `greedy_answers` (what `rollout.backend: hf` runs), the request from
@@ -9,6 +10,8 @@ by `split_rows`, in-process answers come from `greedy_answers` (what `rollout.ba
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +25,9 @@ from swift import get_processor, get_template
 from test_openai_engine import photo
 from transformers import Qwen3VLForConditionalGeneration
 
+from vlqc.inference.checkpoint import content_fingerprint
 from vlqc.train.stage2.remote import ADAPTER_NAME, RolloutClient, RolloutServerError, learner_adapter
 from vlqc.train.stage2.trainer import greedy_answers, infer_request, split_rows
-
-pytestmark = pytest.mark.e2e
 
 MAX_NEW = 24
 SYSTEM = "检测图中全部对象，输出两行。"
@@ -79,9 +81,10 @@ def answers_here(model, row: dict) -> list[int]:
     return tokens
 
 
+@pytest.mark.e2e
 def test_server_rollouts_equal_the_learners_own_before_and_after_an_adapter_sync(server, row, tiny_dir):
     source, batch_row = row
-    client = RolloutClient.connect(base_url(server), timeout_s=300, connect_timeout_s=10)
+    client = RolloutClient.connect(base_url(server), tiny_dir, timeout_s=300, connect_timeout_s=10)
     assert client.world_size == 1 and client.adapter_step() is None
     request = infer_request(source, source["root"])
     assert request["messages"] == source["messages"][:2] and request["images"][0].startswith("data:image/png;base64,")
@@ -122,12 +125,39 @@ def test_server_rollouts_equal_the_learners_own_before_and_after_an_adapter_sync
     assert client.adapter_step() == 4 and served() == again
 
 
-def test_a_prompt_the_server_encodes_differently_is_an_error_naming_where(server, row):
+@pytest.mark.e2e
+def test_a_prompt_the_server_encodes_differently_is_an_error_naming_where(server, row, tiny_dir):
     source, batch_row = row
-    client = RolloutClient.connect(base_url(server), timeout_s=300, connect_timeout_s=10)
+    client = RolloutClient.connect(base_url(server), tiny_dir, timeout_s=300, connect_timeout_s=10)
     other = batch_row["prompt_ids"][:5] + [batch_row["prompt_ids"][5] + 1] + batch_row["prompt_ids"][6:]
     with pytest.raises(RolloutServerError, match=r"prompt 0 was encoded differently .* first at token 5"):
         client.generate([infer_request(source, source["root"])], [other], max_new_tokens=2, seed=0)
+
+
+@pytest.mark.e2e
+def test_a_server_on_another_model_than_the_learners_base_is_refused(server, tiny_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    config = json.loads((other / "config.json").read_text(encoding="utf-8"))
+    (other / "config.json").write_text(json.dumps({**config, "vlqc_note": "another model"}), encoding="utf-8")
+    with pytest.raises(RolloutServerError, match=rf"serves {re.escape(str(tiny_dir))}, which is not .* {other}"):
+        RolloutClient.connect(base_url(server), other, timeout_s=300, connect_timeout_s=10)
+
+
+def test_the_content_fingerprint_follows_the_bytes_not_the_path_or_the_time(tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "config.json").write_text('{"model_type": "qwen3_vl"}', encoding="utf-8")
+    (first / "model.safetensors").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(first / name, copy / name)  # new path, new modification time
+    assert content_fingerprint(copy) == content_fingerprint(first)
+    changed = bytearray((copy / "model.safetensors").read_bytes())
+    changed[len(changed) // 2] ^= 1  # inside a sampled block
+    (copy / "model.safetensors").write_bytes(bytes(changed))
+    assert content_fingerprint(copy) != content_fingerprint(first)
 
 
 # --- the preflight's refusals, against scripted servers ---------------------------------------------------------
@@ -154,23 +184,23 @@ def scripted(routes: dict[str, tuple[int, dict]]) -> ThreadingHTTPServer:
     return httpd
 
 
-def test_the_preflight_refuses_a_server_that_takes_no_adapter_or_has_no_world_size():
+def test_the_preflight_refuses_a_server_that_takes_no_adapter_or_has_no_world_size(tmp_path):
     swift_like = scripted({"/health/": (200, {"status": "ok"}), "/get_world_size/": (200, {"world_size": 2})})
     url = f"http://127.0.0.1:{swift_like.server_address[1]}"
     with pytest.raises(RolloutServerError, match=r"/adapter_step/: HTTP 404 .*`swift rollout` .*rollout_server"):
-        RolloutClient.connect(url, timeout_s=5, connect_timeout_s=2)
+        RolloutClient.connect(url, tmp_path, timeout_s=5, connect_timeout_s=2)
     swift_like.shutdown()
     no_world = scripted({"/health/": (200, {"status": "ok"}), "/get_world_size/": (200, {"size": 1})})
     url = f"http://127.0.0.1:{no_world.server_address[1]}"
     with pytest.raises(RolloutServerError, match=r"/get_world_size/ answered world_size None"):
-        RolloutClient.connect(url, timeout_s=5, connect_timeout_s=2)
+        RolloutClient.connect(url, tmp_path, timeout_s=5, connect_timeout_s=2)
     no_world.shutdown()
 
 
-def test_the_preflight_gives_up_on_a_server_that_does_not_answer_in_time():
+def test_the_preflight_gives_up_on_a_server_that_does_not_answer_in_time(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RolloutServerError, match=rf"{url}: /health/ did not answer 200 in 1.5 s"):
-        RolloutClient.connect(url, timeout_s=5, connect_timeout_s=1.5)
+        RolloutClient.connect(url, tmp_path, timeout_s=5, connect_timeout_s=1.5)
 
 
 def test_the_request_carries_the_photo_inline(tmp_path: Path):

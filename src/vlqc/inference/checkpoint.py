@@ -87,6 +87,23 @@ def folder_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+def content_fingerprint(folder: str | Path, samples: int = 64, block: int = 1 << 16) -> str:
+    """sha256 of what a model folder holds, wherever it was copied: its config.json's bytes, and for each
+    weight file its name, size and `samples` blocks of `block` bytes spread evenly over it (a few MiB read,
+    not gigabytes: two fine-tunes of one architecture differ in nearly every block)."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for pattern in WEIGHT_PATTERNS:
+        for weights in sorted(folder.glob(pattern)):
+            size = weights.stat().st_size
+            digest.update(f"{weights.name}:{size}".encode())
+            with weights.open("rb") as fh:
+                for i in range(samples):
+                    fh.seek(max(0, size - block) * i // max(1, samples - 1))
+                    digest.update(fh.read(block))
+    return digest.hexdigest()
+
+
 def checkpoint_identity(checkpoint: str | Path, base: str | Path | None = None) -> dict[str, Any]:
     """What a job ran, for its manifest: the checkpoint folder, its kind (`model`, `lora_adapter`, or `other`:
     e.g. the tokenizer folder of Stage-B's openai backend) and fingerprint, and for an adapter its base's."""

@@ -228,15 +228,15 @@ def is_stage2(cfg: Mapping[str, Any]) -> bool:
 
 
 def stage2_env(
-    cfg: Mapping[str, Any], dump_dir: str | Path, rows: str | Path, image_root: str | Path
+    cfg: Mapping[str, Any], dump_dir: str | Path, rows: str | Path, image_root: str | Path, base_model: str | Path
 ) -> dict[str, str]:
     """The environment a Stage-2 AB run's trainer reads its settings from: STAGE2_ENV, the JSON of the
     resolved stage2_ab section plus, as absolute paths, `dump_dir` (where rollout dumps go), `rows` (the
-    train file ms-swift reads, whose rows carry their line number as `channel`) and `image_root` (the folder
-    its image paths are relative to)."""
+    train file ms-swift reads, whose rows carry their line number as `channel`), `image_root` (the folder
+    its image paths are relative to) and `base_model` (what a rollout server must serve)."""
     if not is_stage2(cfg):
         raise VlqcError("stage2_env: the config has no stage2_ab section (an SFT run)")
-    paths = {"dump_dir": dump_dir, "rows": rows, "image_root": image_root}
+    paths = {"dump_dir": dump_dir, "rows": rows, "image_root": image_root, "base_model": base_model}
     settings = {**copy.deepcopy(cfg["stage2_ab"]), **{key: str(Path(p).resolve()) for key, p in paths.items()}}
     return {STAGE2_ENV: json.dumps(settings, ensure_ascii=False, sort_keys=True)}
 

@@ -137,7 +137,7 @@ def train(
             numbered, ({**row, "channel": str(i)} for i, row in enumerate(files[train_rows])), schema=ROW_SCHEMA
         )
         train_rows = numbered
-        settings = stage2_env(cfg, rollouts, numbered, data_dir)
+        settings = stage2_env(cfg, rollouts, numbered, data_dir, base_model)
         extra |= {"init_from": cfg["init_from"], "stage2_env": settings}
     args, env = swift_invocation(
         cfg,

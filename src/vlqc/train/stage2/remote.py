@@ -6,7 +6,8 @@ vlqc's `POST /update_adapter/` (vlqc.train.stage2.rollout_server).
 
 Contract:
 - `connect` is the preflight, run once before training: one server, healthy within `connect_timeout_s`,
-  answering a world size of at least 1 and the adapter sync endpoint. Anything else is a RolloutServerError
+  answering a world size of at least 1 and the adapter sync endpoint, serving the learner's base model (its
+  content fingerprint). Anything else is a RolloutServerError
   that names the URL and what it answered.
 - `sync` sends the learner's adapter and checks the server took it (the step it answers is the one sent).
 - `generate` asks for greedy answers (temperature 0, no repetition penalty: the in-process rollout's
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -26,6 +28,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save
 
 from vlqc.errors import VlqcError
+from vlqc.inference.checkpoint import content_fingerprint
 
 ADAPTER_NAME = "default"  # peft's: the learner's adapter, and the one the server keeps in step with it
 
@@ -52,9 +55,10 @@ class RolloutClient:
     session: requests.Session
 
     @classmethod
-    def connect(cls, url: str, *, timeout_s: float, connect_timeout_s: float) -> RolloutClient:
+    def connect(cls, url: str, base_model: str | Path, *, timeout_s: float, connect_timeout_s: float) -> RolloutClient:
         """The preflight: waits for `/health/` up to `connect_timeout_s`, then reads the world size and the
-        adapter step (which only a server that takes adapters answers)."""
+        adapter step (which only a server that takes adapters answers), and checks the server's model is the
+        learner's `base_model` (the adapter syncs only what training changes)."""
         url = url.rstrip("/")
         session = requests.Session()
         deadline = time.monotonic() + connect_timeout_s
@@ -80,6 +84,12 @@ class RolloutClient:
                 "`swift deploy` do not take; serve the run's base model with `python -m "
                 "vlqc.train.stage2.rollout_server` (docs/stage2.md#server-rollouts)"
             ) from None
+        served = server._get("/model_fingerprint/")
+        if served.get("fingerprint") != content_fingerprint(base_model):
+            raise RolloutServerError(
+                f"rollout server {url} serves {served.get('path')}, which is not the learner's base model "
+                f"{base_model} (their content fingerprints differ): start it with --model on the base model"
+            )
         return server
 
     def adapter_step(self) -> int | None:

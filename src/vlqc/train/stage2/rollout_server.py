@@ -11,6 +11,8 @@ Added to `swift deploy`'s routes (its `/health/` and `/infer/`, the protocol `sw
   ones overwrite its weights in place. Keys or shapes that do not match the served adapter's are refused
   (HTTP 400) before anything is copied, instead of a silent partial load. Answers `{"step": S, "tensors": n}`.
 - `GET /adapter_step/`: `{"step": S}` of the last adapter loaded (null before the first).
+- `GET /model_fingerprint/`: `{"path": …, "fingerprint": …}` of the served model folder
+  (`vlqc.inference.checkpoint.content_fingerprint`): the learner checks it is its own base model.
 
 `swift rollout` syncs weights over NCCL through vLLM; this server takes them over HTTP, so a learner needs
 nothing but the URL (no shared folder, no vLLM). Requests are served one at a time by the engine's queue
@@ -33,6 +35,7 @@ from safetensors.torch import load, save_file
 from swift.pipelines.infer.deploy import SwiftDeploy
 from swift.tuners import Swift
 
+from vlqc.inference.checkpoint import content_fingerprint
 from vlqc.train.stage2.remote import ADAPTER_NAME
 
 
@@ -40,18 +43,24 @@ class RolloutServer(SwiftDeploy):
     def __init__(self, args=None) -> None:
         super().__init__(args)
         self.adapter_step: int | None = None
+        self.model_dir = self.infer_engine.model_dir
+        self.fingerprint = content_fingerprint(self.model_dir)
 
     def _register_app(self) -> None:
         super()._register_app()
         self.app.get("/get_world_size/")(self.get_world_size)
         self.app.post("/update_adapter/")(self.update_adapter)
         self.app.get("/adapter_step/")(self.get_adapter_step)
+        self.app.get("/model_fingerprint/")(self.get_model_fingerprint)
 
     async def get_world_size(self) -> dict[str, int]:
         return {"world_size": 1}
 
     async def get_adapter_step(self) -> dict[str, int | None]:
         return {"step": self.adapter_step}
+
+    async def get_model_fingerprint(self) -> dict[str, str]:
+        return {"path": str(self.model_dir), "fingerprint": self.fingerprint}
 
     async def update_adapter(self, raw_request: Request):
         error = self._check_api_key(raw_request)

@@ -22,7 +22,7 @@ Contract:
   and, with dumps on, the dump writer's counts `stage2_ab/dumps_*`.
 
 Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section, its dump folder, its numbered train
-rows and their image folder), written by
+rows, their image folder and its base model), written by
 `vlqc.train.run`; `vlqc.train.stage2.main` points ms-swift at this class.
 """
 
@@ -83,7 +83,10 @@ class Stage2ABTrainer(Seq2SeqTrainer):
         if rollout["backend"] == "server":
             server = rollout["server"]
             self.server = RolloutClient.connect(
-                server["url"], timeout_s=server["timeout_s"], connect_timeout_s=server["connect_timeout_s"]
+                server["url"],
+                self.stage2["base_model"],
+                timeout_s=server["timeout_s"],
+                connect_timeout_s=server["connect_timeout_s"],
             )
         dump = self.stage2["dump"]
         if dump["every"]:
