@@ -243,6 +243,16 @@ def test_fall_backs_name_their_reason(tokenizer, text, reason):
     assert isinstance(fallen, FallBack) and fallen.reason == reason and fallen.rollout_text == text
 
 
+def test_an_id_past_the_vocabulary_falls_back_with_the_text_before_it(tokenizer):
+    # Qwen3-VL's embedding has rows past the tokenizer's 151669 ids; a random 2B model wrote 151681 on a GPU.
+    before = tokenizer.encode(HEADER + '{"object_1": ')
+    fallen = build(tokenizer, [*before, len(tokenizer) + 12, *tokenizer.encode("}")], truth(BOX))
+    assert isinstance(fallen, FallBack) and fallen.reason == "unknown_token"
+    assert (
+        fallen.rollout_text == HEADER + '{"object_1": ' and f"{len(tokenizer) + 12} (at {len(before)})" in fallen.detail
+    )
+
+
 def test_text_the_tokenizer_would_change_falls_back(tokenizer):
     # A ground-truth desc that is not NFC: the Qwen tokenizer normalizes it, so the appended text cannot be kept.
     decomposed = DenseObject("bbox_2d", (600, 600, 700, 700), "类别=标签,备注=Cafe\u0301")

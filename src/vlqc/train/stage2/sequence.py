@@ -18,7 +18,9 @@ The algorithm:
    each id maps to its exact bytes (byte-level BPE: the token's characters through the inverse of GPT-2's
    byte-to-unicode table; an added token by its content), so token boundaries are byte offsets. The text
    is the longest UTF-8-valid prefix of those bytes (a multi-byte character cut at max_new_tokens ends it;
-   `invalid_bytes` counts what follows). No re-tokenisation anywhere in this step.
+   `invalid_bytes` counts what follows). No re-tokenisation anywhere in this step. An id past the
+   tokenizer's vocabulary (the embedding's padding rows, which an undertrained model can write) has no
+   bytes: fall back, `unknown_token`.
 2. `parse_dense(text, strict=False)` (salvage) gives the objects and, for each, its key and value span.
    The rollout must begin with the canonical `<DOMAIN=D>, <TASK=DETECTION>\\n{` of the ground truth's domain
    D, else fall back: `no_header` (salvage reads no domain), `domain_mismatch`, `bad_start` (another task,
@@ -68,7 +70,7 @@ from vlqc.inference.prompts import JSON_SEPARATORS, render_dense
 IGNORE_INDEX = -100  # label of a position without loss (ms-swift, transformers)
 ENTRY_SEPARATOR, KEY_SEPARATOR = JSON_SEPARATORS  # ", " between entries, ": " after a key
 # Why a rollout is trained on channel A instead (module docstring).
-FALLBACK_REASONS = ("no_header", "domain_mismatch", "bad_start", "retokenized_text")
+FALLBACK_REASONS = ("unknown_token", "no_header", "domain_mismatch", "bad_start", "retokenized_text")
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,12 @@ def build_channel_b(
     kept_ids = list(rollout_ids)
     while kept_ids and kept_ids[-1] in ends:
         kept_ids.pop()
+    # The embedding has rows past the tokenizer's vocabulary (padding); an undertrained model can emit them.
+    tokens = tokenizer.convert_ids_to_tokens(kept_ids)
+    if None in tokens:
+        at = tokens.index(None)
+        detail = f"token id {kept_ids[at]} (at {at}) is past the tokenizer's vocabulary of {len(tokenizer)}"
+        return FallBack("unknown_token", detail, tokenizer.decode(kept_ids[:at], skip_special_tokens=False))
     pieces = token_bytes(tokenizer, kept_ids)
     raw = b"".join(pieces)
     try:
