@@ -7,8 +7,7 @@ vlqc's `POST /update_adapter/` (vlqc.train.stage2.rollout_server).
 Contract:
 - `connect` is the preflight, run once before training: one server, healthy within `connect_timeout_s`,
   answering a world size of at least 1 and the adapter sync endpoint, serving the learner's base model (its
-  content fingerprint). Anything else is a RolloutServerError
-  that names the URL and what it answered.
+  content fingerprint). Anything else is a RolloutServerError that names the URL and what it answered.
 - `sync` sends the learner's adapter and checks the server took it (the step it answers is the one sent).
 - `generate` asks for greedy answers (temperature 0, no repetition penalty: the in-process rollout's
   settings) and checks that every prompt the server encoded is token for token the learner's: a different
