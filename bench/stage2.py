@@ -57,7 +57,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,23 +171,7 @@ def run_stage2(
     }
     plugins = ["--external_plugins", str(TIMING_PLUGIN)]
     callbacks = ["--callbacks", "vlqc_step_timing"]
-    served: dict[str, Any] = {}
-    with ExitStack() as stack:
-        if args.backend == "server":
-            # The base model served as the learner starts from it; a batch's rollouts generated together.
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vlqc-rollout-")))
-            server = stack.enter_context(swift_deploy(base, folder, max_batch_size=0, module=SERVER_MODULE))
-            url = server.base_url.removesuffix("/v1")
-            overlay_doc["stage2_ab"]["rollout"] = {"backend": "server", "server": {"url": url}}
-            served = {"server": {"module": SERVER_MODULE, "max_batch_size": 0, "startup_s": round(server.startup_s, 1)}}
-        result = _timed_run(overlay_doc, plugins, callbacks, base, data, args, gpu, limit, host)
-    return {**served, **result}
-
-
-def _timed_run(
-    overlay_doc: dict, plugins: list[str], callbacks: list[str], base: Path, data: Path, args, gpu: bool, limit, host
-) -> dict[str, Any]:
-    with timed_scratch(overlay_doc) as scratch:
+    with rollout_backend(args.backend, base, overlay_doc) as served, timed_scratch(overlay_doc) as scratch:
         started = time.perf_counter()
         guard, fired = None, threading.Event()
         if limit is not None:
@@ -220,6 +205,7 @@ def _timed_run(
     flops = step_flops(base, resolved) if gpu else None
     accumulation = resolved["training"]["gradient_accumulation_steps"]
     result = {
+        **served,
         "batch_per_device": resolved["training"]["per_device_train_batch_size"],
         "gradient_accumulation_steps": accumulation,
         "max_new_tokens": resolved["stage2_ab"]["rollout"]["max_new_tokens"],
@@ -237,6 +223,21 @@ def _timed_run(
             "the rollout plus an A-like training step on the row's own target."
         ]
     return result
+
+
+@contextmanager
+def rollout_backend(backend: str, base: Path, overlay_doc: dict) -> Iterator[dict[str, Any]]:
+    """For `server`: a rollout server on `base` while the block runs, named in `overlay_doc`'s rollout section,
+    and the report's `server` entry; for `hf`, nothing."""
+    if backend == "hf":
+        yield {}
+        return
+    # The base model served as the learner starts from it; a batch's rollouts generated together.
+    with tempfile.TemporaryDirectory(prefix="vlqc-rollout-") as folder:
+        with swift_deploy(base, Path(folder), max_batch_size=0, module=SERVER_MODULE) as server:
+            url = server.base_url.removesuffix("/v1")
+            overlay_doc["stage2_ab"]["rollout"] = {"backend": "server", "server": {"url": url}}
+            yield {"server": {"module": SERVER_MODULE, "max_batch_size": 0, "startup_s": round(server.startup_s, 1)}}
 
 
 # --- pure parts (tests/test_bench_stage2.py) ----------------------------------------------------------
