@@ -229,7 +229,9 @@ class Stage2ABTrainer(Seq2SeqTrainer):
             own.update(input_ids=result.input_ids, labels=result.labels, mm_token_type_ids=types)
         if dump:
             self.dumps.submit(self.dump_record(row, rollout, result, truth, step))
-        return own
+        # The collator takes rows as the dataset gives them, on the CPU; the batch they came from is on the
+        # accelerator (the trainer moves the new batch there again).
+        return {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in own.items()}
 
     def dump_record(self, row: dict, rollout: list[int], result: Any, truth: Any, step: int) -> dict[str, Any]:
         image_token = self.model.config.image_token_id
