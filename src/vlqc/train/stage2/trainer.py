@@ -15,15 +15,14 @@ Contract:
   optimizer step (rank 0 sends it, every rank waits), then the rows' prompts (messages and photo, found by
   the row's `channel`: its line in `rows`), and must encode them to the learner's prompt tokens.
 - Logged on B steps only: `time/rollout_generate_s`, `time/rollout_build_s`, `time/rollout_sync_s` (server),
-  `rollout/gen_tokens_per_s`,
-  `rollout/gen_tokens_mean`, `rollout/parse_truncated_rate`, `rollout/match_precision`,
-  `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>` (counts); on every step
-  `stage2_ab/b_ratio_realized` (B steps so far over steps so far), `stage2_ab/channel_b` (1 on a B step)
-  and, with dumps on, the dump writer's counts `stage2_ab/dumps_*`.
+  `rollout/gen_tokens_per_s`, `rollout/gen_tokens_mean`, `rollout/parse_truncated_rate`,
+  `rollout/match_precision`, `rollout/match_recall`, `rollout/fallback_rate`, `rollout/fallbacks/<reason>`
+  (counts); on every step `stage2_ab/b_ratio_realized` (B steps so far over steps so far),
+  `stage2_ab/channel_b` (1 on a B step) and, with dumps on, the dump writer's counts `stage2_ab/dumps_*`.
 
 Settings come from $VLQC_STAGE2_AB (the run's resolved `stage2_ab` section, its dump folder, its numbered train
-rows, their image folder and its base model), written by
-`vlqc.train.run`; `vlqc.train.stage2.main` points ms-swift at this class.
+rows, their image folder and its base model), written by `vlqc.train.run`; `vlqc.train.stage2.main` points
+ms-swift at this class.
 """
 
 from __future__ import annotations
